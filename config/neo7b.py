@@ -1,0 +1,48 @@
+# MAP-Neo-7B (arXiv 2405.19327): a bilingual English/Chinese LLaMA-style model, 4.5T tokens at
+# 8k context, head_dim 192. Figures from ../shared/reference/SEEDS.md.
+# SEEDS.md gives the sequence length but not the number of sequences per step; 1536 x 8192
+# (12.6M tokens) is our reading: 4.5T tokens then take ~358k steps, matching its ~365k-step cosine.
+
+out_dir = "out/neo7b"
+raw_data = ""
+data_dir = "data/neo/tokens"
+tokenizer = "bpe"
+tokenizer_vocab = 63995        # + 5 special tokens = 64000, MAP-Neo's vocabulary
+verify_data = False
+
+vocab_size = 64256             # 64000 padded
+n_layer = 28
+d_model = 3072
+n_head = 16
+n_kv_head = 16
+head_dim = 192
+ffn_hidden = 24576
+max_seq_len = 8192
+norm = "rmsnorm"
+norm_eps = 1e-5
+rope_theta = 10000.0
+tie_embeddings = False
+init_std = 0.02
+
+seq_len = 8192
+global_batch_size = 1536
+batch_size = 1
+max_steps = 358_000            # 4.5T tokens
+lr = 2e-4
+min_lr = 2e-5
+warmup_steps = 2000
+# the fundamental phase is a cosine over 365k steps; the decay phase (the last 62k steps,
+# ~0.78T tokens) decays exponentially from where the cosine stands, half-life 31k steps,
+# floored at min_lr. In MAP-Neo it also switches to a new data mixture (the [data] issue).
+schedule = "cosine_exp"
+schedule_steps = 365_000
+decay_steps = 62_000
+beta1 = 0.9
+beta2 = 0.95
+eps = 1e-8
+weight_decay = 0.1
+grad_clip = 1.0
+
+eval_interval = 1000
+ckpt_interval = 2384           # MAP-Neo's checkpoint interval, with full optimizer state
+keep_every = 2384

@@ -1,0 +1,280 @@
+"""
+The LLaMA-family decoder of nano360, in one file.
+
+One ModelConfig describes all three seed models exactly (see config/):
+  Amber-7B        RMSNorm, no biases, full rotary, untied embeddings (LLaMA-7B)
+  CrystalCoder-7B LayerNorm with bias, biases in attention and MLP, rotary on 32
+                  of 128 dims, tied embeddings, muP multipliers
+  MAP-Neo-7B      RMSNorm, head_dim 192 (not d_model / n_head), untied
+The model is built on the meta device and materialised by one call to
+init_weights(), so the same seed gives the same weights on any number of GPUs.
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 0          # 0: taken from the tokenizer, padded to a multiple of 64
+    n_layer: int = 4
+    d_model: int = 128
+    n_head: int = 4
+    n_kv_head: int = 0           # 0: n_head (MHA); fewer for GQA, 1 for MQA
+    head_dim: int = 0            # 0: d_model // n_head (MAP-Neo uses 192 with d_model 3072)
+    ffn_hidden: int = 384        # SwiGLU hidden size, explicit (11008, 10922, 24576)
+    max_seq_len: int = 256       # longest context: sizes the rotary tables
+    norm: str = "rmsnorm"        # "rmsnorm" or "layernorm" (LayerNorm has a bias)
+    norm_eps: float = 1e-5
+    qkv_bias: bool = False
+    attn_out_bias: bool = False
+    ffn_bias: bool = False
+    rope_theta: float = 10000.0
+    rotary_dim: int = 0          # 0: the whole head; CrystalCoder rotates 32 of 128 dims
+    tie_embeddings: bool = False
+    attn_impl: str = "sdpa"      # "sdpa" (torch, everywhere) or "triton" (kernels/flash_attention.py)
+    # initialisation: normal(0, std), truncated at +-init_truncate std when > 0
+    init_std: float = 0.02       # hidden matrices (and an untied lm_head)
+    init_std_embed: float = 0.0  # 0: init_std
+    init_std_out: float = 0.0    # attention and MLP output projections; 0: init_std / sqrt(2 n_layer)
+    init_truncate: float = 0.0
+    # muP (CrystalCoder); the defaults are the standard parametrisation
+    embed_mult: float = 1.0      # token embeddings are multiplied by this (14.6)
+    logit_mult: float = 1.0      # logits are multiplied by this (2.22 * 0.0625)
+    qk_scale_by_d: bool = False  # attention scores scaled by 1/head_dim instead of 1/sqrt(head_dim)
+    hidden_lr_mult: float = 1.0  # lr multiplier of the matrices inside blocks (0.0625)
+
+    def __post_init__(self):
+        self.n_kv_head = self.n_kv_head or self.n_head
+        self.head_dim = self.head_dim or self.d_model // self.n_head
+        self.rotary_dim = self.rotary_dim or self.head_dim
+        self.init_std_embed = self.init_std_embed or self.init_std
+        self.init_std_out = self.init_std_out or self.init_std / math.sqrt(2 * self.n_layer)
+        checks = [
+            (self.n_head % self.n_kv_head == 0, f"n_head={self.n_head} must be a multiple of n_kv_head={self.n_kv_head}"),
+            (self.rotary_dim % 2 == 0 and self.rotary_dim <= self.head_dim,
+             f"rotary_dim={self.rotary_dim} must be even and at most head_dim={self.head_dim}"),
+            (self.norm in ("rmsnorm", "layernorm"), f"norm={self.norm!r} must be 'rmsnorm' or 'layernorm'"),
+            (self.attn_impl in ("sdpa", "triton"), f"attn_impl={self.attn_impl!r} must be 'sdpa' or 'triton'"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(msg)
+
+
+def norm_layer(cfg):
+    if cfg.norm == "layernorm":
+        return nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
+    return nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+
+
+def rope_tables(cfg, device):
+    # cos and sin of (max_seq_len, rotary_dim/2) angles; the rotation pairs dim i with dim i + rotary_dim/2.
+    # float64, because position x frequency in float32 is off by ~1e-3 rad at position 8192
+    inv_freq = cfg.rope_theta ** -(torch.arange(0, cfg.rotary_dim, 2, device=device, dtype=torch.float64) / cfg.rotary_dim)
+    angles = torch.outer(torch.arange(cfg.max_seq_len, device=device, dtype=torch.float64), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x, cos, sin):
+    # x: (B, T, H, D); only the first 2 * cos.size(-1) dims rotate (partial rotary), the rest pass through
+    r, wide = cos.size(-1), torch.promote_types(x.dtype, torch.float32)  # rotate in fp32 (or fp64)
+    x1, x2, rest = x[..., :r].to(wide), x[..., r:2 * r].to(wide), x[..., 2 * r:]
+    cos, sin = cos[None, :, None, :].to(wide), sin[None, :, None, :].to(wide)
+    rotated = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).type_as(x)
+    return torch.cat([rotated, rest], dim=-1)
+
+
+def attention(q, k, v, scale, impl):
+    # q: (B, Tq, Hq, D), k and v: (B, Tk, Hkv, D), the layout of kernels.flash_attention.flash_attn.
+    # the queries are the last Tq positions of the Tk keys (Tq < Tk when decoding with a KV cache)
+    Tq, Tk = q.size(1), k.size(1)
+    if impl == "triton" and Tq == Tk:
+        from kernels.flash_attention import flash_attn
+        return flash_attn(q, k, v, causal=True, softmax_scale=scale)
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+    gqa = dict(enable_gqa=True) if q.size(1) != k.size(1) else {}
+    if Tq == Tk:
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, **gqa)
+    else:
+        mask = torch.arange(Tk, device=q.device)[None, :] <= torch.arange(Tk - Tq, Tk, device=q.device)[:, None]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, **gqa)
+    return y.transpose(1, 2)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.qkv = nn.Linear(cfg.d_model, (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim, bias=cfg.qkv_bias)
+        self.out = nn.Linear(cfg.n_head * cfg.head_dim, cfg.d_model, bias=cfg.attn_out_bias)
+
+    def forward(self, x, cos, sin, cache=None):
+        cfg, (B, T, _) = self.cfg, x.shape
+        q, k, v = self.qkv(x).split([cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim,
+                                     cfg.n_kv_head * cfg.head_dim], dim=-1)
+        q = apply_rope(q.view(B, T, cfg.n_head, cfg.head_dim), cos, sin)
+        k = apply_rope(k.view(B, T, cfg.n_kv_head, cfg.head_dim), cos, sin)
+        v = v.view(B, T, cfg.n_kv_head, cfg.head_dim)
+        if cache is not None:
+            k, v = cache.update(k, v)
+        scale = 1.0 / cfg.head_dim if cfg.qk_scale_by_d else 1.0 / math.sqrt(cfg.head_dim)
+        y = attention(q, k, v, scale, cfg.attn_impl)
+        return self.out(y.reshape(B, T, cfg.n_head * cfg.head_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.up = nn.Linear(cfg.d_model, 2 * cfg.ffn_hidden, bias=cfg.ffn_bias)  # gate and up, fused
+        self.down = nn.Linear(cfg.ffn_hidden, cfg.d_model, bias=cfg.ffn_bias)
+
+    def forward(self, x):
+        gate, up = self.up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.norm1, self.attn = norm_layer(cfg), Attention(cfg)
+        self.norm2, self.mlp = norm_layer(cfg), MLP(cfg)
+
+    def forward(self, x, cos, sin, cache=None):
+        x = x + self.attn(self.norm1(x), cos, sin, cache)
+        return x + self.mlp(self.norm2(x))
+
+
+class KVCache:
+    """Keys and values of one layer, preallocated for max_len positions."""
+
+    def __init__(self, batch, max_len, cfg, device, dtype):
+        shape = (batch, max_len, cfg.n_kv_head, cfg.head_dim)
+        self.k, self.v, self.len = torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype), 0
+
+    def update(self, k, v):
+        T = k.size(1)
+        self.k[:, self.len:self.len + T], self.v[:, self.len:self.len + T] = k, v
+        self.len += T
+        return self.k[:, :self.len], self.v[:, :self.len]
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        if cfg.vocab_size <= 0:
+            raise ValueError("vocab_size must be set (train.py sets it from the tokenizer)")
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm = norm_layer(cfg)
+        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        cos, sin = rope_tables(cfg, device="meta")
+        self.register_buffer("rope_cos", cos, persistent=False)  # derived, never checkpointed
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    @torch.no_grad()
+    def init_weights(self, seed=0):
+        """Fill every parameter and buffer in place: call after to_empty() on the real device."""
+        cfg = self.cfg
+        gen = torch.Generator(device=self.embed.weight.device).manual_seed(seed)
+
+        def normal(w, std):
+            if cfg.init_truncate > 0:
+                nn.init.trunc_normal_(w, 0.0, std, -cfg.init_truncate * std, cfg.init_truncate * std, generator=gen)
+            else:
+                nn.init.normal_(w, 0.0, std, generator=gen)
+
+        normal(self.embed.weight, cfg.init_std_embed)
+        for block in self.blocks:
+            normal(block.attn.qkv.weight, cfg.init_std)
+            normal(block.attn.out.weight, cfg.init_std_out)
+            normal(block.mlp.up.weight, cfg.init_std)
+            normal(block.mlp.down.weight, cfg.init_std_out)
+        if self.lm_head is not None:
+            normal(self.lm_head.weight, cfg.init_std)
+        for m in self.modules():
+            if isinstance(m, (nn.LayerNorm, nn.RMSNorm)):
+                m.reset_parameters()  # weight 1, bias 0
+            elif isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+        self.rope_cos, self.rope_sin = rope_tables(cfg, self.embed.weight.device)
+
+    def forward(self, idx, targets=None, caches=None):
+        """idx (B, T) -> logits (B, T, V), or the mean cross-entropy when targets (B, T) are given
+        (targets of -1 are ignored). With caches, idx continues the cached positions."""
+        start = caches[0].len if caches else 0
+        T = idx.size(1)
+        if start + T > self.cfg.max_seq_len:
+            raise ValueError(f"sequence of {start + T} tokens is longer than max_seq_len={self.cfg.max_seq_len}")
+        cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
+        x = self.embed(idx)
+        if self.cfg.embed_mult != 1.0:  # muP; skipped otherwise, as a full pass over the activations
+            x = x * self.cfg.embed_mult
+        for i, block in enumerate(self.blocks):
+            x = block(x, cos, sin, caches[i] if caches else None)
+        x = self.norm(x)
+        logits = F.linear(x, self.embed.weight if self.lm_head is None else self.lm_head.weight)
+        if self.cfg.logit_mult != 1.0:
+            logits = logits * self.cfg.logit_mult
+        if targets is None:
+            return logits
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # the loss in fp32 (or fp64)
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=0, generator=None):
+        """Continue idx (B, T) by max_new_tokens, reusing keys and values through a KV cache.
+        temperature 0 is greedy."""
+        B, T = idx.shape
+        p = self.embed.weight
+        caches = [KVCache(B, T + max_new_tokens, self.cfg, p.device, p.dtype) for _ in self.blocks]
+        logits = self(idx, caches=caches)[:, -1]
+        out = []
+        for _ in range(max_new_tokens):
+            if temperature == 0:
+                nxt = logits.argmax(-1, keepdim=True)
+            else:
+                logits = logits.float() / temperature
+                if top_k:
+                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                nxt = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
+            out.append(nxt)
+            if len(out) < max_new_tokens:
+                logits = self(nxt, caches=caches)[:, -1]
+        return torch.cat([idx] + out, dim=1)
+
+    def num_params(self, non_embedding=False):
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:  # the embedding table and an untied lm_head
+            n -= self.embed.weight.numel() + (self.lm_head.weight.numel() if self.lm_head is not None else 0)
+        return n
+
+    def estimate_flops(self, seq_len):
+        """Training FLOPs per token: 6 per weight of every matmul (forward 2, backward 4) plus
+        causal attention, QK^T and AV over seq_len/2 keys on average, forward and backward."""
+        cfg = self.cfg
+        matmul = sum(p.numel() for n, p in self.named_parameters() if p.dim() == 2 and n != "embed.weight")
+        if self.lm_head is None:
+            matmul += self.embed.weight.numel()  # tied: the embedding is also the output matmul
+        attn = 6 * cfg.n_layer * cfg.n_head * cfg.head_dim * seq_len  # 12 * L * H * D * T, halved for causal
+        return 6 * matmul + attn
+
+    def param_groups(self, weight_decay, decay_all):
+        """AdamW groups: weight decay on every parameter (decay_all, as Amber) or only on the
+        matrices inside blocks and an untied lm_head (no decay on norms, biases, embeddings);
+        the matrices inside blocks carry muP's hidden_lr_mult."""
+        groups = {}
+        for name, p in self.named_parameters():
+            hidden = name.startswith("blocks.") and p.dim() == 2
+            decay = decay_all or hidden or name == "lm_head.weight"
+            key = (decay, hidden)
+            groups.setdefault(key, dict(params=[], names=[], weight_decay=weight_decay if decay else 0.0,
+                                        lr_mult=self.cfg.hidden_lr_mult if hidden else 1.0))
+            groups[key]["params"].append(p)
+            groups[key]["names"].append(name)
+        return list(groups.values())

@@ -1,0 +1,158 @@
+import gzip, json, os, random
+
+import numpy as np
+import pytest
+import torch
+
+import data
+import train
+from conftest import ROOT, small_args
+
+
+def test_tokenizer_round_trip(tiny_data):
+    enc = data.tokenizer_of(tiny_data, data.load_manifest(tiny_data))
+    samples = ["It is a truth universally acknowledged, that a single man in possession of a good fortune",
+               "子曰：“学而时习之，不亦说乎？有朋自远方来，不亦乐乎？”",
+               "def f(x):\n\treturn {'a': x ** 2, \"b\": [1, 2, 3]}  # ünïcödé\r\n",
+               "emoji 🦜🚀, control \x00\x07\x1b[0m, mixed 中文 and English 12345678901234567890"]
+    rng = random.Random(0)  # arbitrary code points, surrogates excluded (not encodable text)
+    samples.append("".join(chr(rng.choice([rng.randrange(0x20, 0xD800), rng.randrange(0xE000, 0x110000)])) for _ in range(500)))
+    for text in samples:
+        ids = enc.encode_ordinary(text)
+        assert enc.decode(ids) == text
+        assert max(ids) < 512 + len(data.SPECIAL_TOKENS)
+    for b in range(256):  # byte-level: every single byte is a token, so nothing is ever unknown
+        assert enc.decode_single_token_bytes(enc.encode_single_token(bytes([b]))) == bytes([b])
+    # digits are split one by one, as MAP-Neo does
+    assert [enc.decode([t]) for t in enc.encode_ordinary("2024")] == ["2", "0", "2", "4"]
+    assert enc.eot_token == 512 and enc.n_vocab == 512 + len(data.SPECIAL_TOKENS)
+    assert enc.encode(data.EOT, allowed_special="all") == [enc.eot_token]
+
+
+def test_tokenizer_file_is_plain_tiktoken(tiny_data):
+    # the ranks file is the standard .tiktoken format that tiktoken's own loader reads
+    from tiktoken.load import load_tiktoken_bpe
+    path = os.path.join(tiny_data, "tokenizer.tiktoken")
+    ranks = load_tiktoken_bpe(path)
+    assert len(ranks) == 512 and data.load_tokenizer(path)._mergeable_ranks == ranks
+
+
+def test_prepare_writes_manifest_and_splits(tiny_data):
+    m = data.load_manifest(tiny_data)
+    assert set(m["sources"]) == {"en", "zh", "code"} and m["dtype"] == "uint16"
+    for source, s in m["sources"].items():
+        train_tokens = np.concatenate([data.read_shard(os.path.join(tiny_data, x["file"])) for x in m["shards"]
+                                       if x["source"] == source and x["split"] == "train"])
+        val_tokens = np.concatenate([data.read_shard(os.path.join(tiny_data, x["file"])) for x in m["shards"]
+                                     if x["source"] == source and x["split"] == "val"])
+        assert len(train_tokens) == s["train_tokens"] and len(val_tokens) == s["val_tokens"]
+        assert abs(s["val_tokens"] / (s["train_tokens"] + s["val_tokens"]) - 0.05) < 0.001
+        # every document ends with the end-of-text token
+        docs = [json.loads(l)["text"] for l in open(os.path.join(ROOT, "data", "tiny", f"{source}.jsonl"))]
+        all_tokens = np.concatenate([train_tokens, val_tokens])
+        assert (all_tokens == m["eot"]).sum() == len(docs) == s["documents"] and all_tokens[-1] == m["eot"]
+
+
+def test_documents_sources_and_bad_lines(tmp_path):
+    (tmp_path / "web.jsonl").write_text('{"text": "one"}\nnot json\n{"txt": "no text"}\n\n{"text": "two", "source": "wiki"}\n')
+    with gzip.open(tmp_path / "gz.jsonl.gz", "wt") as f:
+        f.write(json.dumps({"text": "zipped"}) + "\n")
+    (tmp_path / "books").mkdir()
+    (tmp_path / "books" / "a.txt").write_bytes(b"caf\xe9 latin-1")
+    problems = []
+    docs = list(data.iter_documents(str(tmp_path), problems))
+    assert sorted(docs) == [("books", "caf\ufffd latin-1"), ("gz", "zipped"), ("web", "one"), ("wiki", "two")]
+    assert problems == [f"{tmp_path}/books/a.txt: invalid UTF-8, bad bytes replaced by U+FFFD",
+                        f"{tmp_path}/web.jsonl:2: not JSON (Expecting value)",
+                        f"{tmp_path}/web.jsonl:3: no string field 'text'"]
+
+
+def test_shard_round_trip_and_errors(tmp_path):
+    for dtype in (np.uint16, np.uint32):
+        tokens = np.arange(1000, dtype=dtype) * (7 if dtype == np.uint16 else 70001)
+        path = str(tmp_path / f"s{dtype.__name__}.bin")
+        data.write_shard(path, tokens)
+        back = data.read_shard(path)
+        assert back.dtype.itemsize == tokens.itemsize and np.array_equal(back, tokens)
+        raw = open(path, "rb").read()
+        assert np.frombuffer(raw[:32], "<i8").tolist() == [data.MAGIC, data.VERSION, tokens.itemsize, 1000]
+    truncated = str(tmp_path / "truncated.bin")
+    open(truncated, "wb").write(raw[:-5])
+    with pytest.raises(data.DataError, match=f"{truncated}: truncated or corrupt.*1,000 tokens"):
+        data.read_shard(truncated)
+    wrong = str(tmp_path / "wrong.bin")
+    open(wrong, "wb").write(b"\x00" * 40)
+    with pytest.raises(data.DataError, match=f"{wrong}: not a nano360 token shard"):
+        data.read_shard(wrong)
+
+
+def copy_data(src, dst):
+    import shutil
+    shutil.copytree(src, dst)
+    return str(dst)
+
+
+def test_corrupted_shard_and_manifest_are_named(tiny_data, tmp_path):
+    d = copy_data(tiny_data, tmp_path / "d")
+    shard = os.path.join(d, "train_en_0000.bin")
+    raw = bytearray(open(shard, "rb").read())
+    raw[100] ^= 0xFF  # one flipped byte: the size is right, the content is not
+    open(shard, "wb").write(raw)
+    data.load_manifest(d, verify=False)  # header and size still fine
+    with pytest.raises(data.DataError, match=f"{shard}: sha256 .* does not match {d}/manifest.json"):
+        data.load_manifest(d)
+    open(os.path.join(d, "manifest.json"), "w").write('{"shards": [\n  oops\n]}')
+    with pytest.raises(data.DataError, match=f"{d}/manifest.json:2: not valid JSON"):
+        data.load_manifest(d)
+    with pytest.raises(data.DataError, match="no manifest .*data.py prepare"):
+        data.load_manifest(str(tmp_path / "nowhere"))
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 17, 1000, 65537])
+def test_permute_is_a_bijection(n):
+    for seed, epoch in ((0, 0), (1, 0), (1, 5)):
+        p = data.permute(np.arange(n), n, seed, epoch)
+        assert sorted(p.tolist()) == list(range(n))
+    if n >= 1000:  # and a shuffle: few fixed points, seed and epoch matter
+        p = data.permute(np.arange(n), n, 0, 0)
+        assert (p == np.arange(n)).mean() < 0.01
+        assert (p != data.permute(np.arange(n), n, 1, 0)).mean() > 0.99
+        assert (p != data.permute(np.arange(n), n, 0, 1)).mean() > 0.99
+
+
+def test_batches_order(tiny_data):
+    b = data.Batches(tiny_data, seq_len=32, global_batch=8, seed=1)
+    again = data.Batches(tiny_data, seq_len=32, global_batch=8, seed=1)
+    other = data.Batches(tiny_data, seq_len=32, global_batch=8, seed=2)
+    assert torch.equal(b.batch(5), again.batch(5))
+    assert not torch.equal(b.batch(5), other.batch(5))
+    # one epoch of sample positions visits every sample exactly once
+    steps = b.n // 8 + 1
+    seen = np.concatenate([b.sample_ids(s) for s in range(steps)])[:b.n]
+    assert sorted(seen.tolist()) == list(range(b.n))
+    # ranks split each global batch into disjoint shares whose union is the 1-rank batch
+    for step in (0, 3, steps + 2):
+        shares = [b.sample_ids(step, r, 4) for r in range(4)]
+        assert np.array_equal(np.concatenate(shares), b.sample_ids(step, 0, 1))
+        assert len(set(np.concatenate(shares).tolist())) == 8
+    with pytest.raises(ValueError, match="cannot be split over 3 ranks"):
+        b.sample_ids(0, 0, 3)
+    # the tokens of a sample are the shard's bytes at the sample's offset, read independently
+    ids = b.sample_ids(2)
+    shard, start = b.locate(ids)
+    for row, s, a in zip(b.batch(2), shard, start):
+        path = os.path.join(tiny_data, b.files[s])
+        raw = np.fromfile(path, dtype="<u2", offset=32 + 2 * int(a), count=33)
+        assert row.tolist() == raw.tolist()
+
+
+def test_show_prints_the_text_of_a_step(tiny_data, tmp_path, capsys):
+    args = small_args(tiny_data, tmp_path / "out")
+    assert data.main(["show", "--step", "3"] + args) == 0
+    out = capsys.readouterr().out
+    cfg, _ = train.load_config(args)
+    b = data.Batches(tiny_data, cfg.seq_len, cfg.global_batch_size or cfg.batch_size, cfg.seed)
+    enc = data.tokenizer_of(tiny_data, b.manifest)
+    for row in b.batch(3):
+        assert enc.decode(row.tolist()) in out
+    assert out.count("=== step 3 · sequence") == cfg.batch_size

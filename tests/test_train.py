@@ -1,0 +1,232 @@
+import json, math, os, pickle, signal, subprocess, sys, time
+
+import pytest
+import torch
+
+import data
+import train
+from conftest import ROOT, small_args
+
+
+def metrics(out_dir):
+    return [json.loads(l) for l in open(os.path.join(out_dir, "metrics.jsonl"))]
+
+
+def train_losses(out_dir):
+    return [(r["step"], r["loss"]) for r in metrics(out_dir) if "loss" in r]
+
+
+# --------------------------------------------------------------------------------------------
+# config
+
+def test_config_file_and_overrides(tmp_path):
+    cfg, mcfg = train.load_config([os.path.join(ROOT, "config", "neo7b.py"), "--lr=1", "--dry_run", "--out_dir=123",
+                                   "--n_kv_head=4", "--verify_data=false"])
+    assert (mcfg.head_dim, mcfg.n_layer, mcfg.n_kv_head) == (192, 28, 4)
+    assert cfg.lr == 1.0 and isinstance(cfg.lr, float) and cfg.dry_run is True and cfg.out_dir == "123"
+    assert cfg.verify_data is False
+    default, _ = train.load_config([])  # no file: config/toy.py
+    assert default.out_dir == "out/toy" and default.raw_data == "data/tiny"
+
+
+def config_error(argv):
+    with pytest.raises(train.ConfigError) as e:
+        train.load_config(argv)
+    return str(e.value)
+
+
+def test_config_errors_name_file_line_key_and_expectation(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("# a config\nn_layer = 4\nn_layers = 4\n")
+    assert config_error([str(bad)]) == f"{bad}:3: unknown key 'n_layers' (did you mean 'n_layer'?)"
+    assert config_error(["--batchsize=3"]) == "--batchsize=3: unknown key 'batchsize' (did you mean 'batch_size'?)"
+    bad.write_text("n_layer = '4'\n")
+    assert config_error([str(bad)]) == f"{bad}:1: n_layer = '4' is str, expected int"
+    assert config_error(["--max_steps=ten"]) == "--max_steps=ten: max_steps = 'ten' is str, expected int"
+    assert config_error(["--qkv_bias=maybe"]) == "--qkv_bias=maybe: qkv_bias = 'maybe' is str, expected bool"
+    assert config_error([str(tmp_path / "nope.py")]) == f"config file not found: {tmp_path / 'nope.py'}"
+    bad.write_text("n_layer = 4\nd_model = (\n")
+    assert config_error([str(bad)]).startswith(f"{bad}:2: syntax error")
+    bad.write_text("n_layer = 4\nd_model = 1 / 0\n")
+    assert config_error([str(bad)]) == f"{bad}:2: ZeroDivisionError: division by zero"
+    assert "n_head=6 must be a multiple of n_kv_head=4" in config_error(["--n_head=6", "--n_kv_head=4"])
+    assert "schedule='cosin' must be" in config_error(["--schedule=cosin"])
+    assert config_error(["--lr"]) == "--lr: needs a value, as in --lr=VALUE"
+
+
+def test_config_error_is_one_line_and_exit_code():
+    r = subprocess.run([sys.executable, "train.py", "--n_layers=3"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr == "error: --n_layers=3: unknown key 'n_layers' (did you mean 'n_layer'?)\n"
+
+
+def test_dry_run_prints_the_plan():
+    r = subprocess.run([sys.executable, "train.py", "config/neo7b.py", "--dry_run", "--world_size=8"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "parameters  7,793,716,224 (7.79B); non-embedding 7,398,927,360 (7.40B)" in r.stdout
+    assert "1536 x 8192 = 12,582,912 tokens/step: 8 GPUs x micro-batch 1 x 192 accumulation steps" in r.stdout
+    # memory per GPU: fp32 params, grads and both AdamW moments sharded 8 ways, 16 bytes per parameter
+    shards = [float(l.split()[-2]) for l in r.stdout.splitlines() if "(shard)" in l]
+    assert sum(shards) == pytest.approx(16 * 7_793_716_224 / 8 / 2 ** 30, abs=0.02)
+
+
+def test_memory_plan_activation_checkpointing_saves():
+    cfg, mcfg = train.load_config(["config/neo7b.py", "--world_size=8"])
+    with torch.device("meta"):
+        model = train.GPT(mcfg)
+    plan = train.memory_plan(model, cfg)
+    assert plan["activations, full checkpointing"] < plan["activations"] / 5
+    assert plan["params fp32 (shard)"] == 4 * model.num_params() / 8
+
+
+# --------------------------------------------------------------------------------------------
+# schedules, against values worked by hand
+
+def sched(**kw):
+    base = dict(lr=1.0, min_lr=0.1, warmup_steps=10, max_steps=110)
+    return train.TrainConfig(**{**base, **kw})
+
+
+def test_schedules():
+    c = sched(schedule="cosine")
+    assert [train.lr_at(s, c) for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])  # warmup
+    assert train.lr_at(10, c) == pytest.approx(1.0)
+    assert train.lr_at(60, c) == pytest.approx(0.55)  # half way: (1 + 0.1) / 2
+    assert train.lr_at(110, c) == pytest.approx(0.1)
+    lin = sched(schedule="linear", schedule_steps=210)  # the line reaches min_lr at 210, past max_steps
+    assert train.lr_at(110, lin) == pytest.approx(1.0 - 0.9 * 100 / 200)
+    wsd = sched(schedule="wsd", decay_steps=20)
+    assert train.lr_at(89, wsd) == 1.0 and train.lr_at(90, wsd) == pytest.approx(1 - 0.9 / 20)
+    assert train.lr_at(109, wsd) == pytest.approx(0.1)
+    neo = sched(schedule="cosine_exp", schedule_steps=210, decay_steps=40, min_lr=0.01)
+    at70 = 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * 60 / 200))  # the cosine where the decay phase starts
+    assert train.lr_at(70, neo) == pytest.approx(at70)
+    assert train.lr_at(90, neo) == pytest.approx(at70 / 2)  # half-life decay_steps / 2
+    assert train.lr_at(100, neo) == pytest.approx(at70 / 2 ** 1.5)
+    floor = sched(schedule="cosine_exp", schedule_steps=210, decay_steps=40, min_lr=0.3)
+    assert train.lr_at(109, floor) == 0.3
+
+
+# --------------------------------------------------------------------------------------------
+# training, checkpoints, resume
+
+def test_default_config_learns(tmp_path):
+    # the toy model itself (config/toy.py), fewer steps: the validation loss falls
+    out = tmp_path / "toy"
+    train.main([f"--out_dir={out}", "--max_steps=30", "--batch_size=8", "--seq_len=128", "--warmup_steps=5",
+                "--eval_interval=30", "--sample_tokens=8", "--eval_seqs=8"])
+    val = [r["val"] for r in metrics(out) if "val" in r]
+    assert [v for v in val] and val[0]["all"] > 8.0 and val[-1]["all"] < val[0]["all"] - 1.0
+    assert set(val[-1]) == {"en", "zh", "code", "all"}
+
+
+def test_resume_is_bitwise_identical(tiny_data, tmp_path):
+    common = ["--schedule_steps=8", "--ckpt_interval=4", "--eval_interval=4"]
+    straight, halves = tmp_path / "straight", tmp_path / "halves"
+    model = train.main(small_args(tiny_data, straight, "--max_steps=8", *common))
+    train.main(small_args(tiny_data, halves, "--max_steps=4", *common))
+    resumed = train.main(small_args(tiny_data, halves, "--max_steps=8", "--resume=auto", *common))
+    assert len(train_losses(straight)) == 8
+    assert train_losses(halves) == train_losses(straight)  # floats compared exactly
+    assert [r for r in metrics(halves) if "val" in r] == [r for r in metrics(straight) if "val" in r]
+    for (k, a), b in zip(model.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
+    meta = json.load(open(halves / "ckpt_0000008" / "meta.json"))
+    assert meta["step"] == 8 and meta["data_position"]["samples"] == 8 * 4
+    assert meta["manifest_sha256"] == data.sha256_file(os.path.join(tiny_data, "manifest.json"))
+    assert meta["config"]["model"]["n_layer"] == 2 and meta["git"]
+
+
+def test_checkpoint_keep_policy_and_fresh_start_refused(tiny_data, tmp_path):
+    out = tmp_path / "keep"
+    train.main(small_args(tiny_data, out, "--max_steps=7", "--ckpt_interval=1", "--keep_last=2", "--keep_every=3"))
+    assert sorted(os.listdir(out)) == ["ckpt_0000003", "ckpt_0000006", "ckpt_0000007", "metrics.jsonl"]
+    with pytest.raises(train.ConfigError, match="already holds checkpoints: pass --resume=auto"):
+        train.main(small_args(tiny_data, out, "--max_steps=7", "--resume="))
+
+
+def test_resume_refuses_other_data_or_model(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    train.main(small_args(tiny_data, out, "--max_steps=2"))
+    with pytest.raises(train.ConfigError, match="holds a different model: d_model=32 there, 48 here"):
+        train.main(small_args(tiny_data, out, "--max_steps=4", "--d_model=48"))
+    other = tmp_path / "other_data"
+    data.prepare(os.path.join(ROOT, "data", "tiny"), str(other), "bpe", 512, 0.10)
+    with pytest.raises(data.DataError, match=f"{other}/manifest.json has sha256 .* but .*ckpt_0000002 was trained on"):
+        train.main(small_args(str(other), out, "--max_steps=4"))
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/nano360_pwned",))
+
+
+def test_loading_never_runs_code_from_the_file(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    model = train.main(small_args(tiny_data, out, "--max_steps=1"))
+    ckpt = train.find_checkpoint(str(out))
+    torch.save({"weight": Evil()}, os.path.join(ckpt, "model.pt"))  # a stranger's checkpoint
+    if os.path.exists("/tmp/nano360_pwned"):
+        os.remove("/tmp/nano360_pwned")
+    opt = torch.optim.AdamW(model.param_groups(0.1, False))
+    with pytest.raises(pickle.UnpicklingError):
+        train.load_checkpoint(ckpt, model, opt)
+    assert not os.path.exists("/tmp/nano360_pwned")
+
+
+KILL_DURING_SAVE = """
+import sys, time, torch
+sys.path.insert(0, {root!r})
+import train
+real_save, models = torch.save, []
+def save(obj, path, *a, **k):
+    real_save(obj, path, *a, **k)
+    if str(path).endswith("model.pt"):
+        models.append(path)
+        if len(models) == 2:  # the second checkpoint: model written, optimizer not yet
+            print("SAVING", flush=True)
+            time.sleep(600)
+torch.save = save
+train.main(sys.argv[1:])
+"""
+
+
+def test_sigkill_during_save_leaves_previous_checkpoint(tiny_data, tmp_path):
+    script = tmp_path / "victim.py"
+    script.write_text(KILL_DURING_SAVE.format(root=ROOT))
+    out = tmp_path / "run"
+    args = small_args(tiny_data, out, "--max_steps=6", "--ckpt_interval=2", "--schedule_steps=6")
+    p = subprocess.Popen([sys.executable, str(script), *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in p.stdout:
+        if line.strip() == "SAVING":
+            p.send_signal(signal.SIGKILL)
+            break
+    p.wait(timeout=60)
+    assert p.returncode == -signal.SIGKILL
+    assert os.path.exists(out / ".tmp_ckpt_0000004" / "model.pt")  # the half-written one
+    assert train.find_checkpoint(str(out)) == str(out / "ckpt_0000002")
+    resumed = train.main(args)  # --resume=auto is the default
+    straight = tmp_path / "straight"
+    train.main(small_args(tiny_data, straight, "--max_steps=6", "--ckpt_interval=2", "--schedule_steps=6"))
+    assert train_losses(out) == train_losses(straight)
+    assert sorted(d for d in os.listdir(out) if "ckpt" in d) == ["ckpt_0000004", "ckpt_0000006"]
+    assert resumed is not None
+
+
+def test_ctrl_c_saves_and_resumes(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    args = small_args(tiny_data, out, "--max_steps=400", "--ckpt_interval=1000", "--eval_interval=1000")
+    p = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+    for line in p.stdout:
+        if line.startswith("step      3/"):
+            p.send_signal(signal.SIGINT)
+            break
+    rest = p.stdout.read()
+    assert p.wait(timeout=60) == 130, rest
+    ckpt = train.find_checkpoint(str(out))
+    assert ckpt is not None and "--resume=auto continues" in rest
+    step = json.load(open(os.path.join(ckpt, "meta.json")))["step"]
+    assert 3 <= step < 400
+    assert max(s for s, _ in train_losses(out)) == step
