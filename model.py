@@ -9,7 +9,7 @@ One ModelConfig describes all three seed models exactly (see config/):
 The model is built on the meta device and materialised by one call to
 init_weights(), so the same seed gives the same weights on any number of GPUs.
 """
-import math
+import importlib.util, math
 from dataclasses import dataclass
 
 import torch
@@ -63,6 +63,8 @@ class ModelConfig:
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
+        if self.attn_impl == "triton" and importlib.util.find_spec("kernels.flash_attention") is None:
+            raise ValueError("attn_impl='triton' needs kernels/flash_attention.py, which is not written yet; use 'sdpa'")
 
 
 def norm_layer(cfg):

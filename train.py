@@ -437,8 +437,9 @@ def train(cfg, mcfg):
         if meta["manifest_sha256"] != manifest["sha256"]:
             raise data.DataError(f"{cfg.data_dir}/manifest.json has sha256 {manifest['sha256']}, but {ckpt} was "
                                  f"trained on data whose manifest has sha256 {meta['manifest_sha256']}")
-        if meta["config"]["model"] != asdict(mcfg):
-            diff = {k: (v, getattr(mcfg, k)) for k, v in meta["config"]["model"].items() if getattr(mcfg, k) != v}
+        diff = {k: (v, getattr(mcfg, k)) for k, v in meta["config"]["model"].items()
+                if getattr(mcfg, k) != v and k != "attn_impl"}  # the attention kernel may change, the model not
+        if diff:
             raise ConfigError(f"{ckpt} holds a different model: " + ", ".join(f"{k}={a!r} there, {b!r} here" for k, (a, b) in diff.items()))
         start = load_checkpoint(ckpt, model, optimizer)["step"]
         print(f"resuming from {ckpt} at step {start}")
@@ -493,12 +494,13 @@ def train(cfg, mcfg):
             for g in optimizer.param_groups:
                 g["lr"] = lr * g["lr_mult"]
             x = batches.batch(step, rank, world_size).to(device)
-            loss_sum = 0.0
+            loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per micro-batch
             for micro in x.split(cfg.batch_size):
                 with autocast:
                     loss = run_model(micro[:, :-1], micro[:, 1:]) / accum
                 loss.backward()
-                loss_sum += loss.item()
+                loss_sum += loss.detach()
+            loss_sum = loss_sum.item()
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf")).item()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

@@ -21,6 +21,8 @@ def test_tokenizer_round_trip(tiny_data):
         ids = enc.encode_ordinary(text)
         assert enc.decode(ids) == text
         assert max(ids) < 512 + len(data.SPECIAL_TOKENS)
+    raw = random.Random(1).randbytes(2000)  # arbitrary bytes, mostly invalid UTF-8
+    assert enc.decode_bytes(enc._encode_bytes(raw)) == raw
     for b in range(256):  # byte-level: every single byte is a token, so nothing is ever unknown
         assert enc.decode_single_token_bytes(enc.encode_single_token(bytes([b]))) == bytes([b])
     # digits are split one by one, as MAP-Neo does
@@ -128,8 +130,10 @@ def test_batches_order(tiny_data):
     assert not torch.equal(b.batch(5), other.batch(5))
     # one epoch of sample positions visits every sample exactly once
     steps = b.n // 8 + 1
-    seen = np.concatenate([b.sample_ids(s) for s in range(steps)])[:b.n]
-    assert sorted(seen.tolist()) == list(range(b.n))
+    seen = np.concatenate([b.sample_ids(s) for s in range(2 * steps + 1)])
+    epoch0, epoch1 = seen[:b.n], seen[b.n:2 * b.n]
+    assert sorted(epoch0.tolist()) == sorted(epoch1.tolist()) == list(range(b.n))
+    assert (epoch0 != epoch1).mean() > 0.99  # each epoch in a new order
     # ranks split each global batch into disjoint shares whose union is the 1-rank batch
     for step in (0, 3, steps + 2):
         shares = [b.sample_ids(step, r, 4) for r in range(4)]
