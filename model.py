@@ -48,6 +48,8 @@ class ModelConfig:
     hidden_lr_mult: float = 1.0  # lr multiplier of the matrices inside blocks (0.0625)
 
     def __post_init__(self):
+        if min(self.n_layer, self.d_model, self.n_head, self.ffn_hidden, self.max_seq_len) <= 0 or self.vocab_size < 0:
+            raise ValueError("n_layer, d_model, n_head, ffn_hidden and max_seq_len must be positive")
         self.n_kv_head = self.n_kv_head or self.n_head
         self.head_dim = self.head_dim or self.d_model // self.n_head
         self.rotary_dim = self.rotary_dim or self.head_dim

@@ -219,6 +219,8 @@ def find_checkpoint(out_dir):
 
 
 def read_checkpoint_meta(path):
+    if not os.path.isdir(path):
+        raise ConfigError(f"checkpoint not found: {path}")
     if not os.path.exists(os.path.join(path, "DONE")):
         raise ConfigError(f"{path}: not a complete checkpoint (no DONE marker)")
     return json.load(open(os.path.join(path, "meta.json")))
@@ -359,7 +361,8 @@ def memory_plan(model, cfg):
         "params fp32 (shard)": 4 * N / ws,
         "grads fp32 (shard)": 4 * N / ws,
         "AdamW m, v fp32 (shard)": 8 * N / ws,
-        "bf16 params gathered (2 blocks + root)": 2 * (2 * block + root) + 4 * block,  # + one block's fp32 grads
+        "bf16 params gathered (2 blocks + root)": 2 * (2 * block + root),
+        "fp32 grads of a block before reduce-scatter": 4 * block,
         "activations": tokens * (m.n_layer * per_layer + logits),
         "activations, full checkpointing": tokens * (m.n_layer * 2 * m.d_model + per_layer + logits),
     }
@@ -371,7 +374,7 @@ def dry_run(cfg, mcfg):
     with torch.device("meta"):
         model = GPT(mcfg)
     N, gib = model.num_params(), 2 ** 30
-    gb = global_batch(cfg, cfg.world_size)
+    gb, gpus = global_batch(cfg, cfg.world_size), f"{cfg.world_size} GPU" + "s" * (cfg.world_size > 1)
     print(f"model       {mcfg.n_layer} layers, d_model {mcfg.d_model}, {mcfg.n_head} heads x {mcfg.head_dim} "
           f"({mcfg.n_kv_head} kv), SwiGLU {mcfg.ffn_hidden}, vocab {mcfg.vocab_size}, {mcfg.norm}")
     print(f"parameters  {N:,} ({N / 1e9:.2f}B); non-embedding {model.num_params(True):,} "
@@ -382,10 +385,10 @@ def dry_run(cfg, mcfg):
         print(f"batch       global_batch_size {gb} is not a multiple of batch_size x world_size = {per_step}: "
               "train.py will refuse this")
     else:
-        print(f"batch       {gb} x {cfg.seq_len} = {gb * cfg.seq_len:,} tokens/step: {cfg.world_size} GPUs "
+        print(f"batch       {gb} x {cfg.seq_len} = {gb * cfg.seq_len:,} tokens/step: {gpus} "
               f"x micro-batch {cfg.batch_size} x {gb // per_step} accumulation steps")
     plan = memory_plan(model, cfg)
-    print(f"memory/GPU  FSDP2 over {cfg.world_size} GPUs (estimate):")
+    print(f"memory/GPU  FSDP2 over {gpus} (estimate):")
     for k, v in plan.items():
         print(f"  {k:42s} {v / gib:9.2f} GiB")
     states = sum(v for k, v in plan.items() if not k.startswith("activations"))
@@ -480,13 +483,13 @@ def train(cfg, mcfg):
                mininterval=1.0, disable=None)
     stop = []
 
-    def on_sigint(sig, frame):  # finish the step and save; a second Ctrl-C aborts at once
+    def on_signal(sig, frame):  # Ctrl-C or a scheduler's SIGTERM: finish the step and save; a second one aborts
         if stop:
             raise KeyboardInterrupt
         stop.append(sig)
-        tqdm.write("interrupted: stopping after this step to save a checkpoint (Ctrl-C again to abort)")
+        tqdm.write(f"{signal.Signals(sig).name}: stopping after this step to save a checkpoint (again to abort)")
 
-    old_handler = signal.signal(signal.SIGINT, on_sigint)
+    old_handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         for step in bar:
             t0 = time.time()
@@ -523,7 +526,8 @@ def train(cfg, mcfg):
                 tqdm.write(f"saved step {done} to {cfg.out_dir}; --resume=auto continues from it")
                 raise KeyboardInterrupt
     finally:
-        signal.signal(signal.SIGINT, old_handler)
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
         bar.close()
         metrics.close()
     if cfg.sample_tokens:
@@ -555,3 +559,5 @@ if __name__ == "__main__":
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
+    except BrokenPipeError:  # `python train.py ... --dry_run | head`
+        sys.exit(0)

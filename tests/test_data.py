@@ -160,3 +160,17 @@ def test_show_prints_the_text_of_a_step(tiny_data, tmp_path, capsys):
     for row in b.batch(3):
         assert enc.decode(row.tolist()) in out
     assert out.count("=== step 3 · sequence") == cfg.batch_size
+
+
+def test_show_ckpt_prints_the_last_step_before_the_save(tiny_data, tmp_path, capsys):
+    args = small_args(tiny_data, tmp_path / "out", "--max_steps=3", "--global_batch_size=8")
+    train.main(args)
+    capsys.readouterr()
+    assert data.main(["show", "--ckpt", str(tmp_path / "out" / "ckpt_0000003")]) == 0
+    out = capsys.readouterr().out
+    b = data.Batches(tiny_data, 32, 8, 1337)
+    enc = data.tokenizer_of(tiny_data, b.manifest)
+    assert out.count("=== step 2 · sequence") == 8
+    assert all(enc.decode(row.tolist()) in out for row in b.batch(2))
+    with pytest.raises(train.ConfigError, match="checkpoint not found"):
+        data.main(["show", "--ckpt", str(tmp_path / "nope")])

@@ -216,14 +216,15 @@ def test_sigkill_during_save_leaves_previous_checkpoint(tiny_data, tmp_path):
     assert resumed is not None
 
 
-def test_ctrl_c_saves_and_resumes(tiny_data, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_saves_a_checkpoint(tiny_data, tmp_path, sig):
     out = tmp_path / "run"
     args = small_args(tiny_data, out, "--max_steps=400", "--ckpt_interval=1000", "--eval_interval=1000")
     p = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True)
     for line in p.stdout:
         if line.startswith("step      3/"):
-            p.send_signal(signal.SIGINT)
+            p.send_signal(sig)
             break
     rest = p.stdout.read()
     assert p.wait(timeout=60) == 130, rest
@@ -232,3 +233,15 @@ def test_ctrl_c_saves_and_resumes(tiny_data, tmp_path):
     step = json.load(open(os.path.join(ckpt, "meta.json")))["step"]
     assert 3 <= step < 400
     assert max(s for s, _ in train_losses(out)) == step
+
+
+def test_gradient_accumulation_matches_one_big_batch(tiny_data, tmp_path):
+    train.main(small_args(tiny_data, tmp_path / "big", "--max_steps=3", "--batch_size=8", "--global_batch_size=8"))
+    train.main(small_args(tiny_data, tmp_path / "acc", "--max_steps=3", "--batch_size=2", "--global_batch_size=8"))
+    big, acc = [[r for r in metrics(tmp_path / d) if "loss" in r] for d in ("big", "acc")]
+    assert len(big) == len(acc) == 3
+    for a, b in zip(big, acc):  # same loss, and the same gradient norm before each step, up to summation order
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+    with pytest.raises(train.ConfigError, match="global_batch_size=10 is not a multiple of batch_size=4"):
+        train.main(small_args(tiny_data, tmp_path / "bad", "--global_batch_size=10"))
