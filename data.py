@@ -76,7 +76,11 @@ def train_tokenizer(texts, vocab_size, path):
             f.write(f"{base64.b64encode(bytes(token)).decode()} {rank}\n")
     with open(path + ".json", "w") as f:
         json.dump(dict(pat_str=tok.get_pattern(), special_tokens=SPECIAL_TOKENS), f, indent=1)
-    return load_tokenizer(path)
+    enc = load_tokenizer(path)
+    if enc.n_vocab - len(SPECIAL_TOKENS) < vocab_size:
+        print(f"warning: the BPE stopped at {enc.n_vocab - len(SPECIAL_TOKENS)} of the {vocab_size} tokens asked: "
+              "the text has no more pairs to merge", file=sys.stderr)
+    return enc
 
 
 def load_tokenizer(spec):

@@ -79,8 +79,8 @@ class TrainConfig:
             (self.dtype in ("auto", "float32", "bfloat16"), f"dtype={self.dtype!r} must be auto, float32 or bfloat16"),
             (min(self.seq_len, self.batch_size, self.max_steps, self.world_size) > 0,
              "seq_len, batch_size, max_steps and world_size must be positive"),
-            (self.global_batch_size >= 0 and min(self.eval_interval, self.log_interval, self.ckpt_interval) > 0,
-             "global_batch_size must be >= 0 and eval_interval, log_interval, ckpt_interval positive"),
+            (self.global_batch_size >= 0 and min(self.eval_interval, self.log_interval, self.ckpt_interval, self.keep_last) > 0,
+             "global_batch_size must be >= 0 and eval_interval, log_interval, ckpt_interval, keep_last positive"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -251,6 +251,9 @@ def save_checkpoint(out_dir, step, model, optimizer, meta, keep_last=2, keep_eve
     torch.save(rng_state(), os.path.join(tmp, "rng.pt"))
     with open(os.path.join(tmp, "meta.json"), "w") as f:
         json.dump(meta, f, indent=1)
+    for name in os.listdir(tmp):  # on disk before DONE and the rename, so a power cut cannot reorder them
+        with open(os.path.join(tmp, name), "rb+") as f:
+            os.fsync(f.fileno())
     open(os.path.join(tmp, "DONE"), "w").close()  # last file: its presence means the rest is complete
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)

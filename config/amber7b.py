@@ -8,6 +8,7 @@ data_dir = "data/amber/tokens"
 tokenizer = "bpe"
 tokenizer_vocab = 31995        # + 5 special tokens = 32000, LLaMA's vocabulary size
 verify_data = False            # hashing terabytes at every start costs hours
+val_frac = 0.001               # held out per source; the evaluation reads eval_seqs of it
 
 vocab_size = 32000
 n_layer = 32
@@ -37,6 +38,7 @@ weight_decay_all = True        # Amber decays every parameter
 grad_clip = 1.0
 
 eval_interval = 1000
+eval_seqs = 64
 log_interval = 10
 ckpt_interval = 763            # 360 checkpoints over the run, as Amber released
 keep_every = 763               # and keep them all

@@ -11,6 +11,7 @@ data_dir = "data/crystalcoder/tokens"
 tokenizer = "bpe"
 tokenizer_vocab = 31995        # + 5 special tokens; the model's table has 32032 rows
 verify_data = False
+val_frac = 0.001               # held out per source; the evaluation reads eval_seqs of it
 
 vocab_size = 32032
 n_layer = 32
@@ -53,4 +54,5 @@ weight_decay = 0.1
 grad_clip = 1.0
 
 eval_interval = 1000
+eval_seqs = 64
 ckpt_interval = 1500

@@ -9,6 +9,7 @@ data_dir = "data/neo/tokens"
 tokenizer = "bpe"
 tokenizer_vocab = 63995        # + 5 special tokens = 64000, MAP-Neo's vocabulary
 verify_data = False
+val_frac = 0.001               # held out per source; the evaluation reads eval_seqs of it
 
 vocab_size = 64256             # 64000 padded
 n_layer = 28
@@ -44,5 +45,6 @@ weight_decay = 0.1
 grad_clip = 1.0
 
 eval_interval = 1000
+eval_seqs = 64
 ckpt_interval = 2384           # MAP-Neo's checkpoint interval, with full optimizer state
 keep_every = 2384

@@ -26,4 +26,5 @@ min_lr = 1e-4
 warmup_steps = 500
 schedule = "cosine"
 eval_interval = 500
+eval_seqs = 64
 ckpt_interval = 1000

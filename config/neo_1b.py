@@ -26,4 +26,5 @@ min_lr = 3e-5
 warmup_steps = 1000
 schedule = "cosine"
 eval_interval = 500
+eval_seqs = 64
 ckpt_interval = 1000

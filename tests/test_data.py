@@ -174,3 +174,14 @@ def test_show_ckpt_prints_the_last_step_before_the_save(tiny_data, tmp_path, cap
     assert all(enc.decode(row.tolist()) in out for row in b.batch(2))
     with pytest.raises(train.ConfigError, match="checkpoint not found"):
         data.main(["show", "--ckpt", str(tmp_path / "nope")])
+
+
+def test_prepare_warns_on_a_short_vocabulary_and_batches_refuse_tiny_data(tmp_path, capsys):
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "a.jsonl").write_text('{"text": "hello world, hello there"}\n')
+    data.prepare(str(tmp_path / "raw"), str(tmp_path / "tok"), "bpe", 4096, 0.05)
+    assert "the BPE stopped at" in capsys.readouterr().err
+    with pytest.raises(data.DataError, match=f"{tmp_path / 'tok'}: no train shard holds seq_len \\+ 1 = 257 tokens"):
+        data.Batches(str(tmp_path / "tok"), 256, 8, 0)
+    with pytest.raises(data.DataError, match="no documents found"):
+        data.prepare(str(tmp_path / "tok"), str(tmp_path / "x"), "bpe", 300, 0.05)  # shards are no documents
