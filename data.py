@@ -156,10 +156,12 @@ def load_manifest(data_dir, verify=True):
         raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
     for s in tqdm(manifest["shards"], desc="checking shards", disable=not verify or len(manifest["shards"]) < 50):
         shard = os.path.join(data_dir, s["file"])
-        if len(read_shard(shard)) != s["tokens"]:
-            raise DataError(f"{shard}: holds {len(read_shard(shard)):,} tokens, {path} says {s['tokens']:,}")
-        if verify and sha256_file(shard) != s["sha256"]:
-            raise DataError(f"{shard}: sha256 {sha256_file(shard)} does not match {path} ({s['sha256']}): "
+        n = len(read_shard(shard))
+        if n != s["tokens"]:
+            raise DataError(f"{shard}: holds {n:,} tokens, {path} says {s['tokens']:,}")
+        digest = sha256_file(shard) if verify else s["sha256"]
+        if digest != s["sha256"]:
+            raise DataError(f"{shard}: sha256 {digest} does not match {path} ({s['sha256']}): "
                             "the shard changed since it was written")
     manifest["sha256"] = sha256_file(path)  # what checkpoints record
     return manifest

@@ -433,8 +433,9 @@ def train(cfg, mcfg):
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
 
     os.makedirs(cfg.out_dir, exist_ok=True)
-    ckpt = find_checkpoint(cfg.out_dir) if cfg.resume == "auto" else cfg.resume or None
-    if cfg.resume == "" and find_checkpoint(cfg.out_dir):
+    newest = find_checkpoint(cfg.out_dir)
+    ckpt = newest if cfg.resume == "auto" else cfg.resume or None
+    if cfg.resume == "" and newest:
         raise ConfigError(f"{cfg.out_dir} already holds checkpoints: pass --resume=auto to continue that run, "
                           "or choose another out_dir")
     start = 0
