@@ -303,6 +303,13 @@ class Batches:
         return torch.from_numpy(self.tokens(self.sample_ids(step, rank, world_size)))
 
 
+def doc_ids(tokens, eot):
+    """Document ids (B, T) of packed tokens (B, T), for attention masking: the end-of-text token
+    that closes one document opens the next id, so the position that predicts a document's
+    first token sees nothing of the document before it."""
+    return (tokens == eot).cumsum(1)
+
+
 def val_sequences(data_dir, manifest, seq_len, max_seqs=0):
     """{source: (n, seq_len + 1) int64} of consecutive windows of each source's val split."""
     out = {}

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+HAVE_TRITON = importlib.util.find_spec("triton") is not None  # not on macOS or Windows: attn_impl="auto" uses SDPA
 
 @dataclass
 class ModelConfig:
@@ -35,7 +36,7 @@ class ModelConfig:
     rope_theta: float = 10000.0
     rotary_dim: int = 0          # 0: the whole head; CrystalCoder rotates 32 of 128 dims
     tie_embeddings: bool = False
-    attn_impl: str = "sdpa"      # "sdpa" (torch, everywhere) or "triton" (kernels/flash_attention.py)
+    attn_impl: str = "auto"      # "triton" (kernels/flash_attention.py, CUDA), "sdpa" (torch, anywhere), "auto": triton on CUDA
     # initialisation: normal(0, std), truncated at +-init_truncate std when > 0
     init_std: float = 0.02       # hidden matrices (and an untied lm_head)
     init_std_embed: float = 0.0  # 0: init_std
@@ -60,13 +61,12 @@ class ModelConfig:
             (self.rotary_dim % 2 == 0 and self.rotary_dim <= self.head_dim,
              f"rotary_dim={self.rotary_dim} must be even and at most head_dim={self.head_dim}"),
             (self.norm in ("rmsnorm", "layernorm"), f"norm={self.norm!r} must be 'rmsnorm' or 'layernorm'"),
-            (self.attn_impl in ("sdpa", "triton"), f"attn_impl={self.attn_impl!r} must be 'sdpa' or 'triton'"),
+            (self.attn_impl in ("auto", "sdpa", "triton"), f"attn_impl={self.attn_impl!r} must be 'auto', 'sdpa' or 'triton'"),
+            (self.attn_impl != "triton" or HAVE_TRITON, "attn_impl='triton' needs triton installed"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
-        if self.attn_impl == "triton" and importlib.util.find_spec("kernels.flash_attention") is None:
-            raise ValueError("attn_impl='triton' needs kernels/flash_attention.py, which is not written yet; use 'sdpa'")
 
 
 def norm_layer(cfg):
@@ -92,19 +92,24 @@ def apply_rope(x, cos, sin):
     return torch.cat([rotated, rest], dim=-1)
 
 
-def attention(q, k, v, scale, impl):
+def attention(q, k, v, scale, impl, doc_ids=None):
     # q: (B, Tq, Hq, D), k and v: (B, Tk, Hkv, D), the layout of kernels.flash_attention.flash_attn.
-    # the queries are the last Tq positions of the Tk keys (Tq < Tk when decoding with a KV cache)
+    # the queries are the last Tq positions of the Tk keys (Tq < Tk when decoding with a KV cache).
+    # doc_ids (B, T): a token sees only the keys of its own document (a run of equal ids)
     Tq, Tk = q.size(1), k.size(1)
+    if impl == "auto":
+        impl = "triton" if q.is_cuda and HAVE_TRITON else "sdpa"
     if impl == "triton" and Tq == Tk:
         from kernels.flash_attention import flash_attn
-        return flash_attn(q, k, v, causal=True, softmax_scale=scale)
+        return flash_attn(q, k, v, causal=True, softmax_scale=scale, doc_ids=doc_ids)
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))
     gqa = dict(enable_gqa=True) if q.size(1) != k.size(1) else {}
-    if Tq == Tk:
+    if Tq == Tk and doc_ids is None:
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, **gqa)
     else:
         mask = torch.arange(Tk, device=q.device)[None, :] <= torch.arange(Tk - Tq, Tk, device=q.device)[:, None]
+        if doc_ids is not None:  # (B, 1, Tq, Tk): T x T booleans, fine for a reference, not for 8k contexts
+            mask = mask & (doc_ids[:, -Tq:, None] == doc_ids[:, None, :])[:, None]
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, **gqa)
     return y.transpose(1, 2)
 
@@ -116,7 +121,7 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim, bias=cfg.qkv_bias)
         self.out = nn.Linear(cfg.n_head * cfg.head_dim, cfg.d_model, bias=cfg.attn_out_bias)
 
-    def forward(self, x, cos, sin, cache=None):
+    def forward(self, x, cos, sin, cache=None, doc_ids=None):
         cfg, (B, T, _) = self.cfg, x.shape
         q, k, v = self.qkv(x).split([cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim,
                                      cfg.n_kv_head * cfg.head_dim], dim=-1)
@@ -126,7 +131,7 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(k, v)
         scale = 1.0 / cfg.head_dim if cfg.qk_scale_by_d else 1.0 / math.sqrt(cfg.head_dim)
-        y = attention(q, k, v, scale, cfg.attn_impl)
+        y = attention(q, k, v, scale, cfg.attn_impl, doc_ids)
         return self.out(y.reshape(B, T, cfg.n_head * cfg.head_dim))
 
 
@@ -147,8 +152,8 @@ class Block(nn.Module):
         self.norm1, self.attn = norm_layer(cfg), Attention(cfg)
         self.norm2, self.mlp = norm_layer(cfg), MLP(cfg)
 
-    def forward(self, x, cos, sin, cache=None):
-        x = x + self.attn(self.norm1(x), cos, sin, cache)
+    def forward(self, x, cos, sin, cache=None, doc_ids=None):
+        x = x + self.attn(self.norm1(x), cos, sin, cache, doc_ids)
         return x + self.mlp(self.norm2(x))
 
 
@@ -207,9 +212,10 @@ class GPT(nn.Module):
                 nn.init.zeros_(m.bias)
         self.rope_cos, self.rope_sin = rope_tables(cfg, self.embed.weight.device)
 
-    def forward(self, idx, targets=None, caches=None):
+    def forward(self, idx, targets=None, caches=None, doc_ids=None):
         """idx (B, T) -> logits (B, T, V), or the mean cross-entropy when targets (B, T) are given
-        (targets of -1 are ignored). With caches, idx continues the cached positions."""
+        (targets of -1 are ignored). With caches, idx continues the cached positions. With doc_ids
+        (B, T), packed documents (runs of equal ids) do not attend to each other."""
         start = caches[0].len if caches else 0
         T = idx.size(1)
         if start + T > self.cfg.max_seq_len:
@@ -219,7 +225,7 @@ class GPT(nn.Module):
         if self.cfg.embed_mult != 1.0:  # muP; skipped otherwise, as a full pass over the activations
             x = x * self.cfg.embed_mult
         for i, block in enumerate(self.blocks):
-            x = block(x, cos, sin, caches[i] if caches else None)
+            x = block(x, cos, sin, caches[i] if caches else None, doc_ids)
         x = self.norm(x)
         logits = F.linear(x, self.embed.weight if self.lm_head is None else self.lm_head.weight)
         if self.cfg.logit_mult != 1.0:

@@ -44,6 +44,7 @@ class TrainConfig:
     seq_len: int = 256
     batch_size: int = 16         # sequences per micro-batch per rank
     global_batch_size: int = 0   # sequences per optimizer step over all ranks; 0: batch_size x ranks
+    doc_mask: bool = False       # packed documents do not attend to each other (split at end-of-text)
     # optimizer
     optimizer: str = "adamw_torch"
     lr: float = 3e-3
@@ -310,8 +311,9 @@ def peak_flops(device):
 
 
 @torch.no_grad()
-def evaluate(model, val, batch_size, device, autocast):
-    """Mean validation loss per source, and over all tokens as 'all'."""
+def evaluate(model, val, batch_size, device, autocast, eot=None):
+    """Mean validation loss per source, and over all tokens as 'all'. eot: mask attention at
+    document boundaries."""
     model.eval()
     out, total = {}, 0.0
     for source, seqs in val.items():
@@ -319,7 +321,8 @@ def evaluate(model, val, batch_size, device, autocast):
         for i in range(0, len(seqs), batch_size):
             x = torch.from_numpy(seqs[i:i + batch_size]).to(device)
             with autocast:
-                loss += model(x[:, :-1], x[:, 1:]).item() * len(x)
+                docs = data.doc_ids(x[:, :-1], eot) if eot is not None else None
+                loss += model(x[:, :-1], x[:, 1:], doc_ids=docs).item() * len(x)
         out[source] = loss / len(seqs)
         total += loss
     out["all"] = total / sum(len(s) for s in val.values())
@@ -411,6 +414,9 @@ def train(cfg, mcfg):
     bf16 = cfg.dtype == "bfloat16" or cfg.dtype == "auto" and device.type == "cuda"
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     rank, world_size = 0, 1  # one process for now; torchrun + FSDP2 set these
+    if mcfg.attn_impl == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ConfigError(f"attn_impl='triton' runs on CUDA, not {device}: use attn_impl='auto' or 'sdpa', or set "
+                          "TRITON_INTERPRET=1 to run the kernels in Triton's (slow) interpreter")
 
     manifest = prepare_data(cfg)
     enc = data.tokenizer_of(cfg.data_dir, manifest)
@@ -427,6 +433,7 @@ def train(cfg, mcfg):
     accum = gb // (cfg.batch_size * world_size)
     batches = data.Batches(cfg.data_dir, cfg.seq_len, gb, cfg.seed, verify=False)  # verified above
     val = data.val_sequences(cfg.data_dir, manifest, cfg.seq_len, cfg.eval_seqs)
+    eot = manifest["eot"] if cfg.doc_mask else None
 
     model = build_model(mcfg, device, cfg.seed)
     groups = model.param_groups(cfg.weight_decay, cfg.weight_decay_all)
@@ -476,7 +483,7 @@ def train(cfg, mcfg):
           f"{'bf16 autocast' if bf16 else 'fp32'}")
 
     def run_eval(step):
-        losses = evaluate(run_model, val, cfg.batch_size, device, autocast)
+        losses = evaluate(run_model, val, cfg.batch_size, device, autocast, eot)
         tqdm.write(f"step {step:6d} | val " + " | ".join(f"{k} {v:.4f}" for k, v in losses.items()))
         log(step=step, val=losses)
 
@@ -504,7 +511,8 @@ def train(cfg, mcfg):
             loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per micro-batch
             for micro in x.split(cfg.batch_size):
                 with autocast:
-                    loss = run_model(micro[:, :-1], micro[:, 1:]) / accum
+                    docs = data.doc_ids(micro[:, :-1], eot) if eot is not None else None
+                    loss = run_model(micro[:, :-1], micro[:, 1:], doc_ids=docs) / accum
                 loss.backward()
                 loss_sum += loss.detach()
             loss_sum = loss_sum.item()

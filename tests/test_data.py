@@ -185,3 +185,9 @@ def test_prepare_warns_on_a_short_vocabulary_and_batches_refuse_tiny_data(tmp_pa
         data.Batches(str(tmp_path / "tok"), 256, 8, 0)
     with pytest.raises(data.DataError, match="no documents found"):
         data.prepare(str(tmp_path / "tok"), str(tmp_path / "x"), "bpe", 300, 0.05)  # shards are no documents
+
+
+def test_doc_ids_split_at_end_of_text():
+    # the end-of-text token (9) closes a document and opens the next id
+    x = torch.tensor([[1, 2, 9, 3, 9, 9, 4], [9, 5, 6, 7, 8, 1, 2]])
+    assert data.doc_ids(x, 9).tolist() == [[0, 0, 1, 1, 2, 3, 3], [1, 1, 1, 1, 1, 1, 1]]

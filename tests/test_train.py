@@ -51,8 +51,7 @@ def test_config_errors_name_file_line_key_and_expectation(tmp_path):
     assert config_error([str(bad)]) == f"{bad}:2: ZeroDivisionError: division by zero"
     assert "n_head=6 must be a multiple of n_kv_head=4" in config_error(["--n_head=6", "--n_kv_head=4"])
     assert "schedule='cosin' must be" in config_error(["--schedule=cosin"])
-    if not os.path.exists(os.path.join(ROOT, "kernels", "flash_attention.py")):
-        assert "attn_impl='triton' needs kernels/flash_attention.py" in config_error(["--attn_impl=triton"])
+    assert "attn_impl='flash' must be 'auto', 'sdpa' or 'triton'" in config_error(["--attn_impl=flash"])
     assert config_error(["--lr"]) == "--lr: needs a value, as in --lr=VALUE"
 
 
