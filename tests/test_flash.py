@@ -68,6 +68,16 @@ def test_matches_float64_in_the_interpreter(D, T, causal, doc, ratio):
         assert max_err(g, r) < 1e-5, (name, max_err(g, r))
 
 
+@pytest.mark.parametrize("D,causal,doc", [(64, True, True), (128, False, True), (192, True, False)])
+def test_gpu_block_sizes_in_the_interpreter(D, causal, doc, monkeypatch):
+    # the tile shapes the GPU runs (128 x 64 and so on), over a length that is not a multiple of them
+    gpu_sizes = fa.block_sizes
+    monkeypatch.setattr(fa, "block_sizes", lambda D: gpu_sizes(D, interpret=False))
+    got, ref, _ = run(1, 300, 2, 1, D, causal, doc, torch.float32, seed=D)
+    for name, g, r in zip(("out", "dq", "dk", "dv"), got, ref):
+        assert max_err(g, r) < 1e-5, (name, max_err(g, r))
+
+
 def test_every_case_combination_is_covered():
     assert {(c, d, r) for _, _, c, d, r in CASES} == {(c, d, r) for c in (True, False) for d in (True, False)
                                                       for r in RATIOS}
