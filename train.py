@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 import data
-from model import GPT, ModelConfig
+from model import GPT, HAVE_TRITON, ModelConfig
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CONFIG = os.path.join(HERE, "config", "toy.py")
@@ -46,7 +46,8 @@ class TrainConfig:
     global_batch_size: int = 0   # sequences per optimizer step over all ranks; 0: batch_size x ranks
     doc_mask: bool = False       # packed documents do not attend to each other (split at end-of-text)
     # optimizer
-    optimizer: str = "adamw_torch"
+    optimizer: str = "auto"      # adamw_triton (kernels/adamw.py, CUDA), adamw_torch, auto: triton on CUDA
+    optim_state_dtype: str = "float32"  # AdamW moments; bfloat16 (adamw_triton only) saves 4 bytes per parameter
     lr: float = 3e-3
     min_lr: float = 3e-4
     beta1: float = 0.9
@@ -76,7 +77,9 @@ class TrainConfig:
             (self.schedule in ("cosine", "linear", "wsd", "cosine_exp"), f"schedule={self.schedule!r} must be cosine, linear, wsd or cosine_exp"),
             (self.schedule not in ("wsd", "cosine_exp") or 0 < self.decay_steps <= self.max_steps,
              f"schedule={self.schedule!r} needs 0 < decay_steps <= max_steps, got decay_steps={self.decay_steps}"),
-            (self.optimizer == "adamw_torch", f"optimizer={self.optimizer!r}: only 'adamw_torch' exists so far"),
+            (self.optimizer in ("auto", "adamw_triton", "adamw_torch"),
+             f"optimizer={self.optimizer!r} must be auto, adamw_triton or adamw_torch"),
+            (self.optim_state_dtype in ("float32", "bfloat16"), f"optim_state_dtype={self.optim_state_dtype!r} must be float32 or bfloat16"),
             (self.dtype in ("auto", "float32", "bfloat16"), f"dtype={self.dtype!r} must be auto, float32 or bfloat16"),
             (min(self.seq_len, self.batch_size, self.max_steps, self.world_size) > 0,
              "seq_len, batch_size, max_steps and world_size must be positive"),
@@ -366,7 +369,8 @@ def memory_plan(model, cfg):
     return {
         "params fp32 (shard)": 4 * N / ws,
         "grads fp32 (shard)": 4 * N / ws,
-        "AdamW m, v fp32 (shard)": 8 * N / ws,
+        f"AdamW m, v {'bf16' if cfg.optim_state_dtype == 'bfloat16' else 'fp32'} (shard)":
+            (4 if cfg.optim_state_dtype == "bfloat16" else 8) * N / ws,
         "bf16 params gathered (2 blocks + root)": 2 * (2 * block + root),
         "fp32 grads of a block before reduce-scatter": 4 * block,
         "activations": tokens * (m.n_layer * per_layer + logits),
@@ -414,9 +418,13 @@ def train(cfg, mcfg):
     bf16 = cfg.dtype == "bfloat16" or cfg.dtype == "auto" and device.type == "cuda"
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     rank, world_size = 0, 1  # one process for now; torchrun + FSDP2 set these
-    if mcfg.attn_impl == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ConfigError(f"attn_impl='triton' runs on CUDA, not {device}: use attn_impl='auto' or 'sdpa', or set "
-                          "TRITON_INTERPRET=1 to run the kernels in Triton's (slow) interpreter")
+    for key, value, other in (("attn_impl", mcfg.attn_impl, "sdpa"), ("optimizer", cfg.optimizer, "adamw_torch")):
+        if "triton" in value and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ConfigError(f"{key}={value!r} runs on CUDA, not {device}: use {key}='auto' or {other!r}, or set "
+                              "TRITON_INTERPRET=1 to run the kernels in Triton's (slow) interpreter")
+    triton_adamw = cfg.optimizer == "adamw_triton" or cfg.optimizer == "auto" and device.type == "cuda" and HAVE_TRITON
+    if cfg.optim_state_dtype == "bfloat16" and not triton_adamw:
+        raise ConfigError("optim_state_dtype='bfloat16' needs optimizer='adamw_triton'")
 
     manifest = prepare_data(cfg)
     enc = data.tokenizer_of(cfg.data_dir, manifest)
@@ -437,7 +445,12 @@ def train(cfg, mcfg):
 
     model = build_model(mcfg, device, cfg.seed)
     groups = model.param_groups(cfg.weight_decay, cfg.weight_decay_all)
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+    if triton_adamw:
+        from kernels.adamw import AdamW
+        optimizer = AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
+                          state_dtype=getattr(torch, cfg.optim_state_dtype))
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
 
     os.makedirs(cfg.out_dir, exist_ok=True)
     newest = find_checkpoint(cfg.out_dir)
@@ -516,7 +529,10 @@ def train(cfg, mcfg):
                 loss.backward()
                 loss_sum += loss.detach()
             loss_sum = loss_sum.item()
-            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf")).item()
+            if triton_adamw:  # one reduction; the clipping itself happens inside the fused step
+                gnorm = optimizer.clip_grad_norm_(cfg.grad_clip or float("inf")).item()
+            else:
+                gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf")).item()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             done = step + 1
