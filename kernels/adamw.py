@@ -35,27 +35,17 @@ TL_DTYPE = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float1
 
 
 @triton.jit
-def _adamw_kernel(ADDR, HYPER, CHUNK_TENSOR, CHUNK_START, GRAD_SCALE,
-                  P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, S_DTYPE: tl.constexpr, BLOCK: tl.constexpr):
-    c = tl.program_id(0)
-    t = tl.load(CHUNK_TENSOR + c)
-    offs = tl.load(CHUNK_START + c) + tl.arange(0, BLOCK)
-    # the tensor's addresses: param, grad, exp_avg, exp_avg_sq, and its length
-    p_ptr = tl.load(ADDR + t * 5).to(tl.pointer_type(P_DTYPE))
-    g_ptr = tl.load(ADDR + t * 5 + 1).to(tl.pointer_type(G_DTYPE))
-    m_ptr = tl.load(ADDR + t * 5 + 2).to(tl.pointer_type(S_DTYPE))
-    v_ptr = tl.load(ADDR + t * 5 + 3).to(tl.pointer_type(S_DTYPE))
-    mask = offs < tl.load(ADDR + t * 5 + 4)
-    # its hyperparameters, worked out on the host in float64 as torch does
-    decay = tl.load(HYPER + t * 8)      # 1 - lr * weight_decay
-    w1 = tl.load(HYPER + t * 8 + 1)     # 1 - beta1
-    beta2 = tl.load(HYPER + t * 8 + 2)
-    w2 = tl.load(HYPER + t * 8 + 3)     # 1 - beta2
-    eps = tl.load(HYPER + t * 8 + 4)
-    step_size = tl.load(HYPER + t * 8 + 5)  # lr / (1 - beta1^step)
-    bc2_sqrt = tl.load(HYPER + t * 8 + 6)   # sqrt(1 - beta2^step)
+def _adamw_update(p_ptr, g_ptr, m_ptr, v_ptr, offs, mask, h_ptr, scale, P_DTYPE: tl.constexpr, S_DTYPE: tl.constexpr):
+    # the tensor's hyperparameters, worked out on the host in float64 as torch does
+    decay = tl.load(h_ptr)              # 1 - lr * weight_decay
+    w1 = tl.load(h_ptr + 1)             # 1 - beta1
+    beta2 = tl.load(h_ptr + 2)
+    w2 = tl.load(h_ptr + 3)             # 1 - beta2
+    eps = tl.load(h_ptr + 4)
+    step_size = tl.load(h_ptr + 5)      # lr / (1 - beta1^step)
+    bc2_sqrt = tl.load(h_ptr + 6)       # sqrt(1 - beta2^step)
     p = tl.load(p_ptr + offs, mask=mask).to(tl.float32)
-    g = tl.load(g_ptr + offs, mask=mask).to(tl.float32) * tl.load(GRAD_SCALE)  # gradient clipping, fused
+    g = tl.load(g_ptr + offs, mask=mask).to(tl.float32) * scale  # gradient clipping, fused
     m = tl.load(m_ptr + offs, mask=mask).to(tl.float32)
     v = tl.load(v_ptr + offs, mask=mask).to(tl.float32)
     p = p * decay
@@ -68,19 +58,45 @@ def _adamw_kernel(ADDR, HYPER, CHUNK_TENSOR, CHUNK_START, GRAD_SCALE,
 
 
 @triton.jit
+def _adamw_kernel(ADDR, HYPER, CHUNK_TENSOR, CHUNK_START, GRAD_SCALE,
+                  P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, S_DTYPE: tl.constexpr, BLOCK: tl.constexpr):
+    c = tl.program_id(0)
+    t = tl.load(CHUNK_TENSOR + c)
+    start = tl.multiple_of(tl.load(CHUNK_START + c), BLOCK)
+    offs = start + tl.arange(0, BLOCK)
+    # the tensor's addresses: param, grad, exp_avg, exp_avg_sq (16-byte aligned, checked on the
+    # host, so that loads can be 128 bits wide), and its length
+    p_ptr = tl.multiple_of(tl.load(ADDR + t * 5).to(tl.pointer_type(P_DTYPE)), 16)
+    g_ptr = tl.multiple_of(tl.load(ADDR + t * 5 + 1).to(tl.pointer_type(G_DTYPE)), 16)
+    m_ptr = tl.multiple_of(tl.load(ADDR + t * 5 + 2).to(tl.pointer_type(S_DTYPE)), 16)
+    v_ptr = tl.multiple_of(tl.load(ADDR + t * 5 + 3).to(tl.pointer_type(S_DTYPE)), 16)
+    n = tl.load(ADDR + t * 5 + 4)
+    scale = tl.load(GRAD_SCALE)
+    if start + BLOCK <= n:  # a whole chunk: no mask, which keeps the loads and stores wide
+        _adamw_update(p_ptr, g_ptr, m_ptr, v_ptr, offs, None, HYPER + t * 8, scale, P_DTYPE, S_DTYPE)
+    else:  # the tail of a tensor
+        _adamw_update(p_ptr, g_ptr, m_ptr, v_ptr, offs, offs < n, HYPER + t * 8, scale, P_DTYPE, S_DTYPE)
+
+
+@triton.jit
 def _sumsq_kernel(ADDR, CHUNK_TENSOR, CHUNK_START, OUT, G_DTYPE: tl.constexpr, BLOCK: tl.constexpr):
     # one partial sum of squared gradients per chunk; the partials are summed by torch
     c = tl.program_id(0)
     t = tl.load(CHUNK_TENSOR + c)
-    offs = tl.load(CHUNK_START + c) + tl.arange(0, BLOCK)
-    g = tl.load(tl.load(ADDR + t * 2).to(tl.pointer_type(G_DTYPE)) + offs, mask=offs < tl.load(ADDR + t * 2 + 1),
-                other=0.0).to(tl.float32)
+    offs = tl.multiple_of(tl.load(CHUNK_START + c), BLOCK) + tl.arange(0, BLOCK)
+    g_ptr = tl.multiple_of(tl.load(ADDR + t * 2).to(tl.pointer_type(G_DTYPE)), 16)
+    g = tl.load(g_ptr + offs, mask=offs < tl.load(ADDR + t * 2 + 1), other=0.0).to(tl.float32)
     tl.store(OUT + c, tl.sum(g * g, 0))
 
 
 def _local(t):
     # an FSDP2 DTensor's shard on this rank, or the tensor itself
     return t.to_local() if hasattr(t, "to_local") else t
+
+
+def _aligned(g):
+    # the kernels read 16 bytes at a time: a gradient that is a strided or misaligned view is copied
+    return g if g.is_contiguous() and g.data_ptr() % 16 == 0 else g.clone(memory_format=torch.contiguous_format)
 
 
 def _check_device(t):
@@ -138,7 +154,7 @@ class AdamW(torch.optim.Optimizer):
         for g in grads:
             if g.numel():
                 _check_device(g)
-                by_dtype.setdefault((g.dtype, g.device), []).append(g.contiguous())
+                by_dtype.setdefault((g.dtype, g.device), []).append(_aligned(g))
         device = grads[0].device
         total = torch.zeros((), device=device, dtype=torch.float32)
         for (dtype, dev), gs in by_dtype.items():
@@ -176,9 +192,11 @@ class AdamW(torch.optim.Optimizer):
             if lp.numel() == 0:  # an FSDP rank may hold no part of a small parameter
                 continue
             _check_device(lp)
-            if not (lp.is_contiguous() and lm.is_contiguous() and lv.is_contiguous()):
-                raise ValueError(f"AdamW (Triton) needs contiguous parameters and state; shape {tuple(p.shape)} is not")
-            lg = lg.contiguous()
+            if not (lp.is_contiguous() and lm.is_contiguous() and lv.is_contiguous()) or \
+                    any(t.data_ptr() % 16 for t in (lp, lm, lv)):
+                raise ValueError(f"AdamW (Triton) needs contiguous, 16-byte aligned parameters and state; the "
+                                 f"parameter of shape {tuple(p.shape)} is a view that is not")
+            lg = _aligned(lg)
             lr, (beta1, beta2) = group["lr"], group["betas"]
             key = (lp.device, lp.dtype, lg.dtype, lm.dtype)
             addr, hyper, numels, alive = launches.setdefault(key, ([], [], [], []))

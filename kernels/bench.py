@@ -10,11 +10,18 @@ Benchmarks and build checks of the Triton kernels.
         torch's scaled_dot_product_attention (flash and cuDNN backends), bf16, B*T = 16k
         tokens, H*D = 2048. Raw results go to benchmarks/flash_attention_<date>.json (with
         nvidia-smi and versions); --write appends the table to BENCHMARKS.md.
+    python kernels/bench.py adamw [--cases=neo_125m,neo_1b,neo7b/8] [--write]
+        on a GPU: ms per step of kernels.adamw.AdamW against torch.optim.AdamW (fused=True
+        and foreach=True) on the parameter shapes of a config (neo7b/8: one of 8 FSDP
+        shards), effective bandwidth at 28 bytes per parameter, and clip + step.
+
+--device=cpu (with TRITON_INTERPRET=1) runs any of them on a CPU, slowly, to check the harness;
+--out=DIR writes the raw JSON elsewhere than benchmarks/.
 
 FLOPs: forward 4*B*H*T^2*D (halved when causal), backward 2.5x forward (dQ, dK, dV and the
 recomputed scores), forward+backward 3.5x.
 """
-import argparse, datetime, json, os, re, subprocess, sys, tempfile
+import argparse, datetime, json, math, os, re, subprocess, sys, tempfile
 from concurrent.futures import ProcessPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,48 +31,67 @@ SMEM_SM90 = 232448  # bytes of shared memory one block may use on an H100
 
 # ----------------------------------------------------------------------------- compile check
 
-def _compile(job):
-    name, D, causal, doc = job
+def _build(kernel, const, types, warps, stages):
+    """Compile for sm_90: (shared bytes, registers, spilled bytes). types: argument -> Triton type."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    import kernels.flash_attention as fa
-    kernel = dict(fwd=fa._fwd_kernel, dkdv=fa._bwd_dkdv_kernel, dq=fa._bwd_dq_kernel)[name]
-    BM, BN, warps, stages = fa.block_sizes(D, interpret=False)[name]
-    const = dict(D=D, BLOCK_D=max(16, triton.next_power_of_2(D)), BLOCK_M=BM, BLOCK_N=BN, CAUSAL=causal, DOC=doc,
-                 PREC="tf32", UPCAST=False)
-    sig = {}
-    for a in kernel.arg_names:
-        sig[a] = ("constexpr" if a in const else "*bf16" if a in ("Q", "K", "V", "O", "DO", "DQ", "DK", "DV")
-                  else "*fp32" if a in ("LSE", "DELTA") else "*i32" if a.startswith("SEG") else
-                  "fp32" if "scale" in a else "i32")
-    # what a launch specialises on: pointers and strides divisible by 16 (any T)
+    sig = {a: "constexpr" if a in const else types.get(a, "i32") for a in kernel.arg_names}
+    # what a launch specialises on: pointers and strides divisible by 16 (lengths anything)
     attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(kernel.arg_names)
              if sig[a].startswith("*") or re.fullmatch(r"s[a-z]{2}", a)}
-    row = f"{name:5s} D={D:<4d} {'causal' if causal else 'full  '} {'docs' if doc else '    '} " \
-          f"{BM:>3d}x{BN:<3d} {warps}w {stages}s"
-    try:
-        k = triton.compile(ASTSource(kernel, sig, const, attrs), target=GPUTarget("cuda", 90, 32),
-                           options=dict(num_warps=warps, num_stages=stages))
-    except Exception as e:  # noqa: BLE001 - reported, and the exit status says so
-        return False, f"{row}  FAILED {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    k = triton.compile(ASTSource(kernel, sig, const, attrs), target=GPUTarget("cuda", 90, 32),
+                       options=dict(num_warps=warps, num_stages=stages))
     cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(k.asm["cubin"])
         f.flush()
         usage = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True).stdout
     regs, spill = re.search(r"REG:(\d+)", usage), re.search(r"STACK:(\d+)", usage)
-    fits = k.metadata.shared <= SMEM_SM90
-    return fits, (f"{row}  smem {k.metadata.shared // 1024:3d} KiB  regs {regs.group(1) if regs else '?':>3s}  "
-                  f"spill {spill.group(1) if spill else '?':>4s} B  {'ok' if fits else 'TOO MUCH SHARED MEMORY'}")
+    return k.metadata.shared, regs.group(1) if regs else "?", spill.group(1) if spill else "?"
+
+
+def _compile(job):
+    import triton
+    import triton.language as tl
+    if job[0] == "adamw":
+        import kernels.adamw as ad
+        _, name, pd, gd, sd = job
+        kernel = dict(adamw=ad._adamw_kernel, sumsq=ad._sumsq_kernel)[name]
+        const = dict(P_DTYPE=getattr(tl, pd), G_DTYPE=getattr(tl, gd), S_DTYPE=getattr(tl, sd), BLOCK=ad.BLOCK)
+        const = {k: v for k, v in const.items() if k in kernel.arg_names}
+        types = dict(ADDR="*i64", HYPER="*fp32", CHUNK_TENSOR="*i32", CHUNK_START="*i64", GRAD_SCALE="*fp32",
+                     OUT="*fp32")
+        row, warps, stages = f"{name:5s} param {pd:8s} grad {gd:8s} state {sd:8s}", 8, 1
+    else:
+        import kernels.flash_attention as fa
+        _, name, D, causal, doc = job
+        kernel = dict(fwd=fa._fwd_kernel, dkdv=fa._bwd_dkdv_kernel, dq=fa._bwd_dq_kernel)[name]
+        BM, BN, warps, stages = fa.block_sizes(D, interpret=False)[name]
+        const = dict(D=D, BLOCK_D=max(16, triton.next_power_of_2(D)), BLOCK_M=BM, BLOCK_N=BN, CAUSAL=causal, DOC=doc,
+                     PREC="tf32", UPCAST=False)
+        types = {a: "*bf16" for a in ("Q", "K", "V", "O", "DO", "DQ", "DK", "DV")}
+        types.update(LSE="*fp32", DELTA="*fp32", SEG_LO="*i32", SEG_HI="*i32", qk_scale="fp32", sm_scale="fp32")
+        row = f"{name:5s} D={D:<4d} {'causal' if causal else 'full  '} {'docs' if doc else '    '} " \
+              f"{BM:>3d}x{BN:<3d} {warps}w {stages}s"
+    try:
+        shared, regs, spill = _build(kernel, const, types, warps, stages)
+    except Exception as e:  # noqa: BLE001 - reported, and the exit status says so
+        return False, f"{row}  FAILED {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    fits = shared <= SMEM_SM90
+    return fits, (f"{row}  smem {shared // 1024:3d} KiB  regs {regs:>3s}  spill {spill:>4s} B  "
+                  f"{'ok' if fits else 'TOO MUCH SHARED MEMORY'}")
 
 
 def compile_check(dims, quick):
     if os.environ.get("TRITON_INTERPRET") == "1":
         sys.exit("compile: unset TRITON_INTERPRET (the interpreter compiles nothing)")
     variants = [(True, False), (True, True)] if quick else [(c, d) for c in (True, False) for d in (False, True)]
-    jobs = [(name, D, c, d) for D in dims for c, d in variants for name in ("fwd", "dkdv", "dq")]
-    print(f"compiling {len(jobs)} kernels for sm_90 (bf16)")
+    jobs = [("flash", name, D, c, d) for D in dims for c, d in variants for name in ("fwd", "dkdv", "dq")]
+    jobs += [("adamw", "adamw", "float32", g, s) for g, s in
+             [("float32", "float32"), ("bfloat16", "float32"), ("float32", "bfloat16")]]
+    jobs += [("adamw", "sumsq", "float32", g, "float32") for g in ("float32", "bfloat16")]
+    print(f"compiling {len(jobs)} kernels for sm_90")
     ok = True
     with ProcessPoolExecutor(min(len(jobs), os.cpu_count() or 1)) as ex:
         for fits, line in ex.map(_compile, jobs):
@@ -76,22 +102,32 @@ def compile_check(dims, quick):
 
 # ----------------------------------------------------------------------------- attention speed
 
-def environment():
+def environment(device):
     import torch, triton
-    smi = subprocess.run(["nvidia-smi"], capture_output=True, text=True).stdout if torch.cuda.is_available() else ""
+    smi = subprocess.run(["nvidia-smi"], capture_output=True, text=True).stdout if device == "cuda" else ""
     return dict(date=datetime.date.today().isoformat(), device=torch.cuda.get_device_name() if smi else "cpu",
                 torch=torch.__version__, triton=triton.__version__, python=sys.version.split()[0], nvidia_smi=smi)
 
 
-def attention_bench(dims, lengths, tokens, width, write):
+def timed(fn, device, reps=50):
+    """Milliseconds per call: triton's do_bench on a GPU (flushes L2, takes the median), a plain clock on a CPU."""
+    import time
+    if device == "cuda":
+        from triton.testing import do_bench
+        return do_bench(fn, warmup=5, rep=reps)
+    fn()
+    t = time.perf_counter()
+    for _ in range(3):
+        fn()
+    return (time.perf_counter() - t) / 3 * 1000
+
+
+def attention_bench(dims, lengths, tokens, width, device, out, write):
     import torch
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
-    from triton.testing import do_bench
     from kernels.flash_attention import flash_attn
-    if not torch.cuda.is_available():
-        sys.exit("attention: needs a CUDA GPU")
-    env, rows = environment(), []
+    env, rows = environment(device), []
     impls = {"triton": lambda q, k, v, causal: flash_attn(q, k, v, causal=causal)}
     for label, backend in (("sdpa-flash", SDPBackend.FLASH_ATTENTION), ("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION)):
         def sdpa(q, k, v, causal, backend=backend):
@@ -105,21 +141,19 @@ def attention_bench(dims, lengths, tokens, width, write):
         for causal in (True, False):
             for T in lengths:
                 B, H = max(1, tokens // T), max(1, width // D)
-                gen = torch.Generator("cuda").manual_seed(0)
-                q, k, v = (torch.randn(B, T, H, D, device="cuda", dtype=torch.bfloat16, generator=gen)
+                gen = torch.Generator(device).manual_seed(0)
+                q, k, v = (torch.randn(B, T, H, D, device=device, dtype=torch.bfloat16, generator=gen)
                            .requires_grad_() for _ in range(3))
                 do = torch.randn_like(q)
                 flops = 4 * B * H * T * T * D / (2 if causal else 1)
                 ref = impls["sdpa-flash"](q, k, v, causal)
                 for name, fn in impls.items():
                     try:
-                        out = fn(q, k, v, causal)
-                        err = (out - ref).abs().max().item()
-                        fwd = do_bench(lambda: fn(q, k, v, causal), warmup=25, rep=100)
-                        bwd = do_bench(lambda: torch.autograd.grad(out, (q, k, v), do, retain_graph=True),
-                                       warmup=25, rep=100)
-                        both = do_bench(lambda: torch.autograd.grad(fn(q, k, v, causal), (q, k, v), do),
-                                        warmup=25, rep=100)
+                        o = fn(q, k, v, causal)
+                        err = (o - ref).abs().max().item()
+                        fwd = timed(lambda: fn(q, k, v, causal), device)
+                        bwd = timed(lambda: torch.autograd.grad(o, (q, k, v), do, retain_graph=True), device)
+                        both = timed(lambda: torch.autograd.grad(fn(q, k, v, causal), (q, k, v), do), device)
                     except RuntimeError as e:  # a backend that does not take this shape
                         print(f"{name:11s} {str(causal):6s} {D:4d} {T:6d}  unavailable: {str(e).splitlines()[0][:80]}")
                         continue
@@ -130,38 +164,106 @@ def attention_bench(dims, lengths, tokens, width, write):
                     print(f"{name:11s} {str(causal):6s} {D:4d} {T:6d} {row['fwd_tflops']:7.0f} {row['bwd_tflops']:7.0f} "
                           f"{row['fwd_bwd_tflops']:8.0f}           {err:.1e}", flush=True)
                 del q, k, v, do, ref
-    os.makedirs(os.path.join(ROOT, "benchmarks"), exist_ok=True)
-    path = os.path.join(ROOT, "benchmarks", f"flash_attention_{env['date']}.json")
+    table = [("impl", "impl"), ("causal", "causal"), ("D", "D"), ("T", "T"), ("fwd", "fwd_tflops"),
+             ("bwd", "bwd_tflops"), ("fwd+bwd", "fwd_bwd_tflops")]
+    return save("flash_attention", env, rows, table, out, write, f"bf16, B*T = {tokens}, H*D = {width}; TFLOP/s")
+
+
+def save(kind, env, rows, table, out, write, what):
+    """The raw rows (with nvidia-smi and versions) to out/, and with --write a table in BENCHMARKS.md."""
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, f"{kind}_{env['date']}.json")
     json.dump(dict(command=" ".join(sys.argv), env=env, rows=rows), open(path, "w"), indent=1)
     print(f"wrote {path}")
     if write:
-        lines = [f"\n## Flash attention, {env['device']}, {env['date']}\n",
+        cell = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)
+        lines = [f"\n## {kind}, {env['device']}, {env['date']}\n",
                  f"`python kernels/bench.py {' '.join(sys.argv[1:])}`; torch {env['torch']}, triton {env['triton']}; "
-                 f"bf16, B*T = {tokens}, H*D = {width}; TFLOP/s (raw: benchmarks/{os.path.basename(path)})\n",
-                 "| impl | causal | D | T | fwd | bwd | fwd+bwd |", "|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['impl']} | {r['causal']} | {r['D']} | {r['T']} | {r['fwd_tflops']:.0f} | {r['bwd_tflops']:.0f} "
-                  f"| {r['fwd_bwd_tflops']:.0f} |" for r in rows]
+                 f"{what} (raw: benchmarks/{os.path.basename(path)})\n",
+                 "| " + " | ".join(h for h, _ in table) + " |", "|" + "---|" * len(table)]
+        lines += ["| " + " | ".join(cell(r[k]) for _, k in table) + " |" for r in rows]
         with open(os.path.join(ROOT, "BENCHMARKS.md"), "a") as f:
             f.write("\n".join(lines) + "\n")
     return 0
 
 
+# ----------------------------------------------------------------------------- AdamW speed
+
+def param_shapes(config, shard):
+    """The parameter shapes of a config's model (64k vocabulary), dim 0 split `shard` ways as FSDP does."""
+    import torch
+    import train
+    from model import GPT
+    cfg, mcfg = train.load_config([os.path.join(ROOT, "config", config + ".py")])
+    mcfg.vocab_size = 64000
+    with torch.device("meta"):
+        model = GPT(mcfg)
+    return [(-(-p.shape[0] // shard),) + tuple(p.shape[1:]) for p in model.parameters()]
+
+
+def adamw_bench(cases, device, out, write):
+    import torch
+    from kernels.adamw import AdamW
+    env, rows = environment(device), []
+    make = {"triton": lambda ps: AdamW(ps, lr=1e-4, weight_decay=0.1),
+            "torch-fused": lambda ps: torch.optim.AdamW(ps, lr=1e-4, weight_decay=0.1, fused=True),
+            "torch-foreach": lambda ps: torch.optim.AdamW(ps, lr=1e-4, weight_decay=0.1, foreach=True)}
+    print(f"{env['device']} | torch {env['torch']} | triton {env['triton']} | fp32 params, grads and state")
+    print(f"{'case':14s} {'params':>14s} {'tensors':>7s} {'impl':14s} {'step ms':>8s} {'GB/s @28B':>9s} {'clip+step ms':>12s}")
+    for case in cases:
+        config, _, shard = case.partition("/")
+        shapes = param_shapes(config, int(shard or 1))
+        n = sum(math.prod(s) for s in shapes)
+        for name, opt_of in make.items():
+            gen = torch.Generator(device).manual_seed(0)
+            ps = [torch.nn.Parameter(torch.randn(s, device=device, generator=gen)) for s in shapes]
+            for p in ps:
+                p.grad = torch.randn(p.shape, device=device, generator=gen) * 1e-3
+            opt = opt_of(ps)
+            opt.step()  # allocates the state
+            step_ms = timed(opt.step, device)
+            if name == "triton":
+                clip = lambda: (opt.clip_grad_norm_(1.0), opt.step())
+            else:
+                clip = lambda: (torch.nn.utils.clip_grad_norm_(ps, 1.0, foreach=True), opt.step())
+            clip_ms = timed(clip, device)
+            row = dict(case=case, params=n, tensors=len(shapes), impl=name, step_ms=step_ms, clip_step_ms=clip_ms,
+                       gb_per_s=28 * n / step_ms / 1e6)
+            rows.append(row)
+            print(f"{case:14s} {n:14,d} {len(shapes):7d} {name:14s} {step_ms:8.2f} {row['gb_per_s']:9.0f} {clip_ms:12.2f}",
+                  flush=True)
+            del ps, opt
+            if device == "cuda":
+                torch.cuda.empty_cache()
+    table = [("case", "case"), ("params", "params"), ("impl", "impl"), ("step ms", "step_ms"),
+             ("GB/s at 28 B/param", "gb_per_s"), ("clip + step ms", "clip_step_ms")]
+    return save("adamw", env, rows, table, out, write, "fp32 params, grads, state; 64k vocabulary")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=["compile", "attention"])
+    ap.add_argument("what", choices=["compile", "attention", "adamw"])
     ap.add_argument("--dims", default="64,96,128,192,256", help="head dims (attention default: 64,128,192)")
     ap.add_argument("--quick", action="store_true", help="compile: causal kernels only")
     ap.add_argument("--lengths", default="1024,2048,4096,8192,16384")
     ap.add_argument("--tokens", type=int, default=16384, help="attention: B*T")
     ap.add_argument("--width", type=int, default=2048, help="attention: H*D")
-    ap.add_argument("--write", action="store_true", help="attention: append the table to BENCHMARKS.md")
+    ap.add_argument("--cases", default="neo_125m,neo_1b,neo7b/8", help="adamw: configs, /N = one of N FSDP shards")
+    ap.add_argument("--device", default="cuda", help="cuda, or cpu (under TRITON_INTERPRET=1) to check the harness")
+    ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks"), help="folder of the raw JSON")
+    ap.add_argument("--write", action="store_true", help="append the table to BENCHMARKS.md")
     args = ap.parse_args()
     dims = [int(d) for d in args.dims.split(",")]
     if args.what == "compile":
         return compile_check(dims, args.quick)
+    if args.device == "cuda" and not __import__("torch").cuda.is_available():
+        sys.exit(f"{args.what}: needs a CUDA GPU (or --device=cpu with TRITON_INTERPRET=1)")
+    if args.what == "adamw":
+        return adamw_bench(args.cases.split(","), args.device, args.out, args.write)
     if "--dims" not in " ".join(sys.argv):
         dims = [64, 128, 192]
-    return attention_bench(dims, [int(t) for t in args.lengths.split(",")], args.tokens, args.width, args.write)
+    return attention_bench(dims, [int(t) for t in args.lengths.split(",")], args.tokens, args.width, args.device,
+                           args.out, args.write)
 
 
 if __name__ == "__main__":

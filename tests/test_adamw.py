@@ -110,6 +110,29 @@ def test_bf16_state_within_its_stated_tolerance():
     torch.optim.AdamW(groups([torch.nn.Parameter(p.detach().clone()) for p in ours])).load_state_dict(opt.state_dict())
 
 
+def test_strided_and_misaligned_gradients_are_copied_not_misread():
+    # the kernel reads 16 bytes at a time: a gradient that is a view at an odd offset or a
+    # transposed one is copied first; a parameter that is such a view is refused
+    ours, theirs = make_params(0), make_params(0)
+    opt, ref = adamw.AdamW(ours), torch.optim.AdamW(theirs)
+    gen = torch.Generator().manual_seed(5)
+    for step in range(3):
+        for p, q in zip(ours, theirs):
+            buf = torch.randn(p.numel() + 1, generator=gen)
+            p.grad = buf[1:].view(p.shape)  # 4 bytes past an aligned start
+            q.grad = p.grad.clone()
+        ours[3].grad = torch.randn(33, 64, generator=gen).t()  # (64, 33), not contiguous
+        theirs[3].grad = ours[3].grad.clone()
+        opt.step()
+        ref.step()
+    assert rel_err(ours, theirs) < 1e-6
+    base = torch.zeros(9)
+    view = torch.nn.Parameter(base[1:])
+    view.grad = torch.ones(8)
+    with pytest.raises(ValueError, match=r"16-byte aligned .* shape \(8,\) is a view"):
+        adamw.AdamW([view]).step()
+
+
 def test_clear_errors():
     with pytest.raises(ValueError, match=r"parameter 0 of group 0 \(shape \(3,\)\) is torch.int64"):
         adamw.AdamW([torch.zeros(3, dtype=torch.long)])
