@@ -1,10 +1,11 @@
+"""Two kinds of run:
+    python -m pytest          everything that runs on a CPU; Triton kernels in the CPU interpreter
+    python -m pytest -m gpu   on a CUDA machine: the compiled kernels, in bf16 and at long lengths
+"""
 import os, sys
 
 import pytest
 import torch
-
-if not torch.cuda.is_available():  # Triton kernels run in the CPU interpreter; must be set before triton is imported
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -12,16 +13,22 @@ sys.path.insert(0, ROOT)
 import data  # noqa: E402
 
 
+def gpu_run(config):
+    return "gpu" in (config.option.markexpr or "") and "not gpu" not in config.option.markexpr
+
+
 def pytest_configure(config):
-    config.addinivalue_line("markers", "gpu: needs a CUDA GPU (run with -m gpu)")
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU and compiled kernels (run with -m gpu)")
+    if not gpu_run(config):  # before any test module imports triton
+        os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_collection_modifyitems(config, items):
-    if not torch.cuda.is_available():
-        skip = pytest.mark.skip(reason="needs a CUDA GPU")
-        for item in items:
-            if "gpu" in item.keywords:
-                item.add_marker(skip)
+    why = "needs a CUDA GPU" if not torch.cuda.is_available() else \
+        "compiled kernels: run with -m gpu" if os.environ.get("TRITON_INTERPRET") == "1" else None
+    for item in items:
+        if why and "gpu" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason=why))
 
 
 @pytest.fixture(scope="session")
