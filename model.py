@@ -187,15 +187,24 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def init_weights(self, seed=0):
-        """Fill every parameter and buffer in place: call after to_empty() on the real device."""
+        """Fill every parameter and buffer in place: call after to_empty() on the real device.
+        Sharded (FSDP2) weights: each rank draws the whole tensor and keeps its shard, so the
+        weights are the same at any number of GPUs."""
         cfg = self.cfg
-        gen = torch.Generator(device=self.embed.weight.device).manual_seed(seed)
+        device = self.embed.weight.device
+        gen = torch.Generator(device=device).manual_seed(seed)
 
         def normal(w, std):
+            full = torch.empty(w.shape, device=device, dtype=w.dtype)
             if cfg.init_truncate > 0:
-                nn.init.trunc_normal_(w, 0.0, std, -cfg.init_truncate * std, cfg.init_truncate * std, generator=gen)
+                nn.init.trunc_normal_(full, 0.0, std, -cfg.init_truncate * std, cfg.init_truncate * std, generator=gen)
             else:
-                nn.init.normal_(w, 0.0, std, generator=gen)
+                nn.init.normal_(full, 0.0, std, generator=gen)
+            if hasattr(w, "device_mesh"):  # a DTensor: keep this rank's part, no communication
+                from torch.distributed.tensor import distribute_tensor
+                full = distribute_tensor(full, w.device_mesh, w.placements, src_data_rank=None).to_local()
+                w = w.to_local()
+            w.copy_(full)
 
         normal(self.embed.weight, cfg.init_std_embed)
         for block in self.blocks:

@@ -8,18 +8,23 @@ Train a nano360 model: config -> model -> data -> loop -> checkpoints.
 A config file is plain Python assignments; --key=value overrides it. Every field of
 TrainConfig below and of model.ModelConfig is a key.
 """
-import ast, difflib, json, math, os, random, shutil, signal, subprocess, sys, time, typing
+import ast, datetime, difflib, functools, json, math, os, pickle, random, shutil, signal, subprocess, sys, time, typing, warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from tqdm import tqdm
 
 import data
 from model import GPT, HAVE_TRITON, ModelConfig
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# one process saves and loads checkpoints through torch.distributed.checkpoint too, as intended
+warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
 DEFAULT_CONFIG = os.path.join(HERE, "config", "toy.py")
 
 
@@ -32,7 +37,13 @@ class TrainConfig:
     dtype: str = "auto"          # auto (bfloat16 autocast on cuda, float32 on cpu), float32, bfloat16
     compile: bool = False
     dry_run: bool = False        # print parameters, FLOPs and memory per GPU, then exit; needs no GPU
-    world_size: int = 1          # the number of GPUs dry_run plans for
+    world_size: int = 1          # the number of GPUs dry_run plans for (a run takes torchrun's)
+    # many GPUs: torchrun starts one process per GPU; FSDP2 shards parameters, gradients and AdamW state
+    fsdp: str = "full"           # full: shard over all ranks; hsdp: shard within a node, replicate across nodes
+    ac: str = "none"             # activation checkpointing: none, full, selective (keep matmul outputs), every:N
+    dist_timeout: int = 600      # seconds a collective waits for a dead or stuck rank before the job fails
+    async_ckpt: bool = False     # write checkpoints in the background while training goes on
+    max_bad_steps: int = 5       # steps in a row with a NaN/inf loss (each skipped) before the run stops
     # data: raw_data is prepared into data_dir on first use
     raw_data: str = "data/tiny"
     data_dir: str = "data/tiny/tokens"
@@ -80,6 +91,9 @@ class TrainConfig:
             (self.optimizer in ("auto", "adamw_triton", "adamw_torch"),
              f"optimizer={self.optimizer!r} must be auto, adamw_triton or adamw_torch"),
             (self.optim_state_dtype in ("float32", "bfloat16"), f"optim_state_dtype={self.optim_state_dtype!r} must be float32 or bfloat16"),
+            (self.fsdp in ("full", "hsdp"), f"fsdp={self.fsdp!r} must be full or hsdp"),
+            (self.ac in ("none", "full", "selective") or self.ac.startswith("every:") and self.ac[6:].isdigit()
+             and int(self.ac[6:]) > 0, f"ac={self.ac!r} must be none, full, selective or every:N (N >= 1)"),
             (self.dtype in ("auto", "float32", "bfloat16"), f"dtype={self.dtype!r} must be auto, float32 or bfloat16"),
             (min(self.seq_len, self.batch_size, self.max_steps, self.world_size) > 0,
              "seq_len, batch_size, max_steps and world_size must be positive"),
@@ -96,6 +110,10 @@ class TrainConfig:
 
 class ConfigError(Exception):
     """A bad config: the message names the file and line (or the flag), the key and what was expected."""
+
+
+class TrainingError(Exception):
+    """A run that cannot go on (too many NaN losses): the message names the step."""
 
 
 def key_types():
@@ -212,8 +230,10 @@ def lr_at(step, cfg):
 
 
 # -----------------------------------------------------------------------------
-# checkpoints: out_dir/ckpt_{step:07d}/ with model.pt, optim.pt, rng.pt, meta.json and DONE,
-# written as .tmp_ckpt_* and renamed when complete; loading runs no code from the files
+# checkpoints: out_dir/ckpt_{step:07d}/ holds model and optimizer state through
+# torch.distributed.checkpoint (one file per rank, loadable at any world size), rng_{rank}.pt,
+# meta.json and DONE; written as .tmp_ckpt_* and renamed when complete; loading runs no code
+# from the files
 
 def find_checkpoint(out_dir):
     """The newest complete checkpoint in out_dir, or None."""
@@ -245,39 +265,104 @@ def set_rng_state(s):
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
-def save_checkpoint(out_dir, step, model, optimizer, meta, keep_last=2, keep_every=0):
+class SafeMetadata(pickle.Unpickler):
+    """DCP's .metadata is a pickle, which can run code: allow only the classes DCP writes."""
+    def find_class(self, module, name):
+        if module in ("torch.distributed.checkpoint.metadata", "torch.distributed.checkpoint.filesystem") or \
+                (module, name) in (("pathlib", "PosixPath"), ("pathlib", "WindowsPath"), ("torch", "Size"),
+                                   ("torch.serialization", "_get_layout"), ("collections", "OrderedDict")) or \
+                module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a checkpoint's .metadata")
+
+
+def barrier():
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def save_checkpoint(out_dir, step, model, optimizer, meta, keep_last=2, keep_every=0, rank=0, pending=None):
+    """Every rank writes its shards and its RNG; rank 0 then adds meta.json and DONE and renames.
+    With pending (a list), the shards are written in the background (dcp.async_save) and
+    finish_checkpoint() completes the save later."""
     final = os.path.join(out_dir, f"ckpt_{step:07d}")
     tmp = os.path.join(out_dir, f".tmp_ckpt_{step:07d}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    torch.save(model.state_dict(), os.path.join(tmp, "model.pt"))
-    torch.save(optimizer.state_dict(), os.path.join(tmp, "optim.pt"))
-    torch.save(rng_state(), os.path.join(tmp, "rng.pt"))
-    with open(os.path.join(tmp, "meta.json"), "w") as f:
-        json.dump(meta, f, indent=1)
-    for name in os.listdir(tmp):  # on disk before DONE and the rename, so a power cut cannot reorder them
-        with open(os.path.join(tmp, name), "rb+") as f:
-            os.fsync(f.fileno())
-    open(os.path.join(tmp, "DONE"), "w").close()  # last file: its presence means the rest is complete
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    complete = sorted(d for d in os.listdir(out_dir) if d.startswith("ckpt_"))
-    for d in complete[:-keep_last or None]:
-        if not (keep_every and int(d[5:]) % keep_every == 0):
-            shutil.rmtree(os.path.join(out_dir, d))
-    for d in os.listdir(out_dir):  # leftovers of saves that were killed
-        if d.startswith(".tmp_ckpt_"):
-            shutil.rmtree(os.path.join(out_dir, d), ignore_errors=True)
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+    barrier()
+    msd, osd = get_state_dict(model, optimizer)
+    torch.save(rng_state(), os.path.join(tmp, f"rng_{rank}.pt"))
+    if pending is not None:
+        pending.append((dcp.async_save(dict(model=msd, optim=osd), checkpoint_id=tmp), tmp, final, meta,
+                        keep_last, keep_every, rank))
+        return final
+    dcp.save(dict(model=msd, optim=osd), checkpoint_id=tmp)
+    return finish_checkpoint(tmp, final, meta, keep_last, keep_every, rank)
+
+
+def finish_checkpoint(tmp, final, meta, keep_last, keep_every, rank, future=None):
+    if future is not None:
+        future.result()
+    barrier()  # every rank's files are written
+    if rank == 0:
+        out_dir = os.path.dirname(final)
+        with open(os.path.join(tmp, "meta.json"), "w") as f:
+            json.dump(meta, f, indent=1)
+        for name in os.listdir(tmp):  # on disk before DONE and the rename, so a power cut cannot reorder them
+            with open(os.path.join(tmp, name), "rb+") as f:
+                os.fsync(f.fileno())
+        open(os.path.join(tmp, "DONE"), "w").close()  # last file: its presence means the rest is complete
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        complete = sorted(d for d in os.listdir(out_dir) if d.startswith("ckpt_"))
+        for d in complete[:-keep_last or None]:
+            if not (keep_every and int(d[5:]) % keep_every == 0):
+                shutil.rmtree(os.path.join(out_dir, d))
+        for d in os.listdir(out_dir):  # leftovers of saves that were killed
+            if d.startswith(".tmp_ckpt_") and os.path.join(out_dir, d) != tmp:
+                shutil.rmtree(os.path.join(out_dir, d), ignore_errors=True)
+    barrier()
     return final
 
 
-def load_checkpoint(path, model, optimizer):
+def finish_pending(pending):
+    while pending:
+        future, *rest = pending.pop(0)
+        finish_checkpoint(*rest, future=future)
+
+
+def load_checkpoint(path, model, optimizer, rank=0):
+    """Model and optimizer state at any world size (DCP reshards), and this rank's RNG when the
+    checkpoint has one (a rank that is new after a change of world size keeps its seed)."""
     meta = read_checkpoint_meta(path)
-    load = lambda name: torch.load(os.path.join(path, name), map_location="cpu", weights_only=True)
-    model.load_state_dict(load("model.pt"))
-    optimizer.load_state_dict(load("optim.pt"))
-    set_rng_state(load("rng.pt"))
+    with open(os.path.join(path, ".metadata"), "rb") as f:
+        SafeMetadata(f).load()
+    msd, osd = get_state_dict(model, optimizer)
+    state = dict(model=msd, optim=osd)
+    dcp.load(state, checkpoint_id=path)
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    rng = os.path.join(path, f"rng_{rank}.pt")
+    if os.path.exists(rng):
+        set_rng_state(torch.load(rng, weights_only=True))
     return meta
+
+
+def consolidate(ckpt, out=None):
+    """One file with the full model state dict (for evaluation and export), from a checkpoint
+    written at any world size; reads only the model's entries."""
+    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+    read_checkpoint_meta(ckpt)
+    with open(os.path.join(ckpt, ".metadata"), "rb") as f:
+        SafeMetadata(f).load()
+    state = {}
+    _load_state_dict(state, storage_reader=dcp.FileSystemReader(ckpt), planner=_EmptyStateDictLoadPlanner(keys={"model"}),
+                     no_dist=True)
+    out = out or os.path.join(ckpt, "model_consolidated.pt")
+    torch.save(state["model"], out)
+    print(f"wrote {out}: {sum(t.numel() for t in state['model'].values()):,} parameters in {len(state['model'])} tensors")
+    return out
 
 
 def git_revision():
@@ -292,12 +377,63 @@ def git_revision():
 # -----------------------------------------------------------------------------
 # the pieces of a run
 
-def build_model(mcfg, device, seed):
+# ops whose outputs selective activation checkpointing keeps (the rest is recomputed)
+KEEP = {"aten::mm", "aten::addmm", "aten::_scaled_dot_product_flash_attention", "aten::_scaled_dot_product_cudnn_attention",
+        "aten::_scaled_dot_product_efficient_attention", "nano360::flash_attn_fwd"}
+
+
+def keep_matmuls(ctx, op, *args, **kwargs):
+    from torch.utils.checkpoint import CheckpointPolicy
+    return CheckpointPolicy.MUST_SAVE if op.name() in KEEP else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def build_model(mcfg, device, seed, cfg=None, mesh=None, bf16=False):
+    """The torchtitan order: the model on the meta device, activation checkpointing and compile
+    per block (cfg), FSDP2 per block then the root (mesh), and only then memory and
+    init_weights(), which gives the same weights at any world size."""
     with torch.device("meta"):
         model = GPT(mcfg)
+    for i, block in enumerate(model.blocks if cfg else []):
+        every = int(cfg.ac[6:]) if cfg.ac.startswith("every:") else 1
+        if cfg.ac != "none" and i % every == 0:
+            from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts
+            context = functools.partial(create_selective_checkpoint_contexts, keep_matmuls) if cfg.ac == "selective" else None
+            block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False,
+                                              **(dict(context_fn=context) if context else {}))
+        if cfg.compile:
+            block.compile()
+    if mesh is not None:
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if bf16 else None, reduce_dtype=torch.float32)
+        for block in model.blocks:
+            fully_shard(block, mesh=mesh, mp_policy=policy)
+        fully_shard(model, mesh=mesh, mp_policy=policy)
     model.to_empty(device=device)
     model.init_weights(seed)
     return model
+
+
+def setup_distributed(cfg):
+    """(rank, world_size, device, mesh): torchrun's environment, or one process without it."""
+    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    cuda = cfg.device.startswith("cuda") or cfg.device == "auto" and torch.cuda.is_available()
+    device = torch.device(f"cuda:{local}" if cuda and world_size > 1 else "cuda" if cuda else cfg.device if
+                          cfg.device != "auto" else "cpu")
+    if world_size == 1:
+        return rank, world_size, device, None
+    if cuda:
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=cfg.dist_timeout))
+    from torch.distributed.device_mesh import init_device_mesh
+    if cfg.fsdp == "hsdp":  # replicate across nodes, shard within one
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+        if world_size % per_node:
+            raise ConfigError(f"fsdp='hsdp' needs the same number of ranks on every node ({world_size} over {per_node})")
+        mesh = init_device_mesh(device.type, (world_size // per_node, per_node), mesh_dim_names=("replicate", "shard"))
+    else:
+        mesh = init_device_mesh(device.type, (world_size,), mesh_dim_names=("shard",))
+    return rank, world_size, device, mesh
 
 
 def padded_vocab(n_vocab):
@@ -413,11 +549,19 @@ def train(cfg, mcfg):
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if cfg.device == "auto" else cfg.device)
+    rank, world_size, device, mesh = setup_distributed(cfg)
+    try:
+        return run(cfg, mcfg, rank, world_size, device, mesh)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run(cfg, mcfg, rank, world_size, device, mesh):
     bf16 = cfg.dtype == "bfloat16" or cfg.dtype == "auto" and device.type == "cuda"
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
-    rank, world_size = 0, 1  # one process for now; torchrun + FSDP2 set these
+    # one process: bf16 autocast; FSDP2: its mixed-precision policy casts the parameters instead
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 and mesh is None else nullcontext()
+    say = print if rank == 0 else lambda *a, **k: None
     for key, value, other in (("attn_impl", mcfg.attn_impl, "sdpa"), ("optimizer", cfg.optimizer, "adamw_torch")):
         if "triton" in value and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
             raise ConfigError(f"{key}={value!r} runs on CUDA, not {device}: use {key}='auto' or {other!r}, or set "
@@ -426,7 +570,11 @@ def train(cfg, mcfg):
     if cfg.optim_state_dtype == "bfloat16" and not triton_adamw:
         raise ConfigError("optim_state_dtype='bfloat16' needs optimizer='adamw_triton'")
 
-    manifest = prepare_data(cfg)
+    if rank == 0:
+        manifest = prepare_data(cfg)
+    barrier()  # rank 0 prepares the data once; the others read it
+    if rank != 0:
+        manifest = data.load_manifest(cfg.data_dir, verify=False)
     enc = data.tokenizer_of(cfg.data_dir, manifest)
     if mcfg.vocab_size == 0:
         mcfg.vocab_size = padded_vocab(enc.n_vocab)
@@ -443,7 +591,7 @@ def train(cfg, mcfg):
     val = data.val_sequences(cfg.data_dir, manifest, cfg.seq_len, cfg.eval_seqs)
     eot = manifest["eot"] if cfg.doc_mask else None
 
-    model = build_model(mcfg, device, cfg.seed)
+    model = build_model(mcfg, device, cfg.seed, cfg, mesh, bf16)
     groups = model.param_groups(cfg.weight_decay, cfg.weight_decay_all)
     if triton_adamw:
         from kernels.adamw import AdamW
@@ -452,7 +600,9 @@ def train(cfg, mcfg):
     else:
         optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
 
-    os.makedirs(cfg.out_dir, exist_ok=True)
+    if rank == 0:
+        os.makedirs(cfg.out_dir, exist_ok=True)
+    barrier()
     newest = find_checkpoint(cfg.out_dir)
     ckpt = newest if cfg.resume == "auto" else cfg.resume or None
     if cfg.resume == "" and newest:
@@ -468,13 +618,18 @@ def train(cfg, mcfg):
                 if getattr(mcfg, k) != v and k != "attn_impl"}  # the attention kernel may change, the model not
         if diff:
             raise ConfigError(f"{ckpt} holds a different model: " + ", ".join(f"{k}={a!r} there, {b!r} here" for k, (a, b) in diff.items()))
-        start = load_checkpoint(ckpt, model, optimizer)["step"]
-        print(f"resuming from {ckpt} at step {start}")
+        if meta["data_position"]["global_batch"] != gb:
+            raise ConfigError(f"{ckpt} was trained with a global batch of {meta['data_position']['global_batch']} "
+                              f"sequences, this run has {gb}: set --global_batch_size={meta['data_position']['global_batch']}")
+        start = load_checkpoint(ckpt, model, optimizer, rank)["step"]
+        say(f"resuming from {ckpt} at step {start} (saved by {meta['world_size']} ranks, now {world_size})")
     metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
-    kept = [l for l in open(metrics_path)] if os.path.exists(metrics_path) and start else []
-    with open(metrics_path, "w") as f:  # forget what ran after the checkpoint we resume from
-        f.writelines(l for l in kept if json.loads(l)["step"] <= start)
-    metrics = open(metrics_path, "a")
+    if rank == 0:
+        kept = [l for l in open(metrics_path)] if os.path.exists(metrics_path) and start else []
+        with open(metrics_path, "w") as f:  # forget what ran after the checkpoint we resume from
+            f.writelines(l for l in kept if json.loads(l)["step"] <= start)
+    metrics = open(metrics_path, "a") if rank == 0 else open(os.devnull, "w")
+    pending = [] if cfg.async_ckpt else None
 
     def log(**row):
         metrics.write(json.dumps(row) + "\n")
@@ -486,32 +641,35 @@ def train(cfg, mcfg):
                     data_position=dict(step=step, global_batch=gb, samples=step * gb, tokens=step * gb * cfg.seq_len,
                                        epoch=step * gb / batches.n),
                     time=time.strftime("%Y-%m-%d %H:%M:%S"), torch=torch.__version__)
-        return save_checkpoint(cfg.out_dir, step, model, optimizer, meta, cfg.keep_last, cfg.keep_every)
+        finish_pending(pending or [])  # the previous background save completes first
+        return save_checkpoint(cfg.out_dir, step, model, optimizer, meta, cfg.keep_last, cfg.keep_every, rank, pending)
 
-    run_model = torch.compile(model) if cfg.compile else model
+    run_model = model  # compiled per block in build_model
     flops_per_token, peak = model.estimate_flops(cfg.seq_len), peak_flops(device)
     tokens_per_step = gb * cfg.seq_len
-    print(f"{model.num_params():,} parameters | {tokens_per_step:,} tokens/step ({gb} x {cfg.seq_len}, "
-          f"{accum} micro-batches of {cfg.batch_size}) | {batches.n:,} samples/epoch | {device}, "
-          f"{'bf16 autocast' if bf16 else 'fp32'}")
+    say(f"{model.num_params():,} parameters | {tokens_per_step:,} tokens/step ({gb} x {cfg.seq_len}, "
+        f"{accum} micro-batches of {cfg.batch_size} x {world_size} rank{'s' * (world_size > 1)}) | "
+        f"{batches.n:,} samples/epoch | {device}{', FSDP2 ' + cfg.fsdp if mesh else ''}, "
+        f"{'bf16' if bf16 else 'fp32'}")
+    write = tqdm.write if rank == 0 else lambda *a, **k: None
 
     def run_eval(step):
         losses = evaluate(run_model, val, cfg.batch_size, device, autocast, eot)
-        tqdm.write(f"step {step:6d} | val " + " | ".join(f"{k} {v:.4f}" for k, v in losses.items()))
+        write(f"step {step:6d} | val " + " | ".join(f"{k} {v:.4f}" for k, v in losses.items()))
         log(step=step, val=losses)
 
     if start == 0:
         run_eval(0)
     t_start = time.time()
     bar = tqdm(range(start, cfg.max_steps), initial=start, total=cfg.max_steps, desc="train", dynamic_ncols=True,
-               mininterval=1.0, disable=None)
-    stop = []
+               mininterval=1.0, disable=None if rank == 0 else True)
+    stop, bad = [], 0
 
     def on_signal(sig, frame):  # Ctrl-C or a scheduler's SIGTERM: finish the step and save; a second one aborts
         if stop:
             raise KeyboardInterrupt
         stop.append(sig)
-        tqdm.write(f"{signal.Signals(sig).name}: stopping after this step to save a checkpoint (again to abort)")
+        write(f"{signal.Signals(sig).name}: stopping after this step to save a checkpoint (again to abort)")
 
     old_handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -520,19 +678,38 @@ def train(cfg, mcfg):
             lr = lr_at(step, cfg)
             for g in optimizer.param_groups:
                 g["lr"] = lr * g["lr_mult"]
-            x = batches.batch(step, rank, world_size).to(device)
+            x = batches.batch(step, rank, world_size).to(device)  # this rank's part of the global batch
             loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per micro-batch
-            for micro in x.split(cfg.batch_size):
+            for i, micro in enumerate(x.split(cfg.batch_size)):
+                if mesh is not None:  # FSDP2 reduces the gradients once, after the last micro-batch
+                    model.set_requires_gradient_sync(i == accum - 1)
                 with autocast:
                     docs = data.doc_ids(micro[:, :-1], eot) if eot is not None else None
                     loss = run_model(micro[:, :-1], micro[:, 1:], doc_ids=docs) / accum
                 loss.backward()
                 loss_sum += loss.detach()
-            loss_sum = loss_sum.item()
+            # one reduction for the mean loss over ranks and for a stop requested on any rank
+            flags = torch.stack([loss_sum.float(), torch.tensor(float(bool(stop)), device=device)])
+            if dist.is_initialized():
+                dist.all_reduce(flags)
+            loss_sum, stop_any = flags[0].item() / world_size, flags[1].item() > 0
+            if stop_any and not stop:
+                stop.append(signal.SIGTERM)
+            if not math.isfinite(loss_sum):  # skip the update, keep the weights; too many in a row stop the run
+                bad += 1
+                optimizer.zero_grad(set_to_none=True)
+                write(f"step {step + 1}: loss is {loss_sum}, update skipped ({bad} in a row)")
+                log(step=step + 1, skipped=True, loss=str(loss_sum))
+                if bad >= cfg.max_bad_steps:
+                    raise TrainingError(f"step {step + 1}: {bad} steps in a row with a NaN or inf loss; stopping. "
+                                        f"The last checkpoint is {find_checkpoint(cfg.out_dir)}")
+                continue
+            bad = 0
             if triton_adamw:  # one reduction; the clipping itself happens inside the fused step
                 gnorm = optimizer.clip_grad_norm_(cfg.grad_clip or float("inf")).item()
             else:
-                gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf")).item()
+                gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+                gnorm = (gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm).item()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             done = step + 1
@@ -541,7 +718,7 @@ def train(cfg, mcfg):
                 tok_s = tokens_per_step / dt
                 eta = (time.time() - t_start) / (done - start) * (cfg.max_steps - done)
                 mfu = f" | mfu {100 * flops_per_token * tok_s / peak:.1f}%" if peak else ""
-                tqdm.write(f"step {done:6d}/{cfg.max_steps} | loss {loss_sum:.4f} | lr {lr:.2e} | gnorm {gnorm:.3f} | "
+                write(f"step {done:6d}/{cfg.max_steps} | loss {loss_sum:.4f} | lr {lr:.2e} | gnorm {gnorm:.3f} | "
                            f"{dt * 1000:.0f} ms | {tok_s:,.0f} tok/s{mfu} | eta {fmt_time(eta)}")
                 log(step=done, loss=loss_sum, lr=lr, grad_norm=gnorm, dt=dt, tok_per_s=tok_s,
                     mfu=flops_per_token * tok_s / peak if peak else None,
@@ -551,19 +728,21 @@ def train(cfg, mcfg):
             if done % cfg.ckpt_interval == 0 or done == cfg.max_steps or stop:
                 checkpoint(done)
             if stop:
-                tqdm.write(f"saved step {done} to {cfg.out_dir}; --resume=auto continues from it")
+                finish_pending(pending or [])
+                write(f"saved step {done} to {cfg.out_dir}; --resume=auto continues from it")
                 raise KeyboardInterrupt
+        finish_pending(pending or [])
     finally:
         for sig, handler in old_handlers.items():
             signal.signal(sig, handler)
         bar.close()
         metrics.close()
     if cfg.sample_tokens:
-        sample(model, enc, cfg, device, autocast)
+        sample(model, enc, cfg, device, autocast, say)
     return model
 
 
-def sample(model, enc, cfg, device, autocast):
+def sample(model, enc, cfg, device, autocast, say=print):
     model.eval()
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     for prompt in ("Alice was beginning to", "子曰：", "def "):
@@ -571,18 +750,22 @@ def sample(model, enc, cfg, device, autocast):
         with autocast:
             out = model.generate(idx, min(cfg.sample_tokens, model.cfg.max_seq_len - idx.size(1)),
                                  temperature=0.8, top_k=50, generator=gen)
-        print(f"--- {prompt!r} ---\n{enc.decode(out[0].tolist())}")
+        say(f"--- {prompt!r} ---\n{enc.decode(out[0].tolist())}")
 
 
 def main(argv=None):
-    cfg, mcfg = load_config(sys.argv[1:] if argv is None else argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ckpt = data.pop_flag(argv, "--consolidate")
+    if ckpt:  # python train.py --consolidate CKPT [OUT.pt]
+        return consolidate(ckpt, argv[0] if argv else None)
+    cfg, mcfg = load_config(argv)
     return dry_run(cfg, mcfg) if cfg.dry_run else train(cfg, mcfg)
 
 
 if __name__ == "__main__":
     try:
         main()
-    except (ConfigError, data.DataError) as e:
+    except (ConfigError, data.DataError, TrainingError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:

@@ -167,7 +167,8 @@ def test_loading_never_runs_code_from_the_file(tiny_data, tmp_path):
     out = tmp_path / "run"
     model = train.main(small_args(tiny_data, out, "--max_steps=1"))
     ckpt = train.find_checkpoint(str(out))
-    torch.save({"weight": Evil()}, os.path.join(ckpt, "model.pt"))  # a stranger's checkpoint
+    with open(os.path.join(ckpt, ".metadata"), "wb") as f:  # a stranger's checkpoint
+        pickle.dump({"weight": Evil()}, f)
     if os.path.exists("/tmp/nano360_pwned"):
         os.remove("/tmp/nano360_pwned")
     opt = torch.optim.AdamW(model.param_groups(0.1, False))
@@ -183,9 +184,9 @@ import train
 real_save, models = torch.save, []
 def save(obj, path, *a, **k):
     real_save(obj, path, *a, **k)
-    if str(path).endswith("model.pt"):
+    if str(path).endswith("rng_0.pt"):
         models.append(path)
-        if len(models) == 2:  # the second checkpoint: model written, optimizer not yet
+        if len(models) == 2:  # the second checkpoint: begun, its shards not yet written
             print("SAVING", flush=True)
             time.sleep(600)
 torch.save = save
@@ -205,7 +206,7 @@ def test_sigkill_during_save_leaves_previous_checkpoint(tiny_data, tmp_path):
             break
     p.wait(timeout=60)
     assert p.returncode == -signal.SIGKILL
-    assert os.path.exists(out / ".tmp_ckpt_0000004" / "model.pt")  # the half-written one
+    assert os.path.exists(out / ".tmp_ckpt_0000004" / "rng_0.pt")  # the half-written one
     assert train.find_checkpoint(str(out)) == str(out / "ckpt_0000002")
     resumed = train.main(args)  # --resume=auto is the default
     straight = tmp_path / "straight"

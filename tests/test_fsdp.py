@@ -1,0 +1,188 @@
+"""Many ranks on a CPU: torchrun with 2 processes, gloo, FSDP2 and torch.distributed.checkpoint
+(ENV.md: they work on CPU). The runs are the shrunken toy of conftest.small_args."""
+import json, os, signal, socket, subprocess, sys, time
+
+import pytest
+import torch
+
+import train
+from conftest import ROOT, small_args
+from model import GPT
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(nproc, args, **kw):
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}",
+           "train.py", *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, **kw)
+
+
+def run(nproc, data_dir, out, *overrides):
+    """A run of 8 sequences per step on 1 rank (2 micro-batches of 4) or 2 ranks (1 each)."""
+    args = small_args(data_dir, str(out), "--global_batch_size=8", "--schedule_steps=6", "--ckpt_interval=2",
+                      "--eval_interval=3", "--keep_last=10", *overrides)
+    if nproc == 1:
+        train.main(args)
+    else:
+        r = torchrun(nproc, args)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+
+
+def losses(out):
+    """Training losses in step order, and validation losses by step."""
+    rows = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))]
+    return [r["loss"] for r in rows if "loss" in r], {r["step"]: r["val"]["all"] for r in rows if "val" in r}
+
+
+def close(a, b, tol=1e-5):
+    if isinstance(a, dict):  # validation: a run that stopped and resumed has evaluated at its stop too
+        return set(a) <= set(b) and close([a[k] for k in sorted(a)], [b[k] for k in sorted(a)], tol)
+    return len(a) == len(b) and all(abs(x - y) <= tol * abs(y) for x, y in zip(a, b))
+
+
+def test_two_ranks_follow_one_rank(tiny_data, tmp_path):
+    # the same global batch split over 2 ranks: the same trajectory up to the order of reductions,
+    # from the same initial weights (each rank draws the whole tensor and keeps its shard)
+    run(1, tiny_data, tmp_path / "one", "--max_steps=6")
+    run(2, tiny_data, tmp_path / "two", "--max_steps=6")
+    (l1, v1), (l2, v2) = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert len(l1) == 6 and close(l1, l2) and close(v1, v2), (l1, l2, v1, v2)
+
+
+@pytest.mark.parametrize("first,second", [(2, 1), (1, 2)])
+def test_resume_at_another_world_size(tiny_data, tmp_path, first, second):
+    run(1, tiny_data, tmp_path / "straight", "--max_steps=6")
+    run(first, tiny_data, tmp_path / "split", "--max_steps=4")
+    run(second, tiny_data, tmp_path / "split", "--max_steps=6")  # --resume=auto, from ckpt_0000004
+    (a, va), (b, vb) = losses(tmp_path / "straight"), losses(tmp_path / "split")
+    assert close(a, b) and close(va, vb), (a, b)
+    meta = json.load(open(tmp_path / "split" / "ckpt_0000006" / "meta.json"))
+    assert meta["world_size"] == second and meta["data_position"]["samples"] == 48
+
+
+def test_a_killed_rank_stops_the_job_and_resume_loses_nothing(tiny_data, tmp_path):
+    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
+    run(2, tiny_data, straight, "--max_steps=6")
+    args = small_args(tiny_data, str(crashed), "--global_batch_size=8", "--schedule_steps=6", "--ckpt_interval=2",
+                      "--eval_interval=3", "--keep_last=10", "--max_steps=6", "--dist_timeout=60")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+           "train.py", *args]
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         start_new_session=True)
+    out = []
+    for line in p.stdout:
+        out.append(line)
+        if line.startswith("step      3/"):  # after the checkpoint of step 2: SIGKILL one worker
+            workers = subprocess.run(["pgrep", "-f", "train.py", "-P", str(p.pid)], capture_output=True, text=True)
+            os.kill(int(workers.stdout.split()[-1]), signal.SIGKILL)
+            break
+    out.append(p.stdout.read())
+    assert p.wait(timeout=120) != 0
+    log = "".join(out)
+    assert "ChildFailedError" in log and "Signal 9 (SIGKILL)" in log, log[-2000:]
+    assert train.find_checkpoint(str(crashed)).endswith("ckpt_0000002")
+    run(2, tiny_data, crashed, "--max_steps=6")  # the restart: --resume=auto
+    (a, va), (b, vb) = losses(straight), losses(crashed)
+    assert close(a, b) and close(va, vb), (a, b)
+
+
+def test_checkpoint_contents_and_consolidated_file(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    run(2, tiny_data, out, "--max_steps=2")
+    ckpt = out / "ckpt_0000002"
+    names = set(os.listdir(ckpt))
+    assert {"DONE", "meta.json", ".metadata", "rng_0.pt", "rng_1.pt", "__0_0.distcp", "__1_0.distcp"} <= names
+    with open(ckpt / ".metadata", "rb") as f:
+        keys = set(train.SafeMetadata(f).load().state_dict_metadata)
+    assert "model.embed.weight" in keys and "optim.state.blocks.0.attn.qkv.weight.exp_avg_sq" in keys
+    assert "optim.param_groups.0.lr" in keys and "optim.param_groups.0.params" in keys
+    meta = json.load(open(ckpt / "meta.json"))
+    assert {"step", "config", "git", "manifest_sha256", "data_position", "world_size"} <= set(meta)
+    # the consolidated single file: a plain state dict that a fresh model loads
+    r = subprocess.run([sys.executable, "train.py", "--consolidate", str(ckpt), str(tmp_path / "full.pt")], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    cfg, mcfg = train.load_config(small_args(tiny_data, str(out)))
+    mcfg.vocab_size = meta["config"]["model"]["vocab_size"]
+    fresh = train.build_model(mcfg, "cpu", seed=123)
+    fresh.load_state_dict(torch.load(tmp_path / "full.pt", weights_only=True))
+    resumed = train.build_model(mcfg, "cpu", seed=456)
+    opt = torch.optim.AdamW(resumed.param_groups(0.1, False))
+    train.load_checkpoint(str(ckpt), resumed, opt)
+    idx = torch.randint(0, mcfg.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(fresh(idx), resumed(idx))
+    assert opt.state_dict()["state"][0]["step"].item() == 2
+
+
+MEMORY = """
+import json, os, sys
+sys.path.insert(0, {root!r})
+import torch, train
+cfg, mcfg = train.load_config(sys.argv[1:])
+rank, ws, device, mesh = train.setup_distributed(cfg)
+mcfg.vocab_size = 512
+model = train.build_model(mcfg, device, 0, cfg, mesh)
+opt = torch.optim.AdamW(model.parameters())
+for p in model.parameters():
+    p.grad = torch.zeros_like(p)
+opt.step()
+local = lambda t: t.to_local() if hasattr(t, "to_local") else t
+measured = dict(params=sum(local(p).numel() * 4 for p in model.parameters()),
+                state=sum(local(t).numel() * 4 for s in opt.state.values() for k, t in s.items() if k != "step"))
+cfg.world_size = ws
+with torch.device("meta"):
+    plan = train.memory_plan(train.GPT(mcfg), cfg)
+if rank == 0:
+    json.dump(dict(measured=measured, plan=plan), open(os.environ["OUT"], "w"))
+torch.distributed.destroy_process_group()
+"""
+
+
+def test_dry_run_memory_plan_matches_the_shards(tiny_data, tmp_path):
+    script = tmp_path / "memory.py"
+    script.write_text(MEMORY.format(root=ROOT))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+           str(script), *small_args(tiny_data, str(tmp_path), "--d_model=64", "--ffn_hidden=160")]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OUT": str(tmp_path / "memory.json")})
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.load(open(tmp_path / "memory.json"))
+    # rank 0 holds the larger half of every unevenly split tensor: within 2% of the plan
+    assert abs(m["measured"]["params"] / m["plan"]["params fp32 (shard)"] - 1) < 0.02, m
+    assert abs(m["measured"]["state"] / m["plan"]["AdamW m, v fp32 (shard)"] - 1) < 0.02, m
+
+
+def test_nan_loss_skips_the_step_and_too_many_stop_the_run(tiny_data, tmp_path, monkeypatch):
+    forward, calls = GPT.forward, [0]
+
+    def flaky(self, idx, targets=None, **kw):  # training losses 3 and 4 are NaN (validation passes)
+        loss = forward(self, idx, targets, **kw)
+        if self.training:
+            calls[0] += 1
+            if calls[0] in (3, 4):
+                return loss * float("nan")
+        return loss
+    monkeypatch.setattr(GPT, "forward", flaky)
+    out = tmp_path / "run"
+    train.main(small_args(tiny_data, str(out), "--max_steps=6", "--eval_interval=100"))
+    rows = [json.loads(l) for l in open(out / "metrics.jsonl")]
+    assert [r["step"] for r in rows if r.get("skipped")] == [3, 4]
+    assert [r["step"] for r in rows if "loss" in r and not r.get("skipped")] == [1, 2, 5, 6]
+    calls[0] = -100  # from now on every loss is NaN
+    monkeypatch.setattr(GPT, "forward", lambda self, idx, targets=None, **kw: forward(self, idx, targets, **kw) * float("nan"))
+    with pytest.raises(train.TrainingError, match=r"step 9: 3 steps in a row with a NaN or inf loss"):
+        train.main(small_args(tiny_data, str(out), "--max_steps=10", "--eval_interval=100", "--max_bad_steps=3"))
+
+
+def test_async_checkpoints_resume_exactly(tiny_data, tmp_path):
+    run(1, tiny_data, tmp_path / "straight", "--max_steps=6")
+    run(1, tiny_data, tmp_path / "async", "--max_steps=4", "--async_ckpt=true")
+    assert os.path.exists(tmp_path / "async" / "ckpt_0000004" / "DONE")
+    run(1, tiny_data, tmp_path / "async", "--max_steps=6", "--async_ckpt=true")
+    (a, va), (b, vb) = losses(tmp_path / "straight"), losses(tmp_path / "async")
+    assert a == b and close(va, vb, tol=0.0)  # bit for bit
