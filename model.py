@@ -158,13 +158,16 @@ class Block(nn.Module):
 
 
 class KVCache:
-    """Keys and values of one layer, preallocated for max_len positions."""
+    """Keys and values of one layer for max_len positions, allocated at the first update in the
+    dtype the keys are computed in (bf16 under autocast or FSDP2's mixed precision)."""
 
-    def __init__(self, batch, max_len, cfg, device, dtype):
-        shape = (batch, max_len, cfg.n_kv_head, cfg.head_dim)
-        self.k, self.v, self.len = torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype), 0
+    def __init__(self, batch, max_len):
+        self.shape, self.k, self.v, self.len = (batch, max_len), None, None, 0
 
     def update(self, k, v):
+        if self.k is None:
+            self.k = k.new_zeros(self.shape + k.shape[2:])
+            self.v = v.new_zeros(self.shape + v.shape[2:])
         T = k.size(1)
         self.k[:, self.len:self.len + T], self.v[:, self.len:self.len + T] = k, v
         self.len += T
@@ -249,8 +252,7 @@ class GPT(nn.Module):
         """Continue idx (B, T) by max_new_tokens, reusing keys and values through a KV cache.
         temperature 0 is greedy."""
         B, T = idx.shape
-        p = self.embed.weight
-        caches = [KVCache(B, T + max_new_tokens, self.cfg, p.device, p.dtype) for _ in self.blocks]
+        caches = [KVCache(B, T + max_new_tokens) for _ in self.blocks]
         logits = self(idx, caches=caches)[:, -1]
         out = []
         for _ in range(max_new_tokens):

@@ -387,6 +387,17 @@ def keep_matmuls(ctx, op, *args, **kwargs):
     return CheckpointPolicy.MUST_SAVE if op.name() in KEEP else CheckpointPolicy.PREFER_RECOMPUTE
 
 
+def recomputed(forward, selective):
+    """forward with its activations recomputed in the backward (all of them, or all but the
+    matmul outputs). A plain function around the checkpoint, so that torch.compile traces it."""
+    from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts
+    extra = dict(context_fn=functools.partial(create_selective_checkpoint_contexts, keep_matmuls)) if selective else {}
+
+    def run(*args):
+        return checkpoint(forward, *args, use_reentrant=False, **extra)
+    return run
+
+
 def build_model(mcfg, device, seed, cfg=None, mesh=None, bf16=False):
     """The torchtitan order: the model on the meta device, activation checkpointing and compile
     per block (cfg), FSDP2 per block then the root (mesh), and only then memory and
@@ -396,10 +407,7 @@ def build_model(mcfg, device, seed, cfg=None, mesh=None, bf16=False):
     for i, block in enumerate(model.blocks if cfg else []):
         every = int(cfg.ac[6:]) if cfg.ac.startswith("every:") else 1
         if cfg.ac != "none" and i % every == 0:
-            from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts
-            context = functools.partial(create_selective_checkpoint_contexts, keep_matmuls) if cfg.ac == "selective" else None
-            block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False,
-                                              **(dict(context_fn=context) if context else {}))
+            block.forward = recomputed(block.forward, cfg.ac == "selective")
         if cfg.compile:
             block.compile()
     if mesh is not None:

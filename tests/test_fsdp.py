@@ -186,3 +186,46 @@ def test_async_checkpoints_resume_exactly(tiny_data, tmp_path):
     run(1, tiny_data, tmp_path / "async", "--max_steps=6", "--async_ckpt=true")
     (a, va), (b, vb) = losses(tmp_path / "straight"), losses(tmp_path / "async")
     assert a == b and close(va, vb, tol=0.0)  # bit for bit
+
+
+@pytest.mark.parametrize("options", [("--fsdp=hsdp",), ("--optimizer=adamw_triton",)])
+def test_hsdp_and_the_triton_adamw_on_two_ranks(tiny_data, tmp_path, options):
+    # hsdp on one node of 2: a (1 replica x 2 shards) mesh; the fused AdamW on DTensor shards
+    run(1, tiny_data, tmp_path / "one", "--max_steps=4", *options)
+    run(2, tiny_data, tmp_path / "two", "--max_steps=4", *options)
+    (l1, v1), (l2, v2) = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert close(l1, l2) and close(v1, v2), (l1, l2)
+
+
+def matmuls_in_backward(model, idx):
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += func.name() == "aten::mm"
+            return func(*args, **(kwargs or {}))
+    loss = model(idx, torch.roll(idx, -1, 1))
+    with Count():
+        loss.backward()
+    return loss, Count.n
+
+
+@pytest.mark.parametrize("ac", ["full", "selective", "every:2"])
+def test_activation_checkpointing_recomputes_and_changes_nothing(tiny_data, ac):
+    cfg, mcfg = train.load_config(small_args(tiny_data, "unused", "--n_layer=4", f"--ac={ac}"))
+    mcfg.vocab_size = 512
+    idx = torch.randint(0, 512, (2, 32), generator=torch.Generator().manual_seed(0))
+    plain, wrapped = train.build_model(mcfg, "cpu", 0), train.build_model(mcfg, "cpu", 0, cfg)
+    calls = []
+    for i, block in enumerate(wrapped.blocks):
+        block.mlp.register_forward_pre_hook(lambda m, a, i=i: calls.append(i))  # recomputation stops early: no post-hook
+    (loss, n_plain), (loss_ac, n_ac) = matmuls_in_backward(plain, idx), matmuls_in_backward(wrapped, idx)
+    assert torch.equal(loss, loss_ac)
+    for (name, p), q in zip(plain.named_parameters(), wrapped.parameters()):
+        assert torch.equal(p.grad, q.grad), name
+    # which blocks ran their MLP again in the backward, and whether their matmuls were redone
+    again = sorted(i for i in set(calls) if calls.count(i) == 2)
+    assert again == {"full": [0, 1, 2, 3], "selective": [0, 1, 2, 3], "every:2": [0, 2]}[ac]
+    assert (n_ac == n_plain) if ac == "selective" else (n_ac > n_plain), (n_plain, n_ac)

@@ -174,7 +174,7 @@ def test_kv_cache_generation_equals_full_recomputation(name):
     assert torch.equal(cached, seq)
     # the cached logits themselves, position by position
     from model import KVCache
-    caches = [KVCache(2, seq.size(1), cfg, "cpu", torch.float64) for _ in range(cfg.n_layer)]
+    caches = [KVCache(2, seq.size(1)) for _ in range(cfg.n_layer)]
     step_logits = [model(seq[:, :4], caches=caches)] + [model(seq[:, t:t + 1], caches=caches) for t in range(4, seq.size(1))]
     torch.testing.assert_close(torch.cat(step_logits, dim=1), model(seq), rtol=1e-10, atol=1e-10)
 
