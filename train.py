@@ -725,11 +725,12 @@ def run(cfg, mcfg, rank, world_size, device, mesh):
             if done % cfg.log_interval == 0 or done == cfg.max_steps or done == start + 1:
                 tok_s = tokens_per_step / dt
                 eta = (time.time() - t_start) / (done - start) * (cfg.max_steps - done)
-                mfu = f" | mfu {100 * flops_per_token * tok_s / peak:.1f}%" if peak else ""
+                mfu_now = flops_per_token * tok_s / (peak * world_size) if peak else None  # per GPU
+                mfu = f" | mfu {100 * mfu_now:.1f}%" if peak else ""
                 write(f"step {done:6d}/{cfg.max_steps} | loss {loss_sum:.4f} | lr {lr:.2e} | gnorm {gnorm:.3f} | "
                            f"{dt * 1000:.0f} ms | {tok_s:,.0f} tok/s{mfu} | eta {fmt_time(eta)}")
                 log(step=done, loss=loss_sum, lr=lr, grad_norm=gnorm, dt=dt, tok_per_s=tok_s,
-                    mfu=flops_per_token * tok_s / peak if peak else None,
+                    mfu=mfu_now,
                     mem=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None)
             if done % cfg.eval_interval == 0 or done == cfg.max_steps:
                 run_eval(done)

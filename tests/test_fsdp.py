@@ -45,11 +45,13 @@ def close(a, b, tol=1e-5):
     return len(a) == len(b) and all(abs(x - y) <= tol * abs(y) for x, y in zip(a, b))
 
 
-def test_two_ranks_follow_one_rank(tiny_data, tmp_path):
-    # the same global batch split over 2 ranks: the same trajectory up to the order of reductions,
-    # from the same initial weights (each rank draws the whole tensor and keeps its shard)
-    run(1, tiny_data, tmp_path / "one", "--max_steps=6")
-    run(2, tiny_data, tmp_path / "two", "--max_steps=6")
+@pytest.mark.parametrize("gb", [8, 16])
+def test_two_ranks_follow_one_rank(tiny_data, tmp_path, gb):
+    # the same global batch split over 2 ranks (1 or 2 micro-batches each): the same trajectory up
+    # to the order of reductions, from the same initial weights (each rank draws the whole tensor
+    # and keeps its shard)
+    run(1, tiny_data, tmp_path / "one", "--max_steps=6", f"--global_batch_size={gb}")
+    run(2, tiny_data, tmp_path / "two", "--max_steps=6", f"--global_batch_size={gb}")
     (l1, v1), (l2, v2) = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert len(l1) == 6 and close(l1, l2) and close(v1, v2), (l1, l2, v1, v2)
 
