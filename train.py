@@ -10,7 +10,7 @@ TrainConfig below and of model.ModelConfig is a key.
 """
 import ast, datetime, difflib, functools, json, math, os, pickle, random, shutil, signal, subprocess, sys, time, typing, warnings
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import torch
@@ -44,6 +44,12 @@ class TrainConfig:
     dist_timeout: int = 600      # seconds a collective waits for a dead or stuck rank before the job fails
     async_ckpt: bool = False     # write checkpoints in the background while training goes on
     max_bad_steps: int = 5       # steps in a row with a NaN/inf loss (each skipped) before the run stops
+    # data pipeline (python data.py fetch-demo | clean | dedup | train-tokenizer | tokenize):
+    # source_dir -> clean -> clean_dir -> dedup -> raw_data -> tokenize -> data_dir
+    source_dir: str = ""         # documents as fetched
+    clean_dir: str = ""          # documents that passed the cleaning rules
+    clean_rules: dict = field(default_factory=dict)  # {lang: {rule: threshold}} over data.CLEAN_RULES
+    tokenizer_sample: int = 50_000_000  # characters train-tokenizer learns from, drawn across sources
     # data: raw_data is prepared into data_dir on first use
     raw_data: str = "data/tiny"
     data_dir: str = "data/tiny/tokens"
@@ -56,6 +62,10 @@ class TrainConfig:
     batch_size: int = 16         # sequences per micro-batch per rank
     global_batch_size: int = 0   # sequences per optimizer step over all ranks; 0: batch_size x ranks
     doc_mask: bool = False       # packed documents do not attend to each other (split at end-of-text)
+    mixture: list = field(default_factory=list)  # [(start_step, {source: weight}), ...] phases; []: all data alike
+    fim_rate: float = 0.0        # fill-in-the-middle: the share of documents of fim_sources rearranged (CrystalCoder 0.9)
+    fim_spm_rate: float = 0.5    # of those, the share in suffix-prefix-middle order
+    fim_sources: list = field(default_factory=lambda: ["code"])
     # optimizer
     optimizer: str = "auto"      # adamw_triton (kernels/adamw.py, CUDA), adamw_torch, auto: triton on CUDA
     optim_state_dtype: str = "float32"  # AdamW moments; bfloat16 (adamw_triton only) saves 4 bytes per parameter
@@ -595,7 +605,11 @@ def run(cfg, mcfg, rank, world_size, device, mesh):
         raise ConfigError(f"global_batch_size={gb} is not a multiple of batch_size={cfg.batch_size} "
                           f"x {world_size} ranks")
     accum = gb // (cfg.batch_size * world_size)
-    batches = data.Batches(cfg.data_dir, cfg.seq_len, gb, cfg.seed, verify=False)  # verified above
+    batches = data.Batches(cfg.data_dir, cfg.seq_len, gb, cfg.seed, verify=False,  # verified above
+                           mixture=cfg.mixture, fim_rate=cfg.fim_rate, fim_spm_rate=cfg.fim_spm_rate,
+                           fim_sources=cfg.fim_sources)
+    if cfg.mixture:
+        say("epochs per source over the run: " + ", ".join(f"{k} {v:.2f}" for k, v in batches.epochs(cfg.max_steps).items()))
     val = data.val_sequences(cfg.data_dir, manifest, cfg.seq_len, cfg.eval_seqs)
     eot = manifest["eot"] if cfg.doc_mask else None
 

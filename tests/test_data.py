@@ -191,3 +191,50 @@ def test_doc_ids_split_at_end_of_text():
     # the end-of-text token (9) closes a document and opens the next id
     x = torch.tensor([[1, 2, 9, 3, 9, 9, 4], [9, 5, 6, 7, 8, 1, 2]])
     assert data.doc_ids(x, 9).tolist() == [[0, 0, 1, 1, 2, 3, 3], [1, 1, 1, 1, 1, 1, 1]]
+
+
+def test_mixture_proportions_phases_and_upsampling(tiny_data):
+    mixture = [(0, {"en": 2, "zh": 1, "code": 1}), (5, {"zh": 1})]
+    b = data.Batches(tiny_data, 32, 64, seed=3, verify=False, mixture=mixture)
+    source = lambda ids: [b.sources[s] for s in b.locate(ids)[0]]
+    first = source(np.concatenate([b.sample_ids(s) for s in range(5)]))  # 320 samples of phase 1
+    for name, share in (("en", 0.5), ("zh", 0.25), ("code", 0.25)):
+        sd = (320 * share * (1 - share)) ** 0.5
+        assert abs(first.count(name) - 320 * share) < 4 * sd, (name, first.count(name))
+    assert set(source(np.concatenate([b.sample_ids(s) for s in range(5, 9)]))) == {"zh"}  # the switch at step 5
+    # zh alone from step 5 upsamples it: each epoch of zh visits every zh window exactly once
+    lo, hi = b.span["zh"]
+    zh = [i for s in range(0, 200) for i in b.sample_ids(s) if lo <= i < hi]
+    n = hi - lo
+    assert len(zh) > 2 * n and sorted(zh[:n]) == list(range(lo, hi)) and sorted(zh[n:2 * n]) == list(range(lo, hi))
+    assert b.epochs(200)["zh"] > 2 and b.epochs(200)["en"] < 1
+    # a pure function of (manifest, mixture, seed): a new instance, and 2 ranks, give the same samples
+    again = data.Batches(tiny_data, 32, 64, seed=3, verify=False, mixture=mixture)
+    assert (again.sample_ids(7) == b.sample_ids(7)).all()
+    assert (np.concatenate([b.sample_ids(6, r, 2) for r in range(2)]) == b.sample_ids(6)).all()
+    with pytest.raises(data.DataError, match=r"unknown: \['web'\]"):
+        data.Batches(tiny_data, 32, 64, seed=3, verify=False, mixture=[(0, {"web": 1})])
+
+
+def test_fim_is_deterministic_and_invertible(tiny_data):
+    b = data.Batches(tiny_data, 64, 32, seed=1, verify=False, fim_rate=1.0, fim_spm_rate=0.5)
+    plain = data.Batches(tiny_data, 64, 32, seed=1, verify=False)
+    ids = np.concatenate([b.sample_ids(s) for s in range(30)])
+    code = ids[[b.sources[s] == "code" for s in b.locate(ids)[0]]]
+    assert len(code) > 20
+    pre, mid, suf = b.fim_ids
+    spm = psm = 0
+    for i in code:
+        got, orig = b.tokens(np.array([i]))[0], plain.tokens(np.array([i]))[0]
+        assert (got == b.tokens(np.array([i]))[0]).all()  # deterministic
+        pieces, originals = np.split(got, np.flatnonzero(got == b.eot)), np.split(orig, np.flatnonzero(orig == b.eot))
+        for p, o in list(zip(pieces, originals))[:-1]:  # every piece but the last (cut at the window's end)
+            p, o = p[p != b.eot], o[o != b.eot]
+            assert (data.unfim(p, b.fim_ids) == o).all()
+            if len(o) >= 2:
+                assert p[0] == pre
+                spm, psm = spm + (p[1] == suf), psm + (p[1] != suf)
+    assert spm > 0 and psm > 0  # both orders occur at fim_spm_rate 0.5
+    # code only: the other sources come out untouched
+    other = ids[[b.sources[s] != "code" for s in b.locate(ids)[0]]]
+    assert (b.tokens(other) == plain.tokens(other)).all()

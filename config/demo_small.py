@@ -1,0 +1,32 @@
+# a small bilingual model on the demo corpus: English books, speeches and Python docs, Chinese
+# classics and poetry, Python source (~66 MB). First build the data (README, "The data pipeline"):
+#   python data.py fetch-demo && python data.py clean config/demo_small.py && python data.py dedup config/demo_small.py
+#   python data.py train-tokenizer config/demo_small.py && python data.py tokenize config/demo_small.py
+# then: python train.py config/demo_small.py   (one GPU: minutes; a laptop CPU: hours, try --max_steps=200)
+
+out_dir = "out/demo_small"
+source_dir = "data/demo/raw"       # python data.py fetch-demo writes it
+clean_dir = "data/demo/clean"
+raw_data = "data/demo/dedup"
+tokenizer = "data/demo/tokenizer_16k.tiktoken"
+tokenizer_vocab = 16379           # + 5 special tokens = 16384
+tokenizer_sample = 30_000_000
+data_dir = "data/demo/tokens_16k"
+val_frac = 0.01
+
+n_layer = 6
+d_model = 384
+n_head = 6
+ffn_hidden = 1024
+max_seq_len = 512
+
+seq_len = 512
+batch_size = 32
+max_steps = 3000                  # ~49M tokens, about 1.5 epochs of the deduplicated corpus
+lr = 2e-3
+min_lr = 2e-4
+warmup_steps = 200
+eval_interval = 250
+eval_seqs = 32
+log_interval = 25
+ckpt_interval = 500
