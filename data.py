@@ -133,16 +133,20 @@ def train_tokenizer_on(raw_data, path, vocab_size, sample_chars, seed=0):
             sample.append(docs[i])
             n += len(docs[i])
         held[source] = held.get(source) or docs
+    import time
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     print(f"training a {vocab_size}-token BPE on {sum(map(len, sample)):,} characters of {len(by_source)} sources")
+    t0 = time.time()
     enc = train_tokenizer(sample, vocab_size, path)
+    seconds = time.time() - t0
     report = {}
     for source, docs in sorted(held.items()):
         ids = enc.encode_ordinary_batch(docs)
         report[source] = sum(map(len, docs)) / max(1, sum(map(len, ids)))
         print(f"{source:12s} {report[source]:.2f} characters per token")
     with open(path + ".report.json", "w") as f:
-        json.dump(dict(characters_per_token=report, sample_characters=sum(map(len, sample))), f, indent=1)
+        json.dump(dict(characters_per_token=report, sample_characters=sum(map(len, sample)), seconds=seconds,
+                       bytes=sum(len(t.encode()) for t in sample)), f, indent=1)
     return enc, report
 
 
@@ -281,7 +285,7 @@ def prepare(raw_data, data_dir, tokenizer="bpe", vocab_size=4096, val_frac=0.05,
     manifest = dict(version=VERSION, prepared_with=dict(raw_data=raw_data, tokenizer=tokenizer, tokenizer_vocab=vocab_size,
                                                         val_frac=val_frac), tokenizer=tok_entry, n_vocab=enc.n_vocab,
                     eot=enc.eot_token, dtype=np.dtype(dtype).name, val_frac=val_frac, sources=sources,
-                    shards=shards, problems=len(problems))
+                    shards=shards, problems=len(problems), seconds=round(seconds, 3), bytes=size)
     with open(os.path.join(tmp, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1, ensure_ascii=False)
     shutil.rmtree(data_dir, ignore_errors=True)
@@ -362,8 +366,13 @@ class Batches:
         for k, src in enumerate(self.sources):
             lo, hi = self.span.get(src, (int(self.offsets[k]), 0))
             self.span[src] = (lo, int(self.offsets[k + 1]))
-        self.phases = []
-        for start, weights in sorted(mixture or []):
+        self.phases, self.phase_fim = [], []
+        for start, weights, *options in sorted(mixture or [], key=lambda ph: ph[0]):
+            extra = set(options[0]) - {"fim_rate", "fim_spm_rate"} if options else set()
+            if len(options) > 1 or extra:
+                raise DataError(f"mixture phase at step {start}: (start_step, weights) or (start_step, weights, "
+                                f"{{'fim_rate': r, 'fim_spm_rate': s}}), got extra {options if len(options) > 1 else extra}")
+            self.phase_fim.append(({**dict(fim_rate=fim_rate, fim_spm_rate=fim_spm_rate), **(options[0] if options else {})}))
             unknown = sorted(set(weights) - set(self.span))
             if unknown or not weights or min(weights.values()) < 0 or sum(weights.values()) <= 0:
                 raise DataError(f"mixture phase at step {start}: weights {weights} must be >= 0, not all 0, over "
@@ -376,7 +385,8 @@ class Batches:
             self.phases.append((int(start) * global_batch, names, counts))
         if self.phases and self.phases[0][0] != 0:
             raise DataError(f"the first mixture phase must start at step 0, not {self.phases[0][0] // global_batch}")
-        self.fim = (fim_rate, fim_spm_rate, set(fim_sources)) if fim_rate > 0 else None
+        self.fim_default, self.fim_sources = dict(fim_rate=fim_rate, fim_spm_rate=fim_spm_rate), set(fim_sources)
+        self.fim = fim_rate > 0 or any(f["fim_rate"] > 0 for f in self.phase_fim)
         if self.fim:
             enc = tokenizer_of(data_dir, self.manifest)
             self.fim_ids = [enc.encode_single_token(t) for t in SPECIAL_TOKENS[1:4]]  # prefix, middle, suffix
@@ -456,20 +466,23 @@ class Batches:
         shard = np.searchsorted(self.offsets, ids, side="right") - 1
         return shard, (ids - self.offsets[shard]) * self.seq_len
 
-    def tokens(self, ids):
+    def tokens(self, ids, step=0):
+        """The windows of samples ids as step trains on them (FIM by the rate of step's phase)."""
         shard, start = self.locate(ids)
         rows = [self.shards[s][a:a + self.seq_len + 1].astype(np.int64) for s, a in zip(shard, start)]
         if self.fim:
-            rows = [self.fim_row(r, i) if self.sources[s] in self.fim[2] else r for r, i, s in zip(rows, ids, shard)]
+            p = int(np.searchsorted([ph[0] for ph in self.phases], step * self.global_batch, side="right")) - 1
+            f = self.phase_fim[p] if self.phases else self.fim_default
+            rows = [self.fim_row(r, i, f["fim_rate"], f["fim_spm_rate"]) if self.sources[s] in self.fim_sources else r
+                    for r, i, s in zip(rows, ids, shard)]
         return np.stack(rows)
 
-    def fim_row(self, row, sample):
+    def fim_row(self, row, sample, rate, spm_rate):
         """Fill-in-the-middle on the documents of one window (CrystalCoder's recipe): each piece
         between end-of-text tokens becomes, with probability fim_rate, prefix/middle/suffix at
         two random cuts, in PSM order (<pre> prefix <suf> suffix <mid> middle) or, with
         probability fim_spm_rate, SPM (<pre> <suf> suffix <mid> prefix middle). Deterministic in
         (seed, sample); the 3 sentinels per piece push the window's last tokens out."""
-        rate, spm_rate, _ = self.fim
         pre, mid, suf = self.fim_ids
         cuts = np.flatnonzero(row == self.eot)
         out, a = [], 0
@@ -489,7 +502,7 @@ class Batches:
     def batch(self, step, rank=0, world_size=1):
         """(global_batch / world_size, seq_len + 1) int64 tokens: inputs are [:, :-1], targets [:, 1:]."""
         import torch
-        return torch.from_numpy(self.tokens(self.sample_ids(step, rank, world_size)))
+        return torch.from_numpy(self.tokens(self.sample_ids(step, rank, world_size), step))
 
 
 def unfim(tokens, fim_ids):
@@ -1193,7 +1206,7 @@ def show(cfg, step, world_size):
     enc = tokenizer_of(cfg.data_dir, batches.manifest)
     ids = batches.sample_ids(step)
     shard, start = batches.locate(ids)
-    rows = batches.tokens(ids)  # as trained on (FIM included)
+    rows = batches.tokens(ids, step)  # as trained on (FIM included)
     for j, (i, s, a) in enumerate(zip(ids, shard, start)):
         toks = rows[j].tolist()
         print(f"=== step {step} · sequence {j}/{len(ids)} · sample {i} · source {batches.sources[s]} · "
@@ -1215,9 +1228,32 @@ def pop_flag(args, flag):
     return None
 
 
+def pipeline(cfg):
+    """clean, dedup, train-tokenizer and tokenize in turn (a finished stage is skipped), then the
+    throughput of each stage, from the reports the stages wrote."""
+    clean_corpus(cfg.source_dir, cfg.clean_dir, cfg.clean_rules)
+    dedup_corpus(cfg.clean_dir, cfg.raw_data)
+    if not os.path.exists(cfg.tokenizer + ".report.json"):
+        train_tokenizer_on(cfg.raw_data, cfg.tokenizer, cfg.tokenizer_vocab, cfg.tokenizer_sample, cfg.seed)
+    if not os.path.exists(os.path.join(cfg.data_dir, "manifest.json")):
+        prepare(cfg.raw_data, cfg.data_dir, cfg.tokenizer, cfg.tokenizer_vocab, cfg.val_frac)
+    c, d = (json.load(open(os.path.join(x, "report.json"))) for x in (cfg.clean_dir, cfg.raw_data))
+    t, m = json.load(open(cfg.tokenizer + ".report.json")), json.load(open(os.path.join(cfg.data_dir, "manifest.json")))
+    mb = lambda r: sum(x["bytes_in"] for x in r["sources"].values()) / 1e6
+    rows = [("clean", mb(c), c["seconds"], c.get("cores", 1)),
+            ("dedup", d["mb_per_s"] * d["seconds"], d["seconds"], 1),
+            ("train-tokenizer", t["bytes"] / 1e6, t["seconds"], os.cpu_count()),
+            ("tokenize", m["bytes"] / 1e6, m["seconds"], os.cpu_count())]
+    print(f"{'stage':16s} {'MB':>8s} {'seconds':>8s} {'MB/s':>7s} {'cores':>5s} {'MB/s/core':>9s}")
+    for name, size, sec, cores in rows:
+        print(f"{name:16s} {size:8.1f} {sec:8.1f} {size / sec:7.1f} {cores:5d} {size / sec / cores:9.1f}")
+    print(f"{'total':16s} {'':8s} {sum(r[2] for r in rows):8.1f}   (fetch-demo not included)")
+
+
 def main(argv):
     import train  # the config system lives in train.py
-    if not argv or argv[0] not in ("prepare", "tokenize", "show", "fetch-demo", "clean", "dedup", "train-tokenizer"):
+    if not argv or argv[0] not in ("prepare", "tokenize", "show", "fetch-demo", "clean", "dedup", "train-tokenizer",
+                                   "pipeline"):
         print(__doc__.strip())
         return 2
     cmd, rest = argv[0], list(argv[1:])
@@ -1233,8 +1269,11 @@ def main(argv):
     else:
         cfg, _ = train.load_config(rest)
         world_size = cfg.world_size  # the run's, when its global_batch_size is 0 (batch_size x ranks)
-    if cmd in ("clean", "dedup") and not (cfg.source_dir if cmd == "clean" else cfg.clean_dir):
-        raise train.ConfigError(f"{cmd} needs {'source_dir' if cmd == 'clean' else 'clean_dir'} in the config")
+    if cmd in ("clean", "dedup", "pipeline") and not (cfg.clean_dir and (cfg.source_dir or cmd == "dedup")):
+        raise train.ConfigError(f"{cmd} needs source_dir and clean_dir in the config (see config/demo_small.py)")
+    if cmd == "pipeline":
+        pipeline(cfg)
+        return 0
     if cmd == "clean":
         clean_corpus(cfg.source_dir, cfg.clean_dir, cfg.clean_rules)
         return 0

@@ -56,3 +56,10 @@ grad_clip = 1.0
 eval_interval = 1000
 eval_seqs = 64
 ckpt_interval = 1500
+
+# CrystalCoder's three data phases, for a corpus whose sources carry these names (the phase-1
+# run above trains on the first; a later phase sets its own FIM rate, applied to fim_sources):
+# mixture = [(0, {"web": 1}),
+#            (79721, {"web": 0.4, "starcoder": 0.6}, {"fim_rate": 0.9, "fim_spm_rate": 0.5}),
+#            (173000, {"python": 0.5, "html": 0.2, "javascript": 0.2, "css": 0.1}, {"fim_rate": 0.3})]
+# fim_sources = ["starcoder", "python", "html", "javascript", "css"]

@@ -30,3 +30,9 @@ eval_interval = 250
 eval_seqs = 32
 log_interval = 25
 ckpt_interval = 500
+
+# MAP-Neo's two phases in miniature: a fundamental phase, then a decay phase with a new mix
+# (here: more code and Chinese); train.py prints how many epochs of each source the run takes
+mixture = [(0, {"en_books": 3, "en_speeches": 1, "en_docs": 1, "zh_poetry": 3, "zh_classics": 1, "code": 2}),
+           (2500, {"en_books": 1, "en_docs": 1, "zh_poetry": 2, "zh_classics": 2, "code": 3})]
+fim_rate = 0.5                    # fill-in-the-middle on half of the code documents

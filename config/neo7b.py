@@ -48,3 +48,9 @@ eval_interval = 1000
 eval_seqs = 64
 ckpt_interval = 2384           # MAP-Neo's checkpoint interval, with full optimizer state
 keep_every = 2384
+
+# MAP-Neo's fundamental phase and decay phase (new mix from max_steps - decay_steps), for a
+# corpus whose sources carry these names; the first mix follows SEEDS.md (~52% web, ~22% code,
+# the rest papers and books), the decay mix is illustrative (SEEDS.md does not give it):
+# mixture = [(0, {"web_en": 0.37, "web_zh": 0.15, "code": 0.22, "papers": 0.13, "books": 0.13}),
+#            (296000, {"web_en": 0.25, "web_zh": 0.15, "code": 0.30, "papers": 0.15, "books": 0.15})]

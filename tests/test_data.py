@@ -235,6 +235,11 @@ def test_fim_is_deterministic_and_invertible(tiny_data):
                 assert p[0] == pre
                 spm, psm = spm + (p[1] == suf), psm + (p[1] != suf)
     assert spm > 0 and psm > 0  # both orders occur at fim_spm_rate 0.5
+    # a phase may set its own rate (CrystalCoder: 0.9, then 0.3): here none from step 10 on
+    phased = data.Batches(tiny_data, 64, 32, seed=1, verify=False, fim_rate=1.0,
+                          mixture=[(0, {"code": 1}), (10, {"code": 1}, {"fim_rate": 0.0})])
+    assert (phased.tokens(code[:5], step=3) == b.tokens(code[:5])).all()
+    assert (phased.tokens(code[:5], step=12) == plain.tokens(code[:5])).all()
     # code only: the other sources come out untouched
     other = ids[[b.sources[s] != "code" for s in b.locate(ids)[0]]]
     assert (b.tokens(other) == plain.tokens(other)).all()
