@@ -91,6 +91,7 @@ class TrainConfig:
     keep_last: int = 2           # complete checkpoints kept, besides every keep_every-th
     keep_every: int = 0
     resume: str = "auto"         # auto: newest complete checkpoint in out_dir; "": fresh; or a checkpoint dir
+    init_from: str = ""          # a fresh run starts from these weights (eval.py import of a Llama, or --consolidate)
     sample_tokens: int = 64      # tokens sampled per prompt at the end; 0: no samples
 
     def __post_init__(self):
@@ -645,6 +646,12 @@ def run(cfg, mcfg, rank, world_size, device, mesh):
                               f"sequences, this run has {gb}: set --global_batch_size={meta['data_position']['global_batch']}")
         start = load_checkpoint(ckpt, model, optimizer, rank)["step"]
         say(f"resuming from {ckpt} at step {start} (saved by {meta['world_size']} ranks, now {world_size})")
+    if cfg.init_from and not ckpt:  # full weights into this (possibly sharded) model
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+        weights = torch.load(cfg.init_from, map_location="cpu", weights_only=True)
+        weights = weights.get("model", weights)
+        set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True))
+        say(f"initialised from {cfg.init_from}")
     metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
     if rank == 0:
         kept = [l for l in open(metrics_path)] if os.path.exists(metrics_path) and start else []

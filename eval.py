@@ -1,0 +1,361 @@
+"""
+Everything done with a checkpoint: loss and bits per byte per source, multiple-choice tasks,
+memorization of the training data, a sweep over every checkpoint of a run, sampling, and the
+Hugging Face Llama format both ways.
+
+    python eval.py [OUT_DIR | CKPT] [--tasks=DIR] [--shots=0] [--seqs=64]   sweep: evals.jsonl, .md, .csv, .png
+    python eval.py sample CKPT --prompt="子曰：" [--temperature=0.8 --top_k=50 --top_p=0.95 --seed=0 --tokens=128]
+    python eval.py export CKPT OUT_DIR        Hugging Face Llama: config.json, model.safetensors, tokenizer
+    python eval.py import HF_DIR OUT.pt       a Llama checkpoint as our state dict (train.py --init_from=OUT.pt)
+
+Tasks are JSONL files in the public formats, one task per file, named after it: hellaswag*,
+arc_easy*, arc_challenge*, mmlu*, ceval*, cmmlu* (data/evals/ holds a few hand-made items of
+each; put the real files in a folder and pass --tasks=FOLDER). Each item is scored by the
+log-likelihood of each answer after the question, as lm-evaluation-harness does: acc takes the
+most likely answer, acc_norm the most likely per character of answer.
+"""
+import argparse, csv, json, math, os, sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import data
+import train
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+# -----------------------------------------------------------------------------
+# checkpoints
+
+def load(ckpt, device="cpu"):
+    """(model, train config, tokenizer, meta) of a checkpoint written at any world size: only the
+    model's entries are read, after the metadata passed the allow-list unpickler."""
+    import torch.distributed.checkpoint as dcp
+    meta = train.read_checkpoint_meta(ckpt)
+    cfg, mcfg = train.config_from_dict(meta["config"])
+    mcfg.attn_impl = "auto"  # the checkpoint's kernel choice need not exist here
+    model = train.build_model(mcfg, device, 0)
+    with open(os.path.join(ckpt, ".metadata"), "rb") as f:
+        train.SafeMetadata(f).load()
+    state = {"model": model.state_dict()}
+    dcp.load(state, checkpoint_id=ckpt)
+    model.load_state_dict(state["model"])
+    model.eval()
+    enc = data.tokenizer_of(cfg.data_dir, data.load_manifest(cfg.data_dir, verify=False))
+    return model, cfg, enc, meta
+
+
+def checkpoints(path):
+    """Every complete checkpoint of a run (oldest first), or the one given."""
+    if os.path.exists(os.path.join(path, "DONE")):
+        return [path]
+    found = sorted(os.path.join(path, d) for d in os.listdir(path) if d.startswith("ckpt_") and
+                   os.path.exists(os.path.join(path, d, "DONE"))) if os.path.isdir(path) else []
+    if not found:
+        raise train.ConfigError(f"{path}: no complete checkpoint (a ckpt_* folder with DONE) there")
+    return found
+
+
+# -----------------------------------------------------------------------------
+# loss and bits per byte
+
+@torch.no_grad()
+def token_nll(model, x, batch_size=16):
+    """Negative log-likelihood in nats of every target token of x (n, T+1) -> (n, T)."""
+    out = []
+    for i in range(0, len(x), batch_size):
+        xb = x[i:i + batch_size]
+        logits = model(xb[:, :-1]).float()
+        out.append(F.cross_entropy(logits.transpose(1, 2), xb[:, 1:], reduction="none"))
+    return torch.cat(out)
+
+
+def loss_and_bpb(model, cfg, enc, max_seqs=64):
+    """Per source of the held-out split: mean loss per token (nats) and bits per byte, the loss
+    of the whole text in bits over its length in UTF-8 bytes (special tokens count 0 bytes), so
+    that models with different tokenizers compare."""
+    manifest = data.load_manifest(cfg.data_dir, verify=False)
+    out, nats, nbytes, ntok = {}, 0.0, 0, 0
+    for source, seqs in data.val_sequences(cfg.data_dir, manifest, cfg.seq_len, max_seqs).items():
+        x = torch.from_numpy(seqs).to(next(model.parameters()).device)
+        nll = token_nll(model, x)
+        special = {enc.encode_single_token(t) for t in enc.special_tokens_set}
+        b = sum(len(enc.decode_bytes([t for t in row if t not in special])) for row in seqs[:, 1:].tolist())
+        out[f"loss/{source}"] = nll.mean().item()
+        out[f"bpb/{source}"] = nll.sum().item() / math.log(2) / max(b, 1)
+        nats, nbytes, ntok = nats + nll.sum().item(), nbytes + b, ntok + nll.numel()
+    out["loss/all"], out["bpb/all"] = nats / max(ntok, 1), nats / math.log(2) / max(nbytes, 1)
+    return out
+
+
+# -----------------------------------------------------------------------------
+# multiple-choice tasks: (query, [choices], gold index) from the public formats
+
+def _need(doc, keys, path, lineno):
+    for k in keys:
+        if k not in doc:
+            raise data.DataError(f"{path}:{lineno}: missing field '{k}' (this file is read as "
+                                 f"{task_of(path)}, which needs {', '.join(keys)})")
+    return [doc[k] for k in keys]
+
+
+def task_of(path):
+    name = os.path.basename(path).lower()
+    for task in ("hellaswag", "arc_easy", "arc_challenge", "mmlu", "ceval", "cmmlu"):
+        if name.startswith(task):
+            return task
+    raise data.DataError(f"{path}: unknown task (file names start with hellaswag, arc_easy, arc_challenge, "
+                         "mmlu, ceval or cmmlu)")
+
+
+def read_task(path):
+    """[(query, choices, gold, shot_text)] where shot_text is the item with its answer (few-shot)."""
+    task, items = task_of(path), []
+    letters = "ABCDEFGH"
+    for lineno, line in enumerate(open(path, encoding="utf-8"), 1):
+        if not line.strip():
+            continue
+        try:
+            doc = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise data.DataError(f"{path}:{lineno}: not JSON ({e.msg})")
+        if task == "hellaswag":  # {"ctx", "endings", "label"} (Hugging Face's hellaswag)
+            ctx, endings, label = _need(doc, ("ctx", "endings", "label"), path, lineno)
+            query = (doc["activity_label"] + ": " if doc.get("activity_label") else "") + ctx
+            choices, gold = [" " + e for e in endings], int(label)
+        elif task.startswith("arc"):  # allenai's {"question": {"stem", "choices"}, "answerKey"} or HF's flat one
+            q, key = _need(doc, ("question", "answerKey"), path, lineno)
+            stem, ch = (q["stem"], q["choices"]) if isinstance(q, dict) else (q, _need(doc, ("choices",), path, lineno)[0])
+            texts, labels = ([c["text"] for c in ch], [c["label"] for c in ch]) if isinstance(ch, list) else (ch["text"], ch["label"])
+            query, choices, gold = f"Question: {stem}\nAnswer:", [" " + t for t in texts], labels.index(key)
+        elif task == "mmlu":  # {"question", "choices", "answer": int, "subject"} (cais/mmlu)
+            q, ch, answer = _need(doc, ("question", "choices", "answer"), path, lineno)
+            subject = doc.get("subject", "").replace("_", " ")
+            query = (f"The following are multiple choice questions (with answers) about {subject}.\n\n" if subject else "") \
+                + q + "".join(f"\n{letters[i]}. {c}" for i, c in enumerate(ch)) + "\nAnswer:"
+            choices, gold = [f" {letters[i]}" for i in range(len(ch))], int(answer) if str(answer).isdigit() \
+                else letters.index(str(answer))
+        else:  # ceval {"question", "A".."D", "answer"}, cmmlu {"Question", "A".."D", "Answer"}
+            qk, ak = ("question", "answer") if task == "ceval" else ("Question", "Answer")
+            q, *opts, answer = _need(doc, (qk, "A", "B", "C", "D", ak), path, lineno)
+            query = q + "".join(f"\n{letters[i]}. {o}" for i, o in enumerate(opts)) + "\n答案："
+            choices, gold = list("ABCD"), "ABCD".index(answer.strip())
+        if not 0 <= gold < len(choices):
+            raise data.DataError(f"{path}:{lineno}: the answer {gold} is not one of {len(choices)} choices")
+        items.append((query, choices, gold, query + choices[gold]))
+    return items
+
+
+@torch.no_grad()
+def loglikelihoods(model, enc, context, continuations):
+    """log P(continuation | context) of each continuation, summed over its tokens."""
+    device, limit = next(model.parameters()).device, model.cfg.max_seq_len
+    ctx = enc.encode_ordinary(context)
+    out = []
+    for cont in continuations:
+        c = enc.encode_ordinary(cont)
+        ids = (ctx + c)[-(limit + 1):]  # the question is cut from the left if too long
+        x = torch.tensor([ids], device=device)
+        logp = F.log_softmax(model(x[:, :-1]).float(), -1)[0, -len(c):]
+        out.append(logp.gather(1, x[0, -len(c):, None]).sum().item())
+    return out
+
+
+def run_task(model, enc, path, shots=0):
+    items, hits, hits_norm = read_task(path), 0, 0
+    for i, (query, choices, gold, _) in enumerate(items):
+        # k other items of the file, with their answers, before the question
+        context = "".join(items[j][3] + "\n\n" for j in [j for j in range(len(items)) if j != i][:shots]) + query
+        ll = loglikelihoods(model, enc, context, choices)
+        hits += int(np.argmax(ll) == gold)
+        hits_norm += int(np.argmax([v / len(c) for v, c in zip(ll, choices)]) == gold)
+    return dict(acc=hits / len(items), acc_norm=hits_norm / len(items), n=len(items))
+
+
+# -----------------------------------------------------------------------------
+# memorization (Analysis360): a prompt of the training data, greedy, compare
+
+@torch.no_grad()
+def memorized(model, seqs, prompt=32, gen=32):
+    """(exact-match rate, mean fraction of tokens reproduced) of greedy continuations of
+    seqs[:, :prompt] against seqs[:, prompt:prompt + gen]."""
+    x = torch.as_tensor(seqs, device=next(model.parameters()).device)[:, :prompt + gen]
+    out = model.generate(x[:, :prompt], gen, temperature=0)[:, prompt:]
+    same = (out == x[:, prompt:]).float()
+    return (same.min(1).values.mean().item(), same.mean().item())
+
+
+def memorization(model, cfg, step, n=64, prompt=32, gen=32):
+    """Memorization of n sequences the checkpoint trained on (the first sequence of n steps spread
+    over [0, step), found through the data order), and of n held-out ones as the baseline."""
+    if cfg.seq_len + 1 < prompt + gen:
+        prompt = gen = (cfg.seq_len + 1) // 2
+    manifest = data.load_manifest(cfg.data_dir, verify=False)
+    batches = data.Batches(cfg.data_dir, cfg.seq_len, train.global_batch(cfg, 1), cfg.seed, verify=False,
+                           mixture=cfg.mixture)
+    steps = sorted(set(np.linspace(0, max(step - 1, 0), n).astype(int).tolist()))
+    seen = np.concatenate([batches.tokens(batches.sample_ids(s)[:1], s) for s in steps])
+    held = np.concatenate(list(data.val_sequences(cfg.data_dir, manifest, cfg.seq_len, n).values()))[:n]
+    (e, f), (be, bf) = memorized(model, seen, prompt, gen), memorized(model, held, prompt, gen)
+    return {"mem/exact": e, "mem/frac": f, "mem_heldout/exact": be, "mem_heldout/frac": bf}
+
+
+# -----------------------------------------------------------------------------
+# the sweep: every checkpoint of a run, appended to evals.jsonl, then a table and plots
+
+def evaluate(ckpt, tasks_dir, shots, seqs, device):
+    model, cfg, enc, meta = load(ckpt, device)
+    row = dict(ckpt=os.path.basename(ckpt), step=meta["step"], tokens=meta["data_position"]["tokens"])
+    row.update(loss_and_bpb(model, cfg, enc, seqs))
+    for path in sorted(os.listdir(tasks_dir)) if tasks_dir and os.path.isdir(tasks_dir) else []:
+        if path.endswith(".jsonl"):
+            r = run_task(model, enc, os.path.join(tasks_dir, path), shots)
+            name = path[:-6]
+            row.update({f"{name}/acc": r["acc"], f"{name}/acc_norm": r["acc_norm"]})
+    row.update(memorization(model, cfg, meta["step"], seqs))
+    return row
+
+
+def sweep(path, tasks_dir, shots=0, seqs=64, device="cpu"):
+    ckpts = checkpoints(path)
+    run_dir = os.path.dirname(ckpts[0]) if len(ckpts) == 1 and path == ckpts[0] else path
+    log = os.path.join(run_dir, "evals.jsonl")
+    rows = [json.loads(l) for l in open(log)] if os.path.exists(log) else []
+    done = {r["ckpt"] for r in rows}
+    for ckpt in ckpts:
+        if os.path.basename(ckpt) in done:  # evaluated before: kept, not redone
+            continue
+        row = evaluate(ckpt, tasks_dir, shots, seqs, device)
+        print(" | ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+        with open(log, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        rows.append(row)
+    rows.sort(key=lambda r: r["step"])
+    write_table(rows, run_dir)
+    return rows
+
+
+def write_table(rows, run_dir):
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with open(os.path.join(run_dir, "evals.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, keys)
+        w.writeheader()
+        w.writerows(rows)
+    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(fmt(r.get(k, "")) for k in keys) + " |" for r in rows]
+    open(os.path.join(run_dir, "evals.md"), "w").write("\n".join(lines) + "\n")
+    print(f"wrote {run_dir}/evals.md and evals.csv ({len(rows)} checkpoints)")
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(pip install matplotlib for evals.png: each metric against tokens trained)")
+        return
+    metrics = [k for k in keys if k not in ("ckpt", "step", "tokens")]
+    cols = 4
+    fig, axes = plt.subplots(math.ceil(len(metrics) / cols), cols, figsize=(4 * cols, 3 * math.ceil(len(metrics) / cols)),
+                             squeeze=False)
+    for ax, k in zip(axes.flat, metrics):
+        ax.plot([r["tokens"] for r in rows], [r.get(k, float("nan")) for r in rows], marker="o")
+        ax.set_title(k, fontsize=9)
+        ax.set_xlabel("tokens trained", fontsize=8)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(os.path.join(run_dir, "evals.png"), dpi=80)
+    print(f"wrote {run_dir}/evals.png")
+
+
+# -----------------------------------------------------------------------------
+# sampling, streamed to the console
+
+@torch.no_grad()
+def stream(model, enc, prompt, tokens=128, temperature=0.8, top_k=50, top_p=0.95, seed=0):
+    """Yield the text of each new token (bytes that do not make a whole character yet wait)."""
+    import codecs
+    from model import KVCache
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    idx = torch.tensor([enc.encode_ordinary(prompt)], device=device)
+    tokens = min(tokens, model.cfg.max_seq_len - idx.size(1))
+    caches = [KVCache(1, idx.size(1) + tokens) for _ in model.blocks]
+    logits, utf8 = model(idx, caches=caches)[:, -1].float(), codecs.getincrementaldecoder("utf-8")("replace")
+    for _ in range(tokens):
+        if temperature == 0:
+            nxt = logits.argmax(-1, keepdim=True)
+        else:
+            logits = logits / temperature
+            if top_k:
+                logits = logits.masked_fill(logits < torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:], -math.inf)
+            if top_p < 1:  # nucleus: the smallest set of tokens whose probability reaches top_p
+                sorted_logits, order = logits.sort(descending=True)
+                drop = sorted_logits.softmax(-1).cumsum(-1) - sorted_logits.softmax(-1) > top_p
+                logits = logits.masked_fill(drop.scatter(1, order, drop), -math.inf)
+            nxt = torch.multinomial(logits.softmax(-1), 1, generator=gen)
+        if nxt.item() == enc.eot_token:
+            break
+        text = utf8.decode(enc.decode_single_token_bytes(nxt.item()))
+        if text:
+            yield text
+        logits = model(nxt, caches=caches)[:, -1].float()
+    if utf8.decode(b"", final=True):  # bytes of an unfinished character
+        yield "\ufffd"
+
+
+# -----------------------------------------------------------------------------
+# command line
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cmd = argv.pop(0) if argv and argv[0] in ("sample", "export", "import") else "sweep"
+    ap = argparse.ArgumentParser(prog=f"eval.py {cmd}", description=__doc__.split("\n\n")[0])
+    ap.add_argument("path", nargs="?", default=os.path.join("out", "toy"))
+    ap.add_argument("out", nargs="?")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--tasks", default=os.path.join(HERE, "data", "evals"))
+    ap.add_argument("--shots", type=int, default=0)
+    ap.add_argument("--seqs", type=int, default=64, help="held-out and memorization sequences per source")
+    ap.add_argument("--prompt", default="Alice was beginning to")
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--temperature", type=float, default=0.8)
+    ap.add_argument("--top_k", type=int, default=50)
+    ap.add_argument("--top_p", type=float, default=0.95)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    if cmd == "sweep":
+        sweep(args.path, args.tasks, args.shots, args.seqs, args.device)
+    elif cmd == "sample":
+        model, _, enc, _ = load(checkpoints(args.path)[-1], args.device)
+        print(args.prompt, end="", flush=True)
+        for piece in stream(model, enc, args.prompt, args.tokens, args.temperature, args.top_k, args.top_p, args.seed):
+            print(piece, end="", flush=True)
+        print()
+    elif cmd == "export":
+        if not args.out:
+            raise train.ConfigError("export needs CKPT_DIR OUT_DIR")
+        model, cfg, _, _ = load(checkpoints(args.path)[-1], "cpu")
+        manifest = data.load_manifest(cfg.data_dir, verify=False)
+        tok = os.path.join(cfg.data_dir, manifest["tokenizer"]) if manifest["tokenizer"].endswith(".tiktoken") else None
+        export_llama(model, args.out, tok)
+    else:
+        if not args.out:
+            raise train.ConfigError("import needs HF_DIR OUT.pt")
+        state, mcfg = import_llama(args.path)
+        torch.save(dict(model=state, config=vars(mcfg)), args.out)
+        print(f"wrote {args.out}: {sum(t.numel() for t in state.values()):,} parameters; "
+              f"train from it with --init_from={args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (train.ConfigError, data.DataError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except BrokenPipeError:
+        sys.exit(0)
