@@ -14,7 +14,7 @@ each; put the real files in a folder and pass --tasks=FOLDER). Each item is scor
 log-likelihood of each answer after the question, as lm-evaluation-harness does: acc takes the
 most likely answer, acc_norm the most likely per character of answer.
 """
-import argparse, csv, json, math, os, sys
+import argparse, base64, csv, json, math, os, sys
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 import data
 import train
+from model import ModelConfig
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -307,6 +308,217 @@ def stream(model, enc, prompt, tokens=128, temperature=0.8, top_k=50, top_p=0.95
 
 
 # -----------------------------------------------------------------------------
+# Hugging Face Llama format: export (config.json, model.safetensors, and tokenizer.json from
+# our .tiktoken) and import (our state dict and ModelConfig). One name map serves both ways,
+# so they cannot drift apart.
+
+def check_llama(cfg):
+    # what Llama cannot express, all reported at once, each naming its config key
+    bad = [(cfg.norm == "layernorm", "norm='layernorm' (LayerNorm has a bias; Llama uses RMSNorm)"),
+           (cfg.rotary_dim != cfg.head_dim, f"rotary_dim={cfg.rotary_dim} < head_dim={cfg.head_dim} (partial rotary)"),
+           (cfg.embed_mult != 1.0, f"embed_mult={cfg.embed_mult} (muP embedding multiplier)"),
+           (cfg.logit_mult != 1.0, f"logit_mult={cfg.logit_mult} (muP logit multiplier)"),
+           (cfg.qk_scale_by_d, "qk_scale_by_d=True (muP 1/head_dim attention scale)"),
+           (cfg.qkv_bias != cfg.attn_out_bias, f"qkv_bias={cfg.qkv_bias} with attn_out_bias={cfg.attn_out_bias} "
+            "(HF's attention_bias covers q, k, v and o together)")]
+    msgs = [msg for is_bad, msg in bad if is_bad]
+    if msgs:
+        raise ValueError("cannot express this model as Hugging Face Llama: " + "; ".join(msgs))
+
+
+def name_map(cfg):
+    """(our name, [HF names], row sizes to split ours into) for every tensor; sizes None: one to one."""
+    q, kv, f = cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim, cfg.ffn_hidden
+    m = [("embed.weight", ["model.embed_tokens.weight"], None), ("norm.weight", ["model.norm.weight"], None)]
+    if not cfg.tie_embeddings:
+        m.append(("lm_head.weight", ["lm_head.weight"], None))
+    for i in range(cfg.n_layer):
+        b, h = f"blocks.{i}.", f"model.layers.{i}."
+        m += [(b + "norm1.weight", [h + "input_layernorm.weight"], None),
+              (b + "norm2.weight", [h + "post_attention_layernorm.weight"], None)]
+        for s in ("weight", "bias") if cfg.qkv_bias else ("weight",):
+            m += [(b + "attn.qkv." + s, [h + f"self_attn.{x}_proj." + s for x in "qkv"], [q, kv, kv]),
+                  (b + "attn.out." + s, [h + "self_attn.o_proj." + s], None)]
+        for s in ("weight", "bias") if cfg.ffn_bias else ("weight",):
+            m += [(b + "mlp.up." + s, [h + "mlp.gate_proj." + s, h + "mlp.up_proj." + s], [f, f]),
+                  (b + "mlp.down." + s, [h + "mlp.down_proj." + s], None)]
+    return m
+
+
+def _safetensors():
+    try:
+        import safetensors.torch
+    except ImportError:
+        raise ImportError("Hugging Face export/import needs safetensors: pip install safetensors") from None
+    return safetensors.torch
+
+
+def _write_json(path, obj):
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False)
+
+
+# -----------------------------------------------------------------------------
+# tokenizer: our .tiktoken as a tokenizers byte-level BPE
+
+def read_tiktoken(path):
+    """(ranks {bytes: id}, pat_str, specials {name: id}), as data.load_tokenizer reads them."""
+    ranks = {}
+    for line in open(path):
+        token, rank = line.split()
+        ranks[base64.b64decode(token)] = int(rank)
+    side = json.load(open(path + ".json")) if os.path.exists(path + ".json") else {}
+    specials = side.get("special_tokens", ["<|endoftext|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|pad|>"])
+    if "pat_str" not in side:
+        raise ValueError(f"{path}.json has no pat_str: cannot write the pre-tokenizer")
+    return ranks, side["pat_str"], {s: len(ranks) + i for i, s in enumerate(specials)}
+
+
+def byte_to_unicode():
+    # GPT-2's printable stand-ins for the 256 bytes, which byte-level BPE vocabularies are written in
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs, cs, n = bs + [b], cs + [256 + n], n + 1
+    return {b: chr(c) for b, c in zip(bs, cs)}
+
+
+def bpe_parts(ranks, token, max_rank):
+    # tiktoken's BPE on token's bytes using only ranks below max_rank: lowest-ranked pair first
+    parts = [bytes([b]) for b in token]
+    while True:
+        pairs = [(ranks.get(parts[i] + parts[i + 1], max_rank), i) for i in range(len(parts) - 1)]
+        rank, i = min(pairs, default=(max_rank, 0))
+        if rank >= max_rank:
+            return parts
+        parts[i:i + 2] = [parts[i] + parts[i + 1]]
+
+
+def export_tokenizer(ranks, pat, specials, out_dir):
+    """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json; False (with a note) when
+    the tokenizer cannot be expressed."""
+    try:
+        from tokenizers import Regex
+        Regex(pat)  # onig (tokenizers' regex engine) must take our pattern, possessive quantifiers included
+    except ImportError:
+        pass  # cannot check here: onig has long accepted ?+ and ++
+    except Exception as e:
+        print(f"note: no tokenizer.json written: tokenizers' regex engine rejects pat_str {pat!r}: {e}")
+        return False
+    u = byte_to_unicode()
+    text = lambda b: "".join(u[x] for x in b)
+    merges = []
+    for token, rank in sorted(ranks.items(), key=lambda x: x[1]):
+        if len(token) >= 2:
+            parts = bpe_parts(ranks, token, rank)
+            if len(parts) != 2:  # not a BPE vocabulary: a token no merge of lower ranks can build
+                print(f"note: no tokenizer.json written: token {token!r} (rank {rank}) is not a merge of two lower ranks")
+                return False
+            merges.append(f"{text(parts[0])} {text(parts[1])}")  # byte-level text has no spaces: ' ' is 'Ġ'
+    added = [dict(id=i, content=s, single_word=False, lstrip=False, rstrip=False, normalized=False, special=True)
+             for s, i in specials.items()]
+    _write_json(os.path.join(out_dir, "tokenizer.json"), {
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": pat}, "behavior": "Isolated", "invert": False},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]},
+        "post_processor": None,  # nothing added around the text, like tiktoken's encode_ordinary
+        "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
+        # ignore_merges: a piece that is a whole token is that token, as in tiktoken
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": True,
+                  "vocab": {text(t): r for t, r in ranks.items()}, "merges": merges}})
+    names = {k: v for k, v in dict(eos_token="<|endoftext|>", pad_token="<|pad|>").items() if v in specials}
+    _write_json(os.path.join(out_dir, "tokenizer_config.json"), dict(
+        tokenizer_class="PreTrainedTokenizerFast", clean_up_tokenization_spaces=False, **names))
+    _write_json(os.path.join(out_dir, "special_tokens_map.json"), names)
+    return True
+
+
+# -----------------------------------------------------------------------------
+# export and import
+
+def export_llama(model, out_dir, tokenizer_path=None):
+    """Write model (a GPT) to out_dir in the Hugging Face Llama format, float32."""
+    cfg = model.cfg
+    check_llama(cfg)
+    if cfg.d_model % cfg.n_head:  # valid Llama, but transformers 5's config validation refuses it
+        print(f"note: transformers 5 will not load this: hidden_size={cfg.d_model} is not a multiple of "
+              f"num_attention_heads={cfg.n_head} (transformers 4 does)")
+    specials = {}
+    if tokenizer_path:
+        ranks, pat, specials = read_tiktoken(tokenizer_path)
+        if len(ranks) + len(specials) > cfg.vocab_size:
+            raise ValueError(f"tokenizer has {len(ranks) + len(specials)} tokens, more than vocab_size={cfg.vocab_size}")
+    os.makedirs(out_dir, exist_ok=True)
+    sd = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
+    tensors = {}
+    for ours, names, sizes in name_map(cfg):
+        parts = sd.pop(ours).split(sizes) if sizes else [sd.pop(ours)]
+        tensors.update((n, p.clone().contiguous()) for n, p in zip(names, parts))  # own storage: safetensors wants no sharing
+    if sd:
+        raise ValueError(f"tensors with no Llama name: {sorted(sd)}")
+    _safetensors().save_file(tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+    eot, pad = specials.get("<|endoftext|>"), specials.get("<|pad|>")
+    _write_json(os.path.join(out_dir, "config.json"), dict(
+        architectures=["LlamaForCausalLM"], model_type="llama", hidden_act="silu",
+        vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.ffn_hidden,
+        num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_kv_head,
+        head_dim=cfg.head_dim, max_position_embeddings=cfg.max_seq_len, rms_norm_eps=cfg.norm_eps,
+        # rope_theta for transformers 4, rope_parameters for 5 (which also reads the former)
+        rope_theta=float(cfg.rope_theta), rope_parameters=dict(rope_type="default", rope_theta=float(cfg.rope_theta)),
+        rope_scaling=None, tie_word_embeddings=cfg.tie_embeddings, attention_bias=cfg.qkv_bias,
+        mlp_bias=cfg.ffn_bias, attention_dropout=0.0, initializer_range=cfg.init_std,
+        # every document ends with <|endoftext|>, so it also begins the next: bos and eos alike
+        bos_token_id=eot, eos_token_id=eot, pad_token_id=pad, torch_dtype="float32", dtype="float32", use_cache=True))
+    gen = dict(bos_token_id=eot, eos_token_id=eot, pad_token_id=pad)
+    _write_json(os.path.join(out_dir, "generation_config.json"), {k: v for k, v in gen.items() if v is not None})
+    if tokenizer_path:
+        export_tokenizer(ranks, pat, specials, out_dir)
+
+
+def config_from_hf(c):
+    """A ModelConfig from a Llama config.json dict; refuses what our model cannot run."""
+    if c.get("model_type") != "llama":
+        raise ValueError(f"model_type={c.get('model_type')!r}: only 'llama' can be imported")
+    rope = c.get("rope_parameters") or {}
+    if c.get("rope_scaling") or rope.get("rope_type", "default") != "default":
+        raise ValueError(f"rope_scaling={c.get('rope_scaling') or rope!r}: scaled rotary embeddings are not supported")
+    if c.get("hidden_act", "silu") != "silu":
+        raise ValueError(f"hidden_act={c['hidden_act']!r}: only 'silu' (SwiGLU) is supported")
+    n_head, bias = c["num_attention_heads"], c.get("attention_bias", False)
+    return ModelConfig(
+        vocab_size=c["vocab_size"], n_layer=c["num_hidden_layers"], d_model=c["hidden_size"], n_head=n_head,
+        n_kv_head=c.get("num_key_value_heads") or n_head, head_dim=c.get("head_dim") or c["hidden_size"] // n_head,
+        ffn_hidden=c["intermediate_size"], max_seq_len=c["max_position_embeddings"], norm="rmsnorm",
+        norm_eps=c.get("rms_norm_eps", 1e-6), rope_theta=float(rope.get("rope_theta", c.get("rope_theta", 10000.0))),
+        tie_embeddings=c.get("tie_word_embeddings", False), qkv_bias=bias, attn_out_bias=bias,
+        ffn_bias=c.get("mlp_bias", False))
+
+
+def import_llama(hf_dir):
+    """(state dict, ModelConfig) of the Llama checkpoint in hf_dir (model.safetensors, or shards with an index)."""
+    cfg = config_from_hf(json.load(open(os.path.join(hf_dir, "config.json"))))
+    index = os.path.join(hf_dir, "model.safetensors.index.json")
+    files = sorted(set(json.load(open(index))["weight_map"].values())) if os.path.exists(index) else ["model.safetensors"]
+    hf = {}
+    for f in files:
+        hf.update(_safetensors().load_file(os.path.join(hf_dir, f)))
+    sd = {}
+    for ours, names, _ in name_map(cfg):
+        missing = [n for n in names if n not in hf]
+        if missing:
+            raise ValueError(f"{hf_dir}: checkpoint lacks {missing}")
+        sd[ours] = torch.cat([hf.pop(n) for n in names]) if len(names) > 1 else hf.pop(names[0])
+    hf.pop("lm_head.weight", None)  # a tied checkpoint may store the embedding twice
+    extra = [n for n in hf if "rotary_emb.inv_freq" not in n]  # old checkpoints saved the rope buffer
+    if extra:
+        raise ValueError(f"{hf_dir}: tensors our model has no place for: {extra[:5]}")
+    return sd, cfg
+
+
+# -----------------------------------------------------------------------------
 # command line
 
 def main(argv=None):
@@ -346,8 +558,9 @@ def main(argv=None):
             raise train.ConfigError("import needs HF_DIR OUT.pt")
         state, mcfg = import_llama(args.path)
         torch.save(dict(model=state, config=vars(mcfg)), args.out)
-        print(f"wrote {args.out}: {sum(t.numel() for t in state.values()):,} parameters; "
-              f"train from it with --init_from={args.out}")
+        print(f"wrote {args.out}: {sum(t.numel() for t in state.values()):,} parameters. Train from it with "
+              f"--init_from={args.out} and a config holding these lines:")
+        print("\n".join(f"{k} = {v!r}" for k, v in vars(mcfg).items() if k != "attn_impl"))
     return 0
 
 

@@ -135,3 +135,27 @@ def test_sampling_streams_what_generate_gives(run3):
     assert "".join(ev.stream(model, enc, prompt, tokens=12, temperature=1.5, top_k=0, top_p=1e-6, seed=3)) == greedy
     a = "".join(ev.stream(model, enc, prompt, tokens=12, temperature=1.0, seed=5))
     assert a == "".join(ev.stream(model, enc, prompt, tokens=12, temperature=1.0, seed=5))  # seeded
+
+
+def test_export_import_commands_and_init_from(run3, tiny_data, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    ckpt = str(run3 / "ckpt_0000006")
+    assert ev.main(["export", ckpt, str(tmp_path / "hf")]) == 0
+    model, cfg, enc, _ = ev.load(ckpt)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"), dtype=torch.float32)
+    tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    text = "子曰：学而时习之 def f(x): return x"
+    ids = enc.encode_ordinary(text)
+    assert tok.encode(text, add_special_tokens=False) == ids
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        ours, theirs = model(x), hf(x).logits
+    assert ((ours - theirs).abs().max() / ours.abs().max()).item() < 1e-4
+    # back in: the imported weights start a new run that begins where the checkpoint stood
+    assert ev.main(["import", str(tmp_path / "hf"), str(tmp_path / "llama.pt")]) == 0
+    out = tmp_path / "continued"
+    train.main(small_args(tiny_data, str(out), "--max_steps=1", "--seq_len=64", "--max_seq_len=64",
+                          f"--init_from={tmp_path / 'llama.pt'}"))
+    first = json.loads(open(out / "metrics.jsonl").readline())["val"]["all"]
+    original = [json.loads(l) for l in open(run3 / "metrics.jsonl") if '"val"' in l][-1]["val"]["all"]
+    assert first == pytest.approx(original, rel=1e-5)
