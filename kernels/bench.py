@@ -15,6 +15,13 @@ Benchmarks and build checks of the Triton kernels.
         and foreach=True) on the parameter shapes of a config (neo7b/8: one of 8 FSDP
         shards), effective bandwidth at 28 bytes per parameter, and clip + step.
 
+    python kernels/bench.py train [config/neo_1b.py] [-- --batch_size=4 ...] [--steps=10] [--write]
+        on a GPU: a whole training step of a config on random tokens: tokens/s, MFU against the
+        measured bf16 matmul peak and against 989 TFLOP/s, peak memory, ms of forward, backward
+        and optimizer; each optimisation toggled off in turn (Triton attention, Triton AdamW,
+        compile, activation checkpointing as configured vs full), and transformers'
+        LlamaForCausalLM of the same shape with fused torch AdamW, bf16 autocast and SDPA.
+
 --device=cpu (with TRITON_INTERPRET=1) runs any of them on a CPU, slowly, to check the harness;
 --out=DIR writes the raw JSON elsewhere than benchmarks/.
 
@@ -22,6 +29,8 @@ FLOPs: forward 4*B*H*T^2*D (halved when causal), backward 2.5x forward (dQ, dK, 
 recomputed scores), forward+backward 3.5x.
 """
 import argparse, datetime, json, math, os, re, subprocess, sys, tempfile
+
+import numpy as np
 from concurrent.futures import ProcessPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -240,9 +249,138 @@ def adamw_bench(cases, device, out, write):
     return save("adamw", env, rows, table, out, write, "fp32 params, grads, state; 64k vocabulary")
 
 
+# ----------------------------------------------------------------------------- a whole training step
+
+VARIANTS = {  # each optimisation toggled in turn against "all on": the config as given (compile it there)
+    "all on": {},
+    "sdpa attention": dict(attn_impl="sdpa"),
+    "torch fused adamw": dict(optimizer="adamw_torch"),
+    "no compile": dict(compile=False),
+    "full recompute": dict(ac="full"),
+}
+
+
+def matmul_peak(device):
+    """Measured bf16 TFLOP/s of an 8192^3 matmul: the ceiling MFU is also quoted against."""
+    import torch
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    return 2 * 8192 ** 3 / timed(lambda: a @ a, device) / 1e9
+
+
+def step_timer(model, optimizer, x, device, clip):
+    """One training step as (forward, backward, optimizer) milliseconds."""
+    import time
+    import torch
+    marks = []
+
+    def mark():
+        if device == "cuda":
+            torch.cuda.synchronize()
+        marks.append(time.perf_counter())
+    mark()
+    loss = model(x[:, :-1], x[:, 1:])
+    loss = loss if torch.is_tensor(loss) else loss.loss
+    mark()
+    loss.backward()
+    mark()
+    if hasattr(optimizer, "clip_grad_norm_"):
+        optimizer.clip_grad_norm_(clip)
+    else:
+        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    mark()
+    return [1000 * (b - a) for a, b in zip(marks, marks[1:])]
+
+
+def llama_peer(mcfg, device):
+    """The model most users would otherwise run: transformers' LlamaForCausalLM of the same shape."""
+    import transformers
+    cfg = transformers.LlamaConfig(vocab_size=mcfg.vocab_size, hidden_size=mcfg.d_model, intermediate_size=mcfg.ffn_hidden,
+                                   num_hidden_layers=mcfg.n_layer, num_attention_heads=mcfg.n_head,
+                                   num_key_value_heads=mcfg.n_kv_head, head_dim=mcfg.head_dim, rms_norm_eps=mcfg.norm_eps,
+                                   max_position_embeddings=mcfg.max_seq_len, rope_theta=mcfg.rope_theta,
+                                   tie_word_embeddings=mcfg.tie_embeddings, attn_implementation="sdpa")
+    model = transformers.LlamaForCausalLM(cfg).to(device)
+
+    def run(idx, targets):  # transformers shifts the labels itself: the inputs are the labels
+        return model(input_ids=idx, labels=idx)
+    return model, run
+
+
+def train_bench(config, overrides, steps, warmup, device, variants, peer, out, write):
+    import torch
+    import train
+    from contextlib import nullcontext
+    env, rows = environment(device), []
+    peak = matmul_peak(device) * 1e12 if device == "cuda" else 0.0
+    datasheet = 989e12 if device == "cuda" else 0.0
+    print(f"{env['device']} | torch {env['torch']} | {config} {' '.join(overrides)} | {steps} steps after {warmup}"
+          + (f" | bf16 matmul peak measured {peak / 1e12:.0f} TFLOP/s" if peak else ""))
+    print(f"{'variant':20s} {'tok/s':>9s} {'MFU meas.':>9s} {'MFU 989':>8s} {'peak GiB':>8s} {'fwd ms':>7s} {'bwd ms':>7s} "
+          f"{'opt ms':>7s}")
+    for name in variants + (["transformers peer"] if peer else []):
+        cfg, mcfg = train.load_config([config, f"--device={device}", *overrides, *(
+            f"--{k}={v}" for k, v in VARIANTS.get(name, {}).items() if k != "attn_impl")])
+        if "attn_impl" in VARIANTS.get(name, {}):
+            mcfg.attn_impl = VARIANTS[name]["attn_impl"]
+        mcfg.vocab_size = mcfg.vocab_size or 64 * ((cfg.tokenizer_vocab + 5 + 63) // 64)
+        bf16 = device == "cuda"
+        autocast = torch.autocast(device, dtype=torch.bfloat16) if bf16 else nullcontext()
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randint(0, mcfg.vocab_size, (cfg.batch_size, cfg.seq_len + 1), generator=gen).to(device)
+        flops = None
+        if name == "transformers peer":
+            model, run = llama_peer(mcfg, device)
+            params = model.parameters()
+            optimizer = torch.optim.AdamW(params, lr=cfg.lr, fused=device == "cuda")
+            with torch.device("meta"):
+                flops = train.GPT(mcfg).estimate_flops(cfg.seq_len)
+        else:
+            model = train.build_model(mcfg, device, cfg.seed, cfg)
+            run, flops = model, model.estimate_flops(cfg.seq_len)
+            if cfg.optimizer == "adamw_triton" or cfg.optimizer == "auto" and device == "cuda":
+                from kernels.adamw import AdamW
+                optimizer = AdamW(model.param_groups(cfg.weight_decay, False), lr=cfg.lr)
+            else:
+                optimizer = torch.optim.AdamW(model.param_groups(cfg.weight_decay, False), lr=cfg.lr,
+                                              fused=device == "cuda")
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        times = []
+        for i in range(warmup + steps):
+            with autocast:
+                t = step_timer(run, optimizer, x, device, cfg.grad_clip or float("inf"))
+            if i >= warmup:
+                times.append(t)
+        fwd, bwd, opt = (float(np.median([t[k] for t in times])) for k in range(3))
+        tok_s = cfg.batch_size * cfg.seq_len / ((fwd + bwd + opt) / 1000)
+        row = dict(variant=name, tok_per_s=tok_s, mfu_measured=flops * tok_s / peak if peak else None,
+                   mfu_datasheet=flops * tok_s / datasheet if datasheet else None, fwd_ms=fwd, bwd_ms=bwd, opt_ms=opt,
+                   peak_gib=torch.cuda.max_memory_allocated() / 2 ** 30 if device == "cuda" else None)
+        rows.append(row)
+        pct = lambda v: f"{100 * v:8.1f}%" if v is not None else f"{'-':>9s}"
+        print(f"{name:20s} {tok_s:9,.0f} {pct(row['mfu_measured'])} {pct(row['mfu_datasheet'])[1:]} "
+              f"{row['peak_gib'] or 0:8.1f} {fwd:7.1f} {bwd:7.1f} {opt:7.1f}", flush=True)
+        del model, optimizer
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    if peer:
+        print(f"nano360 (all on) / transformers peer: {rows[0]['tok_per_s'] / rows[-1]['tok_per_s']:.2f}x tokens/s")
+    table = [("variant", "variant"), ("tok/s", "tok_per_s"), ("MFU (measured peak)", "mfu_measured"),
+             ("MFU (989 TFLOP/s)", "mfu_datasheet"), ("peak GiB", "peak_gib"), ("fwd ms", "fwd_ms"),
+             ("bwd ms", "bwd_ms"), ("opt ms", "opt_ms")]
+    return save("train_step", env, rows, table, out, write, f"{config} {' '.join(overrides)}, {steps} steps after {warmup}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=["compile", "attention", "adamw"])
+    ap.add_argument("what", choices=["compile", "attention", "adamw", "train"])
+    ap.add_argument("config", nargs="?", default=os.path.join(ROOT, "config", "neo_1b.py"), help="train: the config")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="train: which of " + ", ".join(VARIANTS))
+    ap.add_argument("--no_peer", action="store_true", help="train: skip the transformers LlamaForCausalLM peer")
     ap.add_argument("--dims", default="64,96,128,192,256", help="head dims (attention default: 64,128,192)")
     ap.add_argument("--quick", action="store_true", help="compile: causal kernels only")
     ap.add_argument("--lengths", default="1024,2048,4096,8192,16384")
@@ -252,7 +390,9 @@ def main():
     ap.add_argument("--device", default="cuda", help="cuda, or cpu (under TRITON_INTERPRET=1) to check the harness")
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks"), help="folder of the raw JSON")
     ap.add_argument("--write", action="store_true", help="append the table to BENCHMARKS.md")
-    args = ap.parse_args()
+    argv = sys.argv[1:]
+    overrides = argv[argv.index("--") + 1:] if "--" in argv else []  # train: --key=value for the config
+    args = ap.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     dims = [int(d) for d in args.dims.split(",")]
     if args.what == "compile":
         return compile_check(dims, args.quick)
@@ -260,6 +400,9 @@ def main():
         sys.exit(f"{args.what}: needs a CUDA GPU (or --device=cpu with TRITON_INTERPRET=1)")
     if args.what == "adamw":
         return adamw_bench(args.cases.split(","), args.device, args.out, args.write)
+    if args.what == "train":
+        return train_bench(args.config, overrides, args.steps, args.warmup, args.device,
+                           [v for v in args.variants.split(",") if v], not args.no_peer, args.out, args.write)
     if "--dims" not in " ".join(sys.argv):
         dims = [64, 128, 192]
     return attention_bench(dims, [int(t) for t in args.lengths.split(",")], args.tokens, args.width, args.device,

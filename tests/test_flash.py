@@ -1,6 +1,6 @@
 """kernels/flash_attention.py against a float64 softmax(QK^T)V, in the Triton CPU interpreter
 (conftest sets TRITON_INTERPRET=1 without a GPU) and, with -m gpu, in bf16 on CUDA."""
-import math, os, subprocess, sys
+import json, math, os, subprocess, sys
 
 import pytest
 import torch
@@ -265,3 +265,19 @@ def test_gpu_model_triton_equals_sdpa_under_autocast():
         with torch.autocast("cuda", dtype=torch.bfloat16):
             losses.append(m(idx, torch.roll(idx, -1, 1)).item())
     assert abs(losses[0] - losses[1]) < 2e-2, losses
+
+
+def test_training_step_benchmark_harness_on_cpu(tmp_path):
+    # kernels/bench.py train, in its CPU mode: every variant asked for and the transformers peer
+    # are timed and tabulated (the GPU figures are taken with the same command on an H100)
+    pytest.importorskip("transformers")
+    cmd = [sys.executable, "kernels/bench.py", "train", "config/toy.py", "--device=cpu", "--steps=1", "--warmup=1",
+           "--variants=all on,sdpa attention,torch fused adamw,full recompute", f"--out={tmp_path}", "--",
+           "--n_layer=2", "--batch_size=2", "--seq_len=32", "--max_seq_len=32", "--optimizer=adamw_triton"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for name in ("all on", "sdpa attention", "torch fused adamw", "full recompute", "transformers peer"):
+        assert any(line.startswith(name) for line in r.stdout.splitlines()), r.stdout
+    assert "nano360 (all on) / transformers peer:" in r.stdout
+    rows = json.load(open(tmp_path / os.listdir(tmp_path)[0]))["rows"]
+    assert all(row["tok_per_s"] > 0 and row["fwd_ms"] > 0 and row["bwd_ms"] > 0 for row in rows)
