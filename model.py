@@ -47,6 +47,7 @@ class ModelConfig:
     logit_mult: float = 1.0      # logits are multiplied by this (2.22 * 0.0625)
     qk_scale_by_d: bool = False  # attention scores scaled by 1/head_dim instead of 1/sqrt(head_dim)
     hidden_lr_mult: float = 1.0  # lr multiplier of the matrices inside blocks (0.0625)
+    loss_chunk: int = 0          # > 0: training loss over this many tokens at a time, never all logits at once
 
     def __post_init__(self):
         if min(self.n_layer, self.d_model, self.n_head, self.ffn_hidden, self.max_seq_len) <= 0 or self.vocab_size < 0:
@@ -174,6 +175,38 @@ class KVCache:
         return self.k[:, :self.len], self.v[:, :self.len]
 
 
+class ChunkedCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of logits = logit_mult * x @ weight.T against targets (-1 ignored),
+    computed `chunk` rows at a time, with the gradients of each chunk worked out on the way,
+    so that only a (chunk, V) block of logits ever exists: at a 64k vocabulary and 8k tokens a
+    sequence, the full fp32 logits and their gradient would take 4 GB."""
+
+    @staticmethod
+    def forward(ctx, x, weight, targets, logit_mult, chunk):
+        wide = torch.promote_types(x.dtype, torch.float32)  # the loss in fp32 (or fp64), as in forward()
+        n = (targets >= 0).sum().clamp(min=1).to(wide)
+        loss = torch.zeros((), device=x.device, dtype=wide)
+        grad_x, grad_w = torch.empty_like(x), torch.zeros(weight.shape, device=weight.device, dtype=wide)
+        for a in range(0, x.size(0), chunk):
+            xc, tc = x[a:a + chunk], targets[a:a + chunk]
+            logits = (xc @ weight.t()).to(wide) * logit_mult
+            keep = tc >= 0
+            lse = logits.logsumexp(-1)
+            loss += (lse - logits.gather(1, tc.clamp(min=0)[:, None])[:, 0])[keep].sum()
+            d = torch.softmax(logits, -1)  # d loss / d logits = softmax - onehot, over n, on kept rows
+            d[keep, tc[keep]] -= 1
+            d = (d * keep[:, None] * (logit_mult / n)).to(x.dtype)
+            grad_x[a:a + chunk] = d @ weight
+            grad_w += (d.t() @ xc).to(wide)
+        ctx.save_for_backward(grad_x, grad_w.to(weight.dtype))
+        return loss / n
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_x, grad_w = ctx.saved_tensors
+        return grad_x * grad_loss, grad_w * grad_loss, None, None, None
+
+
 class GPT(nn.Module):
     def __init__(self, cfg):
         super().__init__()
@@ -239,7 +272,11 @@ class GPT(nn.Module):
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, caches[i] if caches else None, doc_ids)
         x = self.norm(x)
-        logits = F.linear(x, self.embed.weight if self.lm_head is None else self.lm_head.weight)
+        weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
+        if targets is not None and self.cfg.loss_chunk and self.training:  # never the (B, T, V) fp32 logits
+            return ChunkedCrossEntropy.apply(x.flatten(0, 1), weight, targets.reshape(-1), self.cfg.logit_mult,
+                                             self.cfg.loss_chunk)
+        logits = F.linear(x, weight)
         if self.cfg.logit_mult != 1.0:
             logits = logits * self.cfg.logit_mult
         if targets is None:

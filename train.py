@@ -638,7 +638,7 @@ def run(cfg, mcfg, rank, world_size, device, mesh):
             raise data.DataError(f"{cfg.data_dir}/manifest.json has sha256 {manifest['sha256']}, but {ckpt} was "
                                  f"trained on data whose manifest has sha256 {meta['manifest_sha256']}")
         diff = {k: (v, getattr(mcfg, k)) for k, v in meta["config"]["model"].items()
-                if getattr(mcfg, k) != v and k != "attn_impl"}  # the attention kernel may change, the model not
+                if getattr(mcfg, k) != v and k not in ("attn_impl", "loss_chunk")}  # how it runs may change, not the model
         if diff:
             raise ConfigError(f"{ckpt} holds a different model: " + ", ".join(f"{k}={a!r} there, {b!r} here" for k, (a, b) in diff.items()))
         if meta["data_position"]["global_batch"] != gb:

@@ -22,6 +22,10 @@ Benchmarks and build checks of the Triton kernels.
         compile, activation checkpointing as configured vs full), and transformers'
         LlamaForCausalLM of the same shape with fused torch AdamW, bf16 autocast and SDPA.
 
+    python kernels/bench.py loss [--tokens=8192]
+        the training loss over a 64k vocabulary: full fp32 logits against model.py's
+        ChunkedCrossEntropy (loss_chunk), time and extra peak memory, each in a fresh process.
+
 --device=cpu (with TRITON_INTERPRET=1) runs any of them on a CPU, slowly, to check the harness;
 --out=DIR writes the raw JSON elsewhere than benchmarks/.
 
@@ -373,9 +377,57 @@ def train_bench(config, overrides, steps, warmup, device, variants, peer, out, w
     return save("train_step", env, rows, table, out, write, f"{config} {' '.join(overrides)}, {steps} steps after {warmup}")
 
 
+# ----------------------------------------------------------------------------- the loss over a large vocabulary
+
+def _loss_run(args):
+    # one variant in a fresh process, so that the peak memory is its own
+    import resource, time
+    import torch
+    from model import ChunkedCrossEntropy
+    tokens, vocab, dim, chunk, device = args
+    gen = torch.Generator().manual_seed(0)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    x = torch.randn(tokens, dim, generator=gen).to(device, dtype).requires_grad_()
+    w = (torch.randn(vocab, dim, generator=gen) * 0.02).to(device, dtype).requires_grad_()
+    t = torch.randint(0, vocab, (tokens,), generator=gen).to(device)
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.max_memory_allocated() if device == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    t0 = time.perf_counter()
+    for _ in range(3):
+        if chunk:
+            loss = ChunkedCrossEntropy.apply(x, w, t, 1.0, chunk)
+        else:
+            loss = torch.nn.functional.cross_entropy((x @ w.t()).float(), t)
+        loss.backward()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    ms = (time.perf_counter() - t0) / 3 * 1000
+    peak = torch.cuda.max_memory_allocated() if device == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return dict(ms=ms, extra_gib=(peak - base) / 2 ** 30, loss=loss.item())
+
+
+def loss_bench(tokens, vocab, dim, chunks, device, out, write):
+    import multiprocessing as mp
+    env, rows = environment(device), []
+    print(f"{env['device']} | loss over {tokens} tokens x {vocab} vocabulary, d {dim} | forward + backward")
+    print(f"{'variant':22s} {'ms':>8s} {'extra GiB':>10s} {'loss':>8s}")
+    ctx = mp.get_context("spawn")
+    for chunk in [0] + chunks:
+        with ctx.Pool(1) as pool:
+            r = pool.apply(_loss_run, ((tokens, vocab, dim, chunk, device),))
+        name = f"chunks of {chunk}" if chunk else "full logits (torch)"
+        rows.append(dict(variant=name, **r))
+        print(f"{name:22s} {r['ms']:8.1f} {r['extra_gib']:10.2f} {r['loss']:8.4f}", flush=True)
+    table = [("variant", "variant"), ("ms", "ms"), ("extra GiB", "extra_gib"), ("loss", "loss")]
+    return save("chunked_loss", env, rows, table, out, write,
+                f"{tokens} tokens x {vocab} vocabulary, d {dim}, forward + backward; extra memory over the inputs")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=["compile", "attention", "adamw", "train"])
+    ap.add_argument("what", choices=["compile", "attention", "adamw", "train", "loss"])
     ap.add_argument("config", nargs="?", default=os.path.join(ROOT, "config", "neo_1b.py"), help="train: the config")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
@@ -400,6 +452,9 @@ def main():
         sys.exit(f"{args.what}: needs a CUDA GPU (or --device=cpu with TRITON_INTERPRET=1)")
     if args.what == "adamw":
         return adamw_bench(args.cases.split(","), args.device, args.out, args.write)
+    if args.what == "loss":  # the Neo shape: 8k tokens, a 64k vocabulary, d 3072
+        return loss_bench(args.tokens if "--tokens" in " ".join(sys.argv) else 8192, 65536,
+                          3072 if args.device == "cuda" else 1024, [1024, 4096], args.device, args.out, args.write)
     if args.what == "train":
         return train_bench(args.config, overrides, args.steps, args.warmup, args.device,
                            [v for v in args.variants.split(",") if v], not args.no_peer, args.out, args.write)

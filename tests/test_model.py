@@ -218,3 +218,20 @@ def test_param_groups_decay_and_mup_lr():
     everything = model.param_groups(0.1, decay_all=True)
     assert names(everything, lambda g: g["weight_decay"] == 0.1) == {n for n, _ in model.named_parameters()}
     assert sum(len(g["params"]) for g in everything) == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize("name", ["amber", "crystal"])
+def test_chunked_loss_equals_full_logits(name):
+    # the loss a chunk of tokens at a time, gradients included, in float64: the same numbers
+    plain, chunked = build(variant(name)), build(variant(name, loss_chunk=7))  # 7 does not divide 2 x 11
+    idx = torch.randint(0, 97, (2, 11), generator=torch.Generator().manual_seed(3))
+    targets = torch.roll(idx, -1, 1)
+    targets[0, :4] = -1  # ignored positions
+    a, b = plain(idx, targets), chunked(idx, targets)
+    a.backward()
+    (2 * b).backward()  # the incoming gradient scales what it returns
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    for (n, p), q in zip(plain.named_parameters(), chunked.parameters()):
+        torch.testing.assert_close(2 * p.grad, q.grad, rtol=1e-10, atol=1e-12, msg=n)
+    chunked.eval()
+    torch.testing.assert_close(chunked(idx, targets), a.detach(), rtol=1e-12, atol=1e-12)  # eval: plain logits
