@@ -81,6 +81,28 @@ def _fwd_inner(acc, l_i, m_i, q, k_ptr, v_ptr, skt, svt, lo, hi, rows, seg_lo, s
 
 
 @triton.jit
+def _key_range(SEG_LO, SEG_HI, b64, rows, m0, T, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+               CAUSAL: tl.constexpr, DOC: tl.constexpr):
+    """The keys a block of queries may see, [lo, hi), of which those below mid are visible to
+    every row (documents aside: no causal or length mask there); and each row's document."""
+    lo, hi = 0, T
+    if CAUSAL:
+        hi = tl.minimum(T, m0 + BLOCK_M)
+    seg_lo, seg_hi = rows, rows
+    if DOC:
+        seg_lo = tl.load(SEG_LO + b64 * T + rows, mask=rows < T, other=0)
+        seg_hi = tl.load(SEG_HI + b64 * T + rows, mask=rows < T, other=0)
+        lo = tl.load(SEG_LO + b64 * T + m0) // BLOCK_N * BLOCK_N
+        hi = tl.minimum(hi, tl.load(SEG_HI + b64 * T + tl.minimum(T, m0 + BLOCK_M) - 1))
+    if CAUSAL:
+        mid = m0  # a multiple of BLOCK_N, as BLOCK_M is
+    else:
+        mid = T // BLOCK_N * BLOCK_N
+    mid = lo + tl.maximum(0, tl.minimum(mid, hi) - lo) // BLOCK_N * BLOCK_N
+    return lo, mid, hi, seg_lo, seg_hi
+
+
+@triton.jit
 def _fwd_kernel(Q, K, V, O, LSE, SEG_LO, SEG_HI,
                 sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, sob, sot, soh,
                 T, H, GROUP, qk_scale,
@@ -93,22 +115,7 @@ def _fwd_kernel(Q, K, V, O, LSE, SEG_LO, SEG_HI,
     q = tl.load(Q + b64 * sqb + h * sqh + rows[:, None] * sqt + offs_d[None, :],
                 mask=(rows[:, None] < T) & (offs_d[None, :] < D), other=0.0)
     k_ptr, v_ptr = K + b64 * skb + hk * skh, V + b64 * svb + hk * svh
-    # the keys this block of queries may see: [lo, hi)
-    lo, hi = 0, T
-    if CAUSAL:
-        hi = tl.minimum(T, m0 + BLOCK_M)
-    seg_lo, seg_hi = rows, rows
-    if DOC:
-        seg_lo = tl.load(SEG_LO + b64 * T + rows, mask=rows < T, other=0)
-        seg_hi = tl.load(SEG_HI + b64 * T + rows, mask=rows < T, other=0)
-        lo = tl.load(SEG_LO + b64 * T + m0) // BLOCK_N * BLOCK_N
-        hi = tl.minimum(hi, tl.load(SEG_HI + b64 * T + tl.minimum(T, m0 + BLOCK_M) - 1))
-    # keys below `mid` are visible to every row (documents aside): no causal or length mask there
-    if CAUSAL:
-        mid = m0  # a multiple of BLOCK_N, as BLOCK_M is
-    else:
-        mid = T // BLOCK_N * BLOCK_N
-    mid = lo + tl.maximum(0, tl.minimum(mid, hi) - lo) // BLOCK_N * BLOCK_N
+    lo, mid, hi, seg_lo, seg_hi = _key_range(SEG_LO, SEG_HI, b64, rows, m0, T, BLOCK_M, BLOCK_N, CAUSAL, DOC)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -246,20 +253,7 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, SEG_LO, SEG_HI,
     lse = tl.load(LSE + (b64 * H + h) * T + rows, mask=rows < T, other=0.0)
     delta = tl.load(DELTA + (b64 * H + h) * T + rows, mask=rows < T, other=0.0)
     k_ptr, v_ptr = K + b64 * skb + hk * skh, V + b64 * svb + hk * svh
-    lo, hi = 0, T
-    if CAUSAL:
-        hi = tl.minimum(T, m0 + BLOCK_M)
-    seg_lo, seg_hi = rows, rows
-    if DOC:
-        seg_lo = tl.load(SEG_LO + b64 * T + rows, mask=rows < T, other=0)
-        seg_hi = tl.load(SEG_HI + b64 * T + rows, mask=rows < T, other=0)
-        lo = tl.load(SEG_LO + b64 * T + m0) // BLOCK_N * BLOCK_N
-        hi = tl.minimum(hi, tl.load(SEG_HI + b64 * T + tl.minimum(T, m0 + BLOCK_M) - 1))
-    if CAUSAL:
-        mid = m0
-    else:
-        mid = T // BLOCK_N * BLOCK_N
-    mid = lo + tl.maximum(0, tl.minimum(mid, hi) - lo) // BLOCK_N * BLOCK_N
+    lo, mid, hi, seg_lo, seg_hi = _key_range(SEG_LO, SEG_HI, b64, rows, m0, T, BLOCK_M, BLOCK_N, CAUSAL, DOC)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     dq = _dq_inner(dq, q, do, lse, delta, k_ptr, v_ptr, skt, svt, lo, mid, rows, seg_lo, seg_hi, T, qk_scale,
                    D, BLOCK_D, BLOCK_N, False, CAUSAL, DOC, PREC, UPCAST)

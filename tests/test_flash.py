@@ -201,7 +201,7 @@ def test_train_with_triton_attention_and_document_masking(tiny_data, tmp_path):
         out = tmp_path / impl
         train.main(small_args(tiny_data, str(out), "--max_steps=3", "--eval_interval=3", "--ckpt_interval=3",
                               f"--attn_impl={impl}", "--doc_mask=true"))
-        runs[impl] = [__import__("json").loads(l) for l in open(out / "metrics.jsonl")]
+        runs[impl] = [json.loads(l) for l in open(out / "metrics.jsonl")]
     for a, b in zip(runs["sdpa"], runs["triton"]):
         for key in ("loss", "val"):
             if key in a:
