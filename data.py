@@ -894,7 +894,12 @@ def lsh_clusters(signatures, bands=9, rows=13):
 # -----------------------------------------------------------------------------
 # the pipeline
 
-def dedup_texts(docs, ngram=5, ngram_cjk=2, num_perm=128, bands=9, rows=13, seed=0, verify=0.7, min_para=50):
+def _minhash_args(args):
+    return minhash(*args)
+
+
+def dedup_texts(docs, ngram=5, ngram_cjk=2, num_perm=128, bands=9, rows=13, seed=0, verify=0.7, min_para=50,
+                workers=1):
     """Exact, near-duplicate and paragraph dedup of a list of texts; the first copy is kept.
     verify: a candidate pair is joined only if the true Jaccard of its shingle sets is >= verify
     (0 turns it off). Banding alone lets 8% of pairs at s=0.7 and 0.1% at s=0.5 through, and one
@@ -903,7 +908,8 @@ def dedup_texts(docs, ngram=5, ngram_cjk=2, num_perm=128, bands=9, rows=13, seed
     like "CHAPTER I" survive; a document left with less than that is dropped.
     Returns dict(keep=[kept indices], texts={index: new text where paragraphs went},
     removed=[(index, "exact" | "near" | "paragraphs", kept index or None)],
-    clusters=[[indices] of every near-duplicate cluster of size > 1])."""
+    clusters=[[indices] of every near-duplicate cluster of size > 1]). workers > 1: the MinHash
+    signatures in that many processes (the same numbers)."""
     removed, first_of = [], {}
     survivors = []
     for i, d in enumerate(docs):  # (a) exact documents
@@ -915,7 +921,13 @@ def dedup_texts(docs, ngram=5, ngram_cjk=2, num_perm=128, bands=9, rows=13, seed
             survivors.append(i)
 
     # (b) near-duplicates among the survivors (positions p in survivors, indices i in docs)
-    sigs = np.array([minhash(docs[i], ngram, ngram_cjk, num_perm, seed) for i in survivors], dtype=np.uint32)
+    jobs = [(docs[i], ngram, ngram_cjk, num_perm, seed) for i in survivors]
+    if workers > 1 and len(jobs) > 64:
+        from multiprocessing import Pool
+        with Pool(workers) as pool:
+            sigs = np.array(pool.map(_minhash_args, jobs, chunksize=32), dtype=np.uint32)
+    else:
+        sigs = np.array([minhash(*job) for job in jobs], dtype=np.uint32)
     pairs = lsh_candidates(sigs.reshape(-1, num_perm), bands, rows)
     if verify > 0:  # (each pair is a document and its bucket's first: a failed check is not retried)
         sets = {}
@@ -1047,7 +1059,7 @@ def dedup_corpus(src, out_dir):
     docs = list(tqdm(iter_records(src, problems), desc=f"read {src}", unit=" docs", disable=None))
     report_problems(problems, src)
     t0 = time.time()
-    result = dedup_texts([d["text"] for d in docs])
+    result = dedup_texts([d["text"] for d in docs], workers=os.cpu_count() or 1)
     seconds = time.time() - t0
     kept, counts = {}, {}
     for i in result["keep"]:
@@ -1061,7 +1073,8 @@ def dedup_corpus(src, out_dir):
     clusters = [[dict(id=docs[i]["id"], start=docs[i]["text"][:80]) for i in c] for c in result["clusters"]]
     size = sum(len(d["text"].encode()) for d in docs)
     _write_stage(out_dir, kept, removed, dict(documents=len(docs), kept=len(result["keep"]), removed=counts,
-                                              clusters=clusters, seconds=seconds, mb_per_s=size / 1e6 / max(seconds, 1e-9)))
+                                              clusters=clusters, seconds=seconds, cores=os.cpu_count(),
+                                              mb_per_s=size / 1e6 / max(seconds, 1e-9)))
     for source in sorted({d["source"] for d in docs}):
         n = sum(d["source"] == source for d in docs)
         print(f"{source:12s} kept {len(kept.get(source, [])):6,d} of {n:6,d}; removed {counts.get(source, {})}")
@@ -1246,7 +1259,7 @@ def pipeline(cfg):
     t, m = json.load(open(cfg.tokenizer + ".report.json")), json.load(open(os.path.join(cfg.data_dir, "manifest.json")))
     mb = lambda r: sum(x["bytes_in"] for x in r["sources"].values()) / 1e6
     rows = [("clean", mb(c), c["seconds"], c.get("cores", 1)),
-            ("dedup", d["mb_per_s"] * d["seconds"], d["seconds"], 1),
+            ("dedup", d["mb_per_s"] * d["seconds"], d["seconds"], d.get("cores", 1)),
             ("train-tokenizer", t["bytes"] / 1e6, t["seconds"], os.cpu_count()),
             ("tokenize", m["bytes"] / 1e6, m["seconds"], os.cpu_count())]
     print(f"{'stage':16s} {'MB':>8s} {'seconds':>8s} {'MB/s':>7s} {'cores':>5s} {'MB/s/core':>9s}")
