@@ -650,7 +650,10 @@ def run(cfg, mcfg, rank, world_size, device, mesh):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
         weights = torch.load(cfg.init_from, map_location="cpu", weights_only=True)
         weights = weights.get("model", weights)
-        set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True))
+        try:
+            set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True))
+        except (RuntimeError, KeyError, ValueError) as e:  # another shape: say which, in one line
+            raise ConfigError(f"--init_from={cfg.init_from} does not fit this model config: {' '.join(str(e).split())[:300]}")
         say(f"initialised from {cfg.init_from}")
     metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
     if rank == 0:

@@ -159,3 +159,9 @@ def test_export_import_commands_and_init_from(run3, tiny_data, tmp_path):
     first = json.loads(open(out / "metrics.jsonl").readline())["val"]["all"]
     original = [json.loads(l) for l in open(run3 / "metrics.jsonl") if '"val"' in l][-1]["val"]["all"]
     assert first == pytest.approx(original, rel=1e-5)
+
+
+def test_init_from_weights_of_another_shape_is_a_config_error(tiny_data, tmp_path):
+    torch.save({"model": {"embed.weight": torch.zeros(3, 3)}}, tmp_path / "w.pt")
+    with pytest.raises(train.ConfigError, match=r"--init_from=.*w.pt does not fit this model config: .*embed.weight"):
+        train.main(small_args(tiny_data, str(tmp_path / "out"), "--max_steps=1", f"--init_from={tmp_path / 'w.pt'}"))
