@@ -16,7 +16,7 @@ The order of training samples is a pure function of (manifest, seed): batch(step
 world_size) needs nothing else, so a resumed run, a run at another world size and `show`
 all see the same data at the same step.
 """
-import base64, functools, gzip, hashlib, json, math, os, re, shutil, sys, unicodedata
+import base64, functools, gzip, hashlib, json, math, os, re, shutil, sys, time, unicodedata
 from collections import Counter
 from itertools import count, repeat
 
@@ -133,7 +133,6 @@ def train_tokenizer_on(raw_data, path, vocab_size, sample_chars, seed=0):
             sample.append(docs[i])
             n += len(docs[i])
         held[source] = held.get(source) or docs
-    import time
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     print(f"training a {vocab_size}-token BPE on {sum(map(len, sample)):,} characters of {len(by_source)} sources")
     t0 = time.time()
@@ -259,7 +258,6 @@ def prepare(raw_data, data_dir, tokenizer="bpe", vocab_size=4096, val_frac=0.05,
         enc, tok_entry = load_tokenizer(tokenizer), tokenizer
     dtype = np.uint16 if enc.n_vocab <= 65536 else np.uint32
     shards, sources = [], {}
-    import time
     t0, size = time.time(), sum(len(t.encode()) for texts in by_source.values() for t in texts)
     bar = tqdm(total=size, unit="B", unit_scale=True, desc="tokenize", disable=None)
     for source in sorted(by_source):
@@ -1011,7 +1009,6 @@ def clean_corpus(src, out_dir, overrides=None):
     of that language (CLEAN_RULES, updated by overrides {lang: {rule: threshold}}) and keep
     those that pass. Writes out_dir/{source}.jsonl, removed.jsonl (id, source, rule, value)
     and report.json (documents and bytes in and out, removals per rule per source)."""
-    import time
     if _stage_done(out_dir, "clean"):
         return json.load(open(os.path.join(out_dir, "report.json")))
     from multiprocessing import Pool
@@ -1052,7 +1049,6 @@ def dedup_corpus(src, out_dir):
     sources together (the first occurrence wins, in source and file order). Writes
     out_dir/{source}.jsonl, removed.jsonl (id, reason, duplicate_of) and report.json (counts,
     and every near-duplicate cluster with the start of each member)."""
-    import time
     if _stage_done(out_dir, "dedup"):
         return json.load(open(os.path.join(out_dir, "report.json")))
     problems = []

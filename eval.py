@@ -38,8 +38,7 @@ def load(ckpt, device="cpu"):
     cfg, mcfg = train.config_from_dict(meta["config"])
     mcfg.attn_impl = "auto"  # the checkpoint's kernel choice need not exist here
     model = train.build_model(mcfg, device, 0)
-    with open(os.path.join(ckpt, ".metadata"), "rb") as f:
-        train.SafeMetadata(f).load()
+    train.check_metadata(ckpt)
     state = {"model": model.state_dict()}
     dcp.load(state, checkpoint_id=ckpt)
     model.load_state_dict(state["model"])
@@ -52,8 +51,7 @@ def checkpoints(path):
     """Every complete checkpoint of a run (oldest first), or the one given."""
     if os.path.exists(os.path.join(path, "DONE")):
         return [path]
-    found = sorted(os.path.join(path, d) for d in os.listdir(path) if d.startswith("ckpt_") and
-                   os.path.exists(os.path.join(path, d, "DONE"))) if os.path.isdir(path) else []
+    found = train.complete_checkpoints(path)
     if not found:
         raise train.ConfigError(f"{path}: no complete checkpoint (a ckpt_* folder with DONE) there")
     return found

@@ -246,11 +246,16 @@ def lr_at(step, cfg):
 # meta.json and DONE; written as .tmp_ckpt_* and renamed when complete; loading runs no code
 # from the files
 
+def complete_checkpoints(out_dir):
+    """The complete checkpoints in out_dir, oldest first."""
+    return sorted(os.path.join(out_dir, d) for d in os.listdir(out_dir) if d.startswith("ckpt_") and
+                  os.path.exists(os.path.join(out_dir, d, "DONE"))) if os.path.isdir(out_dir) else []
+
+
 def find_checkpoint(out_dir):
     """The newest complete checkpoint in out_dir, or None."""
-    done = sorted(d for d in os.listdir(out_dir) if d.startswith("ckpt_") and
-                  os.path.exists(os.path.join(out_dir, d, "DONE"))) if os.path.isdir(out_dir) else []
-    return os.path.join(out_dir, done[-1]) if done else None
+    done = complete_checkpoints(out_dir)
+    return done[-1] if done else None
 
 
 def read_checkpoint_meta(path):
@@ -285,6 +290,12 @@ class SafeMetadata(pickle.Unpickler):
                 module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a checkpoint's .metadata")
+
+
+def check_metadata(path):
+    """Read a checkpoint's .metadata with SafeMetadata before DCP unpickles it for real."""
+    with open(os.path.join(path, ".metadata"), "rb") as f:
+        SafeMetadata(f).load()
 
 
 def barrier():
@@ -347,8 +358,7 @@ def load_checkpoint(path, model, optimizer, rank=0):
     """Model and optimizer state at any world size (DCP reshards), and this rank's RNG when the
     checkpoint has one (a rank that is new after a change of world size keeps its seed)."""
     meta = read_checkpoint_meta(path)
-    with open(os.path.join(path, ".metadata"), "rb") as f:
-        SafeMetadata(f).load()
+    check_metadata(path)
     msd, osd = get_state_dict(model, optimizer)
     state = dict(model=msd, optim=osd)
     dcp.load(state, checkpoint_id=path)
@@ -365,8 +375,7 @@ def consolidate(ckpt, out=None):
     from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
     read_checkpoint_meta(ckpt)
-    with open(os.path.join(ckpt, ".metadata"), "rb") as f:
-        SafeMetadata(f).load()
+    check_metadata(ckpt)
     state = {}
     _load_state_dict(state, storage_reader=dcp.FileSystemReader(ckpt), planner=_EmptyStateDictLoadPlanner(keys={"model"}),
                      no_dist=True)
