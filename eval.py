@@ -3,7 +3,7 @@ Everything done with a checkpoint: loss and bits per byte per source, multiple-c
 memorization of the training data, a sweep over every checkpoint of a run, sampling, and the
 Hugging Face Llama format both ways.
 
-    python eval.py [OUT_DIR | CKPT] [--tasks=DIR] [--shots=0] [--seqs=64]   sweep: evals.jsonl, .md, .csv, .png
+    python eval.py [OUT_DIR | CKPT] [--tasks=DIR] [--shots=0] [--seqs=N]   sweep: evals.jsonl, .md, .csv, .png
     python eval.py sample CKPT --prompt="子曰：" [--temperature=0.8 --top_k=50 --top_p=0.95 --seed=0 --tokens=128]
     python eval.py export CKPT OUT_DIR        Hugging Face Llama: config.json, model.safetensors, tokenizer
     python eval.py import HF_DIR OUT.pt       a Llama checkpoint as our state dict (train.py --init_from=OUT.pt)
@@ -14,7 +14,7 @@ each; put the real files in a folder and pass --tasks=FOLDER). Each item is scor
 log-likelihood of each answer after the question, as lm-evaluation-harness does: acc takes the
 most likely answer, acc_norm the most likely per character of answer.
 """
-import argparse, base64, csv, json, math, os, sys
+import argparse, csv, json, math, os, sys
 
 import numpy as np
 import torch
@@ -22,7 +22,8 @@ import torch.nn.functional as F
 
 import data
 import train
-from model import ModelConfig
+from config import ConfigError, run_command
+from model import ModelConfig, sample_text
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -31,61 +32,44 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # checkpoints
 
 def load(ckpt, device="cpu"):
-    """(model, train config, tokenizer, meta) of a checkpoint written at any world size: only the
-    model's entries are read, after the metadata passed the allow-list unpickler."""
-    import torch.distributed.checkpoint as dcp
-    meta = train.read_checkpoint_meta(ckpt)
-    cfg, mcfg = train.config_from_dict(meta["config"])
-    mcfg.attn_impl = "auto"  # the checkpoint's kernel choice need not exist here
-    model = train.build_model(mcfg, device, 0)
-    train.check_metadata(ckpt)
-    state = {"model": model.state_dict()}
-    dcp.load(state, checkpoint_id=ckpt)
-    model.load_state_dict(state["model"])
-    model.eval()
+    """(model, train config, tokenizer, meta) of a checkpoint written at any world size."""
+    model, cfg, meta = train.Checkpointer.load_model(ckpt, device)
     enc = data.tokenizer_of(cfg.data_dir, data.load_manifest(cfg.data_dir, verify=False))
     return model, cfg, enc, meta
 
 
 def checkpoints(path):
     """Every complete checkpoint of a run (oldest first), or the one given."""
-    if os.path.exists(os.path.join(path, "DONE")):
+    if data.is_done(path):
         return [path]
-    found = train.complete_checkpoints(path)
+    found = train.Checkpointer.complete(path)
     if not found:
-        raise train.ConfigError(f"{path}: no complete checkpoint (a ckpt_* folder with DONE) there")
+        raise ConfigError(f"{path}: no complete checkpoint (a ckpt_* folder with DONE) there")
     return found
 
 
 # -----------------------------------------------------------------------------
 # loss and bits per byte
 
-@torch.no_grad()
-def token_nll(model, x, batch_size=16):
-    """Negative log-likelihood in nats of every target token of x (n, T+1) -> (n, T)."""
-    out = []
-    for i in range(0, len(x), batch_size):
-        xb = x[i:i + batch_size]
-        logits = model(xb[:, :-1]).float()
-        out.append(F.cross_entropy(logits.transpose(1, 2), xb[:, 1:], reduction="none"))
-    return torch.cat(out)
-
-
-def loss_and_bpb(model, cfg, enc, max_seqs=64):
-    """Per source of the held-out split: mean loss per token (nats) and bits per byte, the loss
-    of the whole text in bits over its length in UTF-8 bytes (special tokens count 0 bytes), so
-    that models with different tokenizers compare."""
+def loss_and_bpb(model, cfg, enc, max_seqs=0):
+    """Per source of the held-out split: the mean loss per token (nats), computed as the run's own
+    validation computes it (train.evaluate: the same sequences, batch size, document mask and
+    dtype), and bits per byte, the loss of the whole text in bits over its length in UTF-8
+    bytes (special tokens count 0 bytes), so that models with different tokenizers compare.
+    max_seqs: sequences per source (0: the run's eval_seqs)."""
     manifest = data.load_manifest(cfg.data_dir, verify=False)
-    out, nats, nbytes, ntok = {}, 0.0, 0, 0
-    for source, seqs in data.val_sequences(cfg.data_dir, manifest, cfg.seq_len, max_seqs).items():
-        x = torch.from_numpy(seqs).to(next(model.parameters()).device)
-        nll = token_nll(model, x)
-        special = {enc.encode_single_token(t) for t in enc.special_tokens_set}
+    val = data.val_sequences(cfg.data_dir, manifest, cfg.seq_len, max_seqs or cfg.eval_seqs)
+    device = next(model.parameters()).device
+    losses = train.evaluate(model, val, cfg.batch_size, device, train.autocast_for(cfg, device),
+                            manifest["eot"] if cfg.doc_mask else None)
+    special = {enc.encode_single_token(t) for t in enc.special_tokens_set}
+    out, nats, nbytes = {}, 0.0, 0
+    for source, seqs in val.items():
         b = sum(len(enc.decode_bytes([t for t in row if t not in special])) for row in seqs[:, 1:].tolist())
-        out[f"loss/{source}"] = nll.mean().item()
-        out[f"bpb/{source}"] = nll.sum().item() / math.log(2) / max(b, 1)
-        nats, nbytes, ntok = nats + nll.sum().item(), nbytes + b, ntok + nll.numel()
-    out["loss/all"], out["bpb/all"] = nats / max(ntok, 1), nats / math.log(2) / max(nbytes, 1)
+        out[f"loss/{source}"] = losses[source]
+        out[f"bpb/{source}"] = losses[source] * seqs[:, 1:].size / math.log(2) / max(b, 1)
+        nats, nbytes = nats + losses[source] * seqs[:, 1:].size, nbytes + b
+    out["loss/all"], out["bpb/all"] = losses["all"], nats / math.log(2) / max(nbytes, 1)
     return out
 
 
@@ -186,16 +170,21 @@ def memorized(model, seqs, prompt=32, gen=32):
     return (same.min(1).values.mean().item(), same.mean().item())
 
 
-def memorization(model, cfg, step, n=64, prompt=32, gen=32):
-    """Memorization of n sequences the checkpoint trained on (the first sequence of n steps spread
-    over [0, step), found through the data order), and of n held-out ones as the baseline."""
+def trained_sequences(cfg, meta, n=64):
+    """(steps, tokens (len(steps), seq_len + 1)): the first sequence of the global batch of n steps
+    spread over the steps a checkpoint trained, as trained on (FIM included): what
+    `python data.py show --ckpt CKPT --step S` prints first."""
+    batches = data.Batches.from_config(cfg, meta["data_position"]["global_batch"])
+    steps = sorted(set(np.linspace(0, max(meta["step"] - 1, 0), n).astype(int).tolist()))
+    return steps, np.concatenate([batches.tokens(batches.sample_ids(s)[:1], s) for s in steps])
+
+
+def memorization(model, cfg, meta, n=64, prompt=32, gen=32):
+    """Memorization of n sequences the checkpoint trained on, and of n held-out ones as the baseline."""
     if cfg.seq_len + 1 < prompt + gen:
         prompt = gen = (cfg.seq_len + 1) // 2
     manifest = data.load_manifest(cfg.data_dir, verify=False)
-    batches = data.Batches(cfg.data_dir, cfg.seq_len, train.global_batch(cfg, 1), cfg.seed, verify=False,
-                           mixture=cfg.mixture)
-    steps = sorted(set(np.linspace(0, max(step - 1, 0), n).astype(int).tolist()))
-    seen = np.concatenate([batches.tokens(batches.sample_ids(s)[:1], s) for s in steps])
+    seen = trained_sequences(cfg, meta, n)[1]
     held = np.concatenate(list(data.val_sequences(cfg.data_dir, manifest, cfg.seq_len, n).values()))[:n]
     (e, f), (be, bf) = memorized(model, seen, prompt, gen), memorized(model, held, prompt, gen)
     return {"mem/exact": e, "mem/frac": f, "mem_heldout/exact": be, "mem_heldout/frac": bf}
@@ -204,7 +193,8 @@ def memorization(model, cfg, step, n=64, prompt=32, gen=32):
 # -----------------------------------------------------------------------------
 # the sweep: every checkpoint of a run, appended to evals.jsonl, then a table and plots
 
-def evaluate(ckpt, tasks_dir, shots, seqs, device):
+def evaluate_checkpoint(ckpt, tasks_dir, shots, seqs, device):
+    """One row of the sweep: loss and bits per byte, tasks, memorization."""
     model, cfg, enc, meta = load(ckpt, device)
     row = dict(ckpt=os.path.basename(ckpt), step=meta["step"], tokens=meta["data_position"]["tokens"])
     row.update(loss_and_bpb(model, cfg, enc, seqs))
@@ -213,11 +203,11 @@ def evaluate(ckpt, tasks_dir, shots, seqs, device):
             r = run_task(model, enc, os.path.join(tasks_dir, path), shots)
             name = path[:-6]
             row.update({f"{name}/acc": r["acc"], f"{name}/acc_norm": r["acc_norm"]})
-    row.update(memorization(model, cfg, meta["step"], seqs))
+    row.update(memorization(model, cfg, meta, seqs or 64))
     return row
 
 
-def sweep(path, tasks_dir, shots=0, seqs=64, device="cpu"):
+def sweep(path, tasks_dir, shots=0, seqs=0, device="cpu"):
     ckpts = checkpoints(path)
     run_dir = os.path.dirname(ckpts[0]) if len(ckpts) == 1 and path == ckpts[0] else path
     log = os.path.join(run_dir, "evals.jsonl")
@@ -226,7 +216,7 @@ def sweep(path, tasks_dir, shots=0, seqs=64, device="cpu"):
     for ckpt in ckpts:
         if os.path.basename(ckpt) in done:  # evaluated before: kept, not redone
             continue
-        row = evaluate(ckpt, tasks_dir, shots, seqs, device)
+        row = evaluate_checkpoint(ckpt, tasks_dir, shots, seqs, device)
         print(" | ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
         with open(log, "a") as f:
             f.write(json.dumps(row) + "\n")
@@ -267,42 +257,6 @@ def write_table(rows, run_dir):
     fig.tight_layout()
     fig.savefig(os.path.join(run_dir, "evals.png"), dpi=80)
     print(f"wrote {run_dir}/evals.png")
-
-
-# -----------------------------------------------------------------------------
-# sampling, streamed to the console
-
-@torch.no_grad()
-def stream(model, enc, prompt, tokens=128, temperature=0.8, top_k=50, top_p=0.95, seed=0):
-    """Yield the text of each new token (bytes that do not make a whole character yet wait)."""
-    import codecs
-    from model import KVCache
-    device = next(model.parameters()).device
-    gen = torch.Generator(device=device).manual_seed(seed)
-    idx = torch.tensor([enc.encode_ordinary(prompt)], device=device)
-    tokens = min(tokens, model.cfg.max_seq_len - idx.size(1))
-    caches = [KVCache(1, idx.size(1) + tokens) for _ in model.blocks]
-    logits, utf8 = model(idx, caches=caches)[:, -1].float(), codecs.getincrementaldecoder("utf-8")("replace")
-    for _ in range(tokens):
-        if temperature == 0:
-            nxt = logits.argmax(-1, keepdim=True)
-        else:
-            logits = logits / temperature
-            if top_k:
-                logits = logits.masked_fill(logits < torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:], -math.inf)
-            if top_p < 1:  # nucleus: the smallest set of tokens whose probability reaches top_p
-                sorted_logits, order = logits.sort(descending=True)
-                drop = sorted_logits.softmax(-1).cumsum(-1) - sorted_logits.softmax(-1) > top_p
-                logits = logits.masked_fill(drop.scatter(1, order, drop), -math.inf)
-            nxt = torch.multinomial(logits.softmax(-1), 1, generator=gen)
-        if nxt.item() == enc.eot_token:
-            break
-        text = utf8.decode(enc.decode_single_token_bytes(nxt.item()))
-        if text:
-            yield text
-        logits = model(nxt, caches=caches)[:, -1].float()
-    if utf8.decode(b"", final=True):  # bytes of an unfinished character
-        yield "\ufffd"
 
 
 # -----------------------------------------------------------------------------
@@ -358,19 +312,6 @@ def _write_json(path, obj):
 
 # -----------------------------------------------------------------------------
 # tokenizer: our .tiktoken as a tokenizers byte-level BPE
-
-def read_tiktoken(path):
-    """(ranks {bytes: id}, pat_str, specials {name: id}), as data.load_tokenizer reads them."""
-    ranks = {}
-    for line in open(path):
-        token, rank = line.split()
-        ranks[base64.b64decode(token)] = int(rank)
-    side = json.load(open(path + ".json")) if os.path.exists(path + ".json") else {}
-    specials = side.get("special_tokens", ["<|endoftext|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|pad|>"])
-    if "pat_str" not in side:
-        raise ValueError(f"{path}.json has no pat_str: cannot write the pre-tokenizer")
-    return ranks, side["pat_str"], {s: len(ranks) + i for i, s in enumerate(specials)}
-
 
 def byte_to_unicode():
     # GPT-2's printable stand-ins for the 256 bytes, which byte-level BPE vocabularies are written in
@@ -446,7 +387,7 @@ def export_llama(model, out_dir, tokenizer_path=None):
               f"num_attention_heads={cfg.n_head} (transformers 4 does)")
     specials = {}
     if tokenizer_path:
-        ranks, pat, specials = read_tiktoken(tokenizer_path)
+        ranks, pat, specials = data.read_tiktoken(tokenizer_path)
         if len(ranks) + len(specials) > cfg.vocab_size:
             raise ValueError(f"tokenizer has {len(ranks) + len(specials)} tokens, more than vocab_size={cfg.vocab_size}")
     os.makedirs(out_dir, exist_ok=True)
@@ -528,7 +469,8 @@ def main(argv=None):
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--tasks", default=os.path.join(HERE, "data", "evals"))
     ap.add_argument("--shots", type=int, default=0)
-    ap.add_argument("--seqs", type=int, default=64, help="held-out and memorization sequences per source")
+    ap.add_argument("--seqs", type=int, default=0, help="held-out sequences per source (default: the run's eval_seqs) "
+                    "and memorization sequences (default 64)")
     ap.add_argument("--prompt", default="Alice was beginning to")
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--temperature", type=float, default=0.8)
@@ -540,33 +482,28 @@ def main(argv=None):
         sweep(args.path, args.tasks, args.shots, args.seqs, args.device)
     elif cmd == "sample":
         model, _, enc, _ = load(checkpoints(args.path)[-1], args.device)
+        gen = torch.Generator(device=args.device).manual_seed(args.seed)
         print(args.prompt, end="", flush=True)
-        for piece in stream(model, enc, args.prompt, args.tokens, args.temperature, args.top_k, args.top_p, args.seed):
+        for piece in sample_text(model, enc, args.prompt, args.tokens, args.temperature, args.top_k, args.top_p, gen):
             print(piece, end="", flush=True)
         print()
     elif cmd == "export":
         if not args.out:
-            raise train.ConfigError("export needs CKPT_DIR OUT_DIR")
+            raise ConfigError("export needs CKPT_DIR OUT_DIR")
         model, cfg, _, _ = load(checkpoints(args.path)[-1], "cpu")
         manifest = data.load_manifest(cfg.data_dir, verify=False)
         tok = os.path.join(cfg.data_dir, manifest["tokenizer"]) if manifest["tokenizer"].endswith(".tiktoken") else None
         export_llama(model, args.out, tok)
     else:
         if not args.out:
-            raise train.ConfigError("import needs HF_DIR OUT.pt")
+            raise ConfigError("import needs HF_DIR OUT.pt")
         state, mcfg = import_llama(args.path)
         torch.save(dict(model=state, config=vars(mcfg)), args.out)
         print(f"wrote {args.out}: {sum(t.numel() for t in state.values()):,} parameters. Train from it with "
               f"--init_from={args.out} and a config holding these lines:")
-        print("\n".join(f"{k} = {v!r}" for k, v in vars(mcfg).items() if k != "attn_impl"))
+        print("\n".join(f"{k} = {v!r}" for k, v in vars(mcfg).items()))
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (train.ConfigError, data.DataError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except BrokenPipeError:
-        sys.exit(0)
+    run_command(main, data.DataError, ValueError)

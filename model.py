@@ -8,6 +8,8 @@ One ModelConfig describes all three seed models exactly (see config/):
   MAP-Neo-7B      RMSNorm, head_dim 192 (not d_model / n_head), untied
 The model is built on the meta device and materialised by one call to
 init_weights(), so the same seed gives the same weights on any number of GPUs.
+The one sampler (temperature, top-k, top-p, KV cache) is here too: GPT.stream, and
+sample_text for a tokenizer's text; training and eval.py both use it.
 """
 import importlib.util, math
 from dataclasses import dataclass
@@ -36,7 +38,6 @@ class ModelConfig:
     rope_theta: float = 10000.0
     rotary_dim: int = 0          # 0: the whole head; CrystalCoder rotates 32 of 128 dims
     tie_embeddings: bool = False
-    attn_impl: str = "auto"      # "triton" (kernels/flash_attention.py, CUDA), "sdpa" (torch, anywhere), "auto": triton on CUDA
     # initialisation: normal(0, std), truncated at +-init_truncate std when > 0
     init_std: float = 0.02       # hidden matrices (and an untied lm_head)
     init_std_embed: float = 0.0  # 0: init_std
@@ -47,7 +48,6 @@ class ModelConfig:
     logit_mult: float = 1.0      # logits are multiplied by this (2.22 * 0.0625)
     qk_scale_by_d: bool = False  # attention scores scaled by 1/head_dim instead of 1/sqrt(head_dim)
     hidden_lr_mult: float = 1.0  # lr multiplier of the matrices inside blocks (0.0625)
-    loss_chunk: int = 0          # > 0: training loss over this many tokens at a time, never all logits at once
 
     def __post_init__(self):
         if min(self.n_layer, self.d_model, self.n_head, self.ffn_hidden, self.max_seq_len) <= 0 or self.vocab_size < 0:
@@ -62,8 +62,6 @@ class ModelConfig:
             (self.rotary_dim % 2 == 0 and self.rotary_dim <= self.head_dim,
              f"rotary_dim={self.rotary_dim} must be even and at most head_dim={self.head_dim}"),
             (self.norm in ("rmsnorm", "layernorm"), f"norm={self.norm!r} must be 'rmsnorm' or 'layernorm'"),
-            (self.attn_impl in ("auto", "sdpa", "triton"), f"attn_impl={self.attn_impl!r} must be 'auto', 'sdpa' or 'triton'"),
-            (self.attn_impl != "triton" or HAVE_TRITON, "attn_impl='triton' needs triton installed"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -116,9 +114,9 @@ def attention(q, k, v, scale, impl, doc_ids=None):
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, cfg, impl="auto"):
         super().__init__()
-        self.cfg = cfg
+        self.cfg, self.impl = cfg, impl
         self.qkv = nn.Linear(cfg.d_model, (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim, bias=cfg.qkv_bias)
         self.out = nn.Linear(cfg.n_head * cfg.head_dim, cfg.d_model, bias=cfg.attn_out_bias)
 
@@ -132,7 +130,7 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(k, v)
         scale = 1.0 / cfg.head_dim if cfg.qk_scale_by_d else 1.0 / math.sqrt(cfg.head_dim)
-        y = attention(q, k, v, scale, cfg.attn_impl, doc_ids)
+        y = attention(q, k, v, scale, self.impl, doc_ids)
         return self.out(y.reshape(B, T, cfg.n_head * cfg.head_dim))
 
 
@@ -148,9 +146,9 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, cfg, attn_impl="auto"):
         super().__init__()
-        self.norm1, self.attn = norm_layer(cfg), Attention(cfg)
+        self.norm1, self.attn = norm_layer(cfg), Attention(cfg, attn_impl)
         self.norm2, self.mlp = norm_layer(cfg), MLP(cfg)
 
     def forward(self, x, cos, sin, cache=None, doc_ids=None):
@@ -208,13 +206,17 @@ class ChunkedCrossEntropy(torch.autograd.Function):
 
 
 class GPT(nn.Module):
-    def __init__(self, cfg):
+    """The decoder of cfg. How it runs is not part of what it is: attn_impl ("auto": the Triton
+    kernel on CUDA, SDPA elsewhere; "triton"; "sdpa") and loss_chunk (> 0: the training loss
+    that many tokens at a time) change no result beyond rounding, so checkpoints omit them."""
+
+    def __init__(self, cfg, attn_impl="auto", loss_chunk=0):
         super().__init__()
         if cfg.vocab_size <= 0:
             raise ValueError("vocab_size must be set (train.py sets it from the tokenizer)")
-        self.cfg = cfg
+        self.cfg, self.loss_chunk = cfg, loss_chunk
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.blocks = nn.ModuleList(Block(cfg, attn_impl) for _ in range(cfg.n_layer))
         self.norm = norm_layer(cfg)
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         cos, sin = rope_tables(cfg, device="meta")
@@ -273,9 +275,9 @@ class GPT(nn.Module):
             x = block(x, cos, sin, caches[i] if caches else None, doc_ids)
         x = self.norm(x)
         weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
-        if targets is not None and self.cfg.loss_chunk and self.training:  # never the (B, T, V) fp32 logits
+        if targets is not None and self.loss_chunk and self.training:  # never the (B, T, V) fp32 logits
             return ChunkedCrossEntropy.apply(x.flatten(0, 1), weight, targets.reshape(-1), self.cfg.logit_mult,
-                                             self.cfg.loss_chunk)
+                                             self.loss_chunk)
         logits = F.linear(x, weight)
         if self.cfg.logit_mult != 1.0:
             logits = logits * self.cfg.logit_mult
@@ -285,26 +287,23 @@ class GPT(nn.Module):
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=0, generator=None):
-        """Continue idx (B, T) by max_new_tokens, reusing keys and values through a KV cache.
-        temperature 0 is greedy."""
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, generator=None):
+        """idx (B, T) continued by max_new_tokens: (B, T + max_new_tokens)."""
+        return torch.cat([idx, *self.stream(idx, max_new_tokens, temperature, top_k, top_p, generator)], dim=1)
+
+    @torch.no_grad()
+    def stream(self, idx, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, generator=None):
+        """Yield the next token (B, 1) of idx (B, T), max_new_tokens times, reusing keys and values
+        through a KV cache. temperature 0 is greedy; top_k keeps the k most likely tokens; top_p
+        the smallest set whose probability reaches top_p (nucleus)."""
         B, T = idx.shape
         caches = [KVCache(B, T + max_new_tokens) for _ in self.blocks]
         logits = self(idx, caches=caches)[:, -1]
-        out = []
-        for _ in range(max_new_tokens):
-            if temperature == 0:
-                nxt = logits.argmax(-1, keepdim=True)
-            else:
-                logits = logits.float() / temperature
-                if top_k:
-                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                nxt = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
-            out.append(nxt)
-            if len(out) < max_new_tokens:
+        for i in range(max_new_tokens):
+            nxt = sample_next(logits, temperature, top_k, top_p, generator)
+            yield nxt
+            if i + 1 < max_new_tokens:
                 logits = self(nxt, caches=caches)[:, -1]
-        return torch.cat([idx] + out, dim=1)
 
     def num_params(self, non_embedding=False):
         n = sum(p.numel() for p in self.parameters())
@@ -322,6 +321,28 @@ class GPT(nn.Module):
         attn = 6 * cfg.n_layer * cfg.n_head * cfg.head_dim * seq_len  # 12 * L * H * D * T, halved for causal
         return 6 * matmul + attn
 
+    def estimate_memory(self, tokens, world_size=1, state_dtype="float32"):
+        """Estimated bytes per GPU of training under FSDP2 full sharding over world_size GPUs, bf16
+        compute with fp32 master weights, gradients and AdamW state (moments in state_dtype),
+        tokens per micro-batch: what `train.py --dry_run` prints."""
+        m, N = self.cfg, self.num_params()
+        block = sum(p.numel() for p in self.blocks[0].parameters())
+        root = N - m.n_layer * block
+        # saved for backward per token and layer, bf16: two norm inputs and outputs, q k v and the
+        # attention output, the MLP's gate|up output, silu(gate) and the product fed to down
+        per_layer = 2 * (4 * m.d_model + (2 * m.n_head + 2 * m.n_kv_head) * m.head_dim + 4 * m.ffn_hidden) + 4 * m.n_head
+        logits = 10 * m.vocab_size  # bf16 logits, their fp32 copy and the saved log-softmax
+        bf16_state = state_dtype == "bfloat16"
+        return {
+            "params fp32 (shard)": 4 * N / world_size,
+            "grads fp32 (shard)": 4 * N / world_size,
+            f"AdamW m, v {'bf16' if bf16_state else 'fp32'} (shard)": (4 if bf16_state else 8) * N / world_size,
+            "bf16 params gathered (2 blocks + root)": 2 * (2 * block + root),
+            "fp32 grads of a block before reduce-scatter": 4 * block,
+            "activations": tokens * (m.n_layer * per_layer + logits),
+            "activations, full checkpointing": tokens * (m.n_layer * 2 * m.d_model + per_layer + logits),
+        }
+
     def param_groups(self, weight_decay, decay_all):
         """AdamW groups: weight decay on every parameter (decay_all, as Amber) or only on the
         matrices inside blocks and an untied lm_head (no decay on norms, biases, embeddings);
@@ -336,3 +357,37 @@ class GPT(nn.Module):
             groups[key]["params"].append(p)
             groups[key]["names"].append(name)
         return list(groups.values())
+
+
+def sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None):
+    """The next token (B, 1) drawn from logits (B, V)."""
+    if temperature == 0:
+        return logits.argmax(-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1:  # drop a token when the tokens more likely than it already reach top_p
+        sorted_logits, order = logits.sort(descending=True)
+        probs = sorted_logits.softmax(-1)
+        drop = probs.cumsum(-1) - probs > top_p
+        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    return torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
+
+
+def sample_text(model, enc, prompt, max_new_tokens, temperature=0.8, top_k=50, top_p=1.0, generator=None):
+    """Yield the text of each token sampled after prompt, until end-of-text; enc is a tiktoken
+    Encoding. A character split over several tokens comes out whole, when its last byte does."""
+    import codecs
+    device = next(model.parameters()).device
+    idx = torch.tensor([enc.encode_ordinary(prompt)], device=device)
+    utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+    for nxt in model.stream(idx, min(max_new_tokens, model.cfg.max_seq_len - idx.size(1)), temperature, top_k, top_p,
+                            generator):
+        if nxt.item() == enc.eot_token:
+            break
+        text = utf8.decode(enc.decode_single_token_bytes(nxt.item()))
+        if text:
+            yield text
+    if utf8.decode(b"", final=True):  # the bytes of an unfinished character
+        yield "\ufffd"

@@ -1,16 +1,18 @@
 """
-Train a nano360 model: config -> model -> data -> loop -> checkpoints.
+Train a nano360 model: setup -> model -> FSDP2 -> the loop (train_step, log, validate, save).
 
     python train.py                                     the toy model on data/tiny (config/toy.py), minutes on a CPU
     python train.py config/neo7b.py --dry_run --world_size=64    parameters, FLOPs and memory per GPU
     python train.py config/toy.py --max_steps=200 --out_dir=out/short --resume=auto
+    torchrun --standalone --nproc_per_node=8 train.py config/neo7b.py     one process per GPU, FSDP2
+    python train.py --consolidate out/toy/ckpt_0000400 [model.pt]   the model's weights in one file
 
 A config file is plain Python assignments; --key=value overrides it. Every field of
-TrainConfig below and of model.ModelConfig is a key.
+config.TrainConfig and of model.ModelConfig is a key.
 """
-import ast, datetime, difflib, functools, json, math, os, pickle, random, shutil, signal, subprocess, sys, time, typing, warnings
-from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields
+import datetime, functools, json, math, os, pickle, random, shutil, signal, subprocess, sys, time, warnings
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -20,209 +22,27 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 from tqdm import tqdm
 
 import data
-from model import GPT, HAVE_TRITON, ModelConfig
+from config import ConfigError, TrainConfig, config_from_dict, global_batch, load_config, pop_flag, resolve_vocab, run_command
+from model import GPT, HAVE_TRITON, sample_text
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 # one process saves and loads checkpoints through torch.distributed.checkpoint too, as intended
 warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
-DEFAULT_CONFIG = os.path.join(HERE, "config", "toy.py")
-
-
-@dataclass
-class TrainConfig:
-    # run
-    out_dir: str = "out/toy"
-    seed: int = 1337
-    device: str = "auto"         # auto (cuda when there is one), cpu, cuda, cuda:N
-    dtype: str = "auto"          # auto (bfloat16 autocast on cuda, float32 on cpu), float32, bfloat16
-    compile: bool = False
-    dry_run: bool = False        # print parameters, FLOPs and memory per GPU, then exit; needs no GPU
-    world_size: int = 1          # the number of GPUs dry_run plans for (a run takes torchrun's)
-    # many GPUs: torchrun starts one process per GPU; FSDP2 shards parameters, gradients and AdamW state
-    fsdp: str = "full"           # full: shard over all ranks; hsdp: shard within a node, replicate across nodes
-    ac: str = "none"             # activation checkpointing: none, full, selective (keep matmul outputs), every:N
-    dist_timeout: int = 600      # seconds a collective waits for a dead or stuck rank before the job fails
-    async_ckpt: bool = False     # write checkpoints in the background while training goes on
-    max_bad_steps: int = 5       # steps in a row with a NaN/inf loss (each skipped) before the run stops
-    # data pipeline (python data.py fetch-demo | clean | dedup | train-tokenizer | tokenize):
-    # source_dir -> clean -> clean_dir -> dedup -> raw_data -> tokenize -> data_dir
-    source_dir: str = ""         # documents as fetched
-    clean_dir: str = ""          # documents that passed the cleaning rules
-    clean_rules: dict = field(default_factory=dict)  # {lang: {rule: threshold}} over data.CLEAN_RULES
-    tokenizer_sample: int = 50_000_000  # characters train-tokenizer learns from, drawn across sources
-    # data: raw_data is prepared into data_dir on first use
-    raw_data: str = "data/tiny"
-    data_dir: str = "data/tiny/tokens"
-    tokenizer: str = "bpe"       # "bpe" (train one on raw_data), a .tiktoken path, or a tiktoken name
-    tokenizer_vocab: int = 4096  # BPE vocabulary when tokenizer="bpe" (special tokens come on top)
-    val_frac: float = 0.05       # the last val_frac of each source's tokens is held out
-    verify_data: bool = True     # sha256 every shard at start (turn off for terabytes)
-    # batch
-    seq_len: int = 256
-    batch_size: int = 16         # sequences per micro-batch per rank
-    global_batch_size: int = 0   # sequences per optimizer step over all ranks; 0: batch_size x ranks
-    doc_mask: bool = False       # packed documents do not attend to each other (split at end-of-text)
-    mixture: list = field(default_factory=list)  # [(start_step, {source: weight}), ...] phases; []: all data alike
-    fim_rate: float = 0.0        # fill-in-the-middle: the share of documents of fim_sources rearranged (CrystalCoder 0.9)
-    fim_spm_rate: float = 0.5    # of those, the share in suffix-prefix-middle order
-    fim_sources: list = field(default_factory=lambda: ["code"])
-    # optimizer
-    optimizer: str = "auto"      # adamw_triton (kernels/adamw.py, CUDA), adamw_torch, auto: triton on CUDA
-    optim_state_dtype: str = "float32"  # AdamW moments; bfloat16 (adamw_triton only) saves 4 bytes per parameter
-    lr: float = 3e-3
-    min_lr: float = 3e-4
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    weight_decay: float = 0.1
-    weight_decay_all: bool = False  # decay every parameter (Amber), not only the matrices
-    grad_clip: float = 1.0          # 0: no clipping
-    # schedule: linear warmup, then cosine | linear | wsd | cosine_exp (MAP-Neo: cosine, then exponential decay)
-    schedule: str = "cosine"
-    max_steps: int = 1000
-    warmup_steps: int = 50
-    schedule_steps: int = 0      # the step at which cosine / linear reach min_lr; 0: max_steps
-    decay_steps: int = 0         # wsd, cosine_exp: the last decay_steps steps are the decay phase
-    # evaluation, logging, checkpoints
-    eval_interval: int = 100     # validation loss per source every eval_interval steps (and first and last)
-    eval_seqs: int = 0           # validation sequences per source; 0: all
-    log_interval: int = 10
-    ckpt_interval: int = 500
-    keep_last: int = 2           # complete checkpoints kept, besides every keep_every-th
-    keep_every: int = 0
-    resume: str = "auto"         # auto: newest complete checkpoint in out_dir; "": fresh; or a checkpoint dir
-    init_from: str = ""          # a fresh run starts from these weights (eval.py import of a Llama, or --consolidate)
-    sample_tokens: int = 64      # tokens sampled per prompt at the end; 0: no samples
-
-    def __post_init__(self):
-        checks = [
-            (self.schedule in ("cosine", "linear", "wsd", "cosine_exp"), f"schedule={self.schedule!r} must be cosine, linear, wsd or cosine_exp"),
-            (self.schedule not in ("wsd", "cosine_exp") or 0 < self.decay_steps <= self.max_steps,
-             f"schedule={self.schedule!r} needs 0 < decay_steps <= max_steps, got decay_steps={self.decay_steps}"),
-            (self.optimizer in ("auto", "adamw_triton", "adamw_torch"),
-             f"optimizer={self.optimizer!r} must be auto, adamw_triton or adamw_torch"),
-            (self.optim_state_dtype in ("float32", "bfloat16"), f"optim_state_dtype={self.optim_state_dtype!r} must be float32 or bfloat16"),
-            (self.fsdp in ("full", "hsdp"), f"fsdp={self.fsdp!r} must be full or hsdp"),
-            (self.ac in ("none", "full", "selective") or self.ac.startswith("every:") and self.ac[6:].isdigit()
-             and int(self.ac[6:]) > 0, f"ac={self.ac!r} must be none, full, selective or every:N (N >= 1)"),
-            (self.dtype in ("auto", "float32", "bfloat16"), f"dtype={self.dtype!r} must be auto, float32 or bfloat16"),
-            (min(self.seq_len, self.batch_size, self.max_steps, self.world_size) > 0,
-             "seq_len, batch_size, max_steps and world_size must be positive"),
-            (self.global_batch_size >= 0 and min(self.eval_interval, self.log_interval, self.ckpt_interval, self.keep_last) > 0,
-             "global_batch_size must be >= 0 and eval_interval, log_interval, ckpt_interval, keep_last positive"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise ValueError(msg)
-
-
-# -----------------------------------------------------------------------------
-# config: files of plain assignments, then --key=value overrides
-
-class ConfigError(Exception):
-    """A bad config: the message names the file and line (or the flag), the key and what was expected."""
 
 
 class TrainingError(Exception):
     """A run that cannot go on (too many NaN losses): the message names the step."""
 
 
-def key_types():
-    types = {}
-    for cls in (ModelConfig, TrainConfig):
-        hints = typing.get_type_hints(cls)
-        types.update({f.name: (cls, hints[f.name]) for f in fields(cls)})
-    return types
+def print0(msg, file=None):
+    """The one way to print during a run: on rank 0 only, above the progress bar."""
+    if int(os.environ.get("RANK", 0)) == 0:
+        tqdm.write(msg, file=file)
 
 
-def check_key(key, where, types):
-    if key not in types:
-        near = difflib.get_close_matches(key, types, n=1, cutoff=0.0)
-        raise ConfigError(f"{where}: unknown key '{key}' (did you mean '{near[0]}'?)")
+def barrier():
+    if dist.is_initialized():
+        dist.barrier()
 
-
-def check_value(key, value, typ, where):
-    if typ is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, typ) and not (typ is int and isinstance(value, bool)):
-        return value
-    raise ConfigError(f"{where}: {key} = {value!r} is {type(value).__name__}, expected {typ.__name__}")
-
-
-def parse_flag(raw, typ):
-    if typ is str:
-        return raw
-    if typ is bool and raw.lower() in ("true", "false", "1", "0", "yes", "no"):
-        return raw.lower() in ("true", "1", "yes")
-    try:
-        return ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        return raw  # reported by check_value as the wrong type
-
-
-def read_config_file(path, types):
-    if not os.path.isfile(path):
-        raise ConfigError(f"config file not found: {path}")
-    src = open(path, encoding="utf-8").read()
-    try:
-        tree = ast.parse(src, path)
-    except SyntaxError as e:
-        raise ConfigError(f"{path}:{e.lineno}: syntax error: {e.msg}") from None
-    lines = {t.id: node.lineno for node in ast.walk(tree) if isinstance(node, ast.Assign)
-             for t in node.targets if isinstance(t, ast.Name)}
-    namespace = {}
-    try:
-        exec(compile(tree, path, "exec"), namespace)
-    except Exception as e:
-        tb = e.__traceback__
-        while tb.tb_next:
-            tb = tb.tb_next
-        raise ConfigError(f"{path}:{tb.tb_lineno}: {type(e).__name__}: {e}") from None
-    values = {}
-    for key, value in namespace.items():
-        if key.startswith("_") or callable(value) or type(value).__name__ == "module":
-            continue
-        where = f"{path}:{lines.get(key, '?')}"
-        check_key(key, where, types)
-        values[key] = (value, where)
-    return values
-
-
-def load_config(argv):
-    """[config.py] [--key=value ...] -> (TrainConfig, ModelConfig); config/toy.py when no file is given."""
-    types = key_types()
-    argv = list(argv)
-    path = argv.pop(0) if argv and not argv[0].startswith("-") else DEFAULT_CONFIG
-    values = read_config_file(path, types)
-    for arg in argv:
-        if not arg.startswith("--"):
-            raise ConfigError(f"unexpected argument {arg!r}: give one config file first, then --key=value overrides")
-        key, eq, raw = arg[2:].partition("=")
-        check_key(key, arg, types)
-        if not eq and types[key][1] is not bool:
-            raise ConfigError(f"{arg}: needs a value, as in --{key}=VALUE")
-        values[key] = (parse_flag(raw, types[key][1]) if eq else True, arg)
-    parts = {ModelConfig: {}, TrainConfig: {}}
-    for key, (value, where) in values.items():
-        cls, typ = types[key]
-        parts[cls][key] = check_value(key, value, typ, where)
-    try:
-        return TrainConfig(**parts[TrainConfig]), ModelConfig(**parts[ModelConfig])
-    except ValueError as e:
-        raise ConfigError(f"{path} with {' '.join(argv) or 'no overrides'}: {e}") from None
-
-
-def global_batch(cfg, world_size):
-    """Sequences per optimizer step over all ranks."""
-    return cfg.global_batch_size or cfg.batch_size * world_size
-
-
-def config_from_dict(d):
-    return TrainConfig(**d["train"]), ModelConfig(**d["model"])
-
-
-# -----------------------------------------------------------------------------
-# schedule
 
 def lr_at(step, cfg):
     """Learning rate of step (0-based): linear warmup to lr, then cfg.schedule down to min_lr."""
@@ -241,29 +61,17 @@ def lr_at(step, cfg):
 
 
 # -----------------------------------------------------------------------------
-# checkpoints: out_dir/ckpt_{step:07d}/ holds model and optimizer state through
-# torch.distributed.checkpoint (one file per rank, loadable at any world size), rng_{rank}.pt,
-# meta.json and DONE; written as .tmp_ckpt_* and renamed when complete; loading runs no code
-# from the files
+# checkpoints
 
-def complete_checkpoints(out_dir):
-    """The complete checkpoints in out_dir, oldest first."""
-    return sorted(os.path.join(out_dir, d) for d in os.listdir(out_dir) if d.startswith("ckpt_") and
-                  os.path.exists(os.path.join(out_dir, d, "DONE"))) if os.path.isdir(out_dir) else []
-
-
-def find_checkpoint(out_dir):
-    """The newest complete checkpoint in out_dir, or None."""
-    done = complete_checkpoints(out_dir)
-    return done[-1] if done else None
-
-
-def read_checkpoint_meta(path):
-    if not os.path.isdir(path):
-        raise ConfigError(f"checkpoint not found: {path}")
-    if not os.path.exists(os.path.join(path, "DONE")):
-        raise ConfigError(f"{path}: not a complete checkpoint (no DONE marker)")
-    return json.load(open(os.path.join(path, "meta.json")))
+class SafeMetadata(pickle.Unpickler):
+    """DCP's .metadata is a pickle, which can run code: allow only the classes DCP writes."""
+    def find_class(self, module, name):
+        if module in ("torch.distributed.checkpoint.metadata", "torch.distributed.checkpoint.filesystem") or \
+                (module, name) in (("pathlib", "PosixPath"), ("pathlib", "WindowsPath"), ("torch", "Size"),
+                                   ("torch.serialization", "_get_layout"), ("collections", "OrderedDict")) or \
+                module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a checkpoint's .metadata")
 
 
 def rng_state():
@@ -281,112 +89,105 @@ def set_rng_state(s):
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
-class SafeMetadata(pickle.Unpickler):
-    """DCP's .metadata is a pickle, which can run code: allow only the classes DCP writes."""
-    def find_class(self, module, name):
-        if module in ("torch.distributed.checkpoint.metadata", "torch.distributed.checkpoint.filesystem") or \
-                (module, name) in (("pathlib", "PosixPath"), ("pathlib", "WindowsPath"), ("torch", "Size"),
-                                   ("torch.serialization", "_get_layout"), ("collections", "OrderedDict")) or \
-                module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a checkpoint's .metadata")
+class Checkpointer:
+    """out_dir/ckpt_{step:07d}/: model and optimizer state through torch.distributed.checkpoint
+    (one file per rank, loadable at any world size), rng_{rank}.pt, meta.json, then DONE, the
+    folder written whole (data.tmp_dir, data.commit_dir). The newest keep_last complete
+    checkpoints stay, and every keep_every-th. Loading runs no code from the files:
+    torch.load(weights_only=True), and DCP's pickled .metadata passes SafeMetadata first."""
 
+    def __init__(self, out_dir, rank=0, keep_last=2, keep_every=0, async_save=False):
+        self.out_dir, self.rank, self.keep_last, self.keep_every = out_dir, rank, keep_last, keep_every
+        self.async_save, self.pending = async_save, None
 
-def check_metadata(path):
-    """Read a checkpoint's .metadata with SafeMetadata before DCP unpickles it for real."""
-    with open(os.path.join(path, ".metadata"), "rb") as f:
-        SafeMetadata(f).load()
+    @staticmethod
+    def complete(out_dir):
+        """The complete checkpoints in out_dir, oldest first."""
+        return sorted(os.path.join(out_dir, d) for d in os.listdir(out_dir) if d.startswith("ckpt_") and
+                      data.is_done(os.path.join(out_dir, d))) if os.path.isdir(out_dir) else []
 
+    @staticmethod
+    def newest(out_dir):
+        done = Checkpointer.complete(out_dir)
+        return done[-1] if done else None
 
-def barrier():
-    if dist.is_initialized():
-        dist.barrier()
-
-
-def save_checkpoint(out_dir, step, model, optimizer, meta, keep_last=2, keep_every=0, rank=0, pending=None):
-    """Every rank writes its shards and its RNG; rank 0 then adds meta.json and DONE and renames.
-    With pending (a list), the shards are written in the background (dcp.async_save) and
-    finish_checkpoint() completes the save later."""
-    final = os.path.join(out_dir, f"ckpt_{step:07d}")
-    tmp = os.path.join(out_dir, f".tmp_ckpt_{step:07d}")
-    if rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-    barrier()
-    msd, osd = get_state_dict(model, optimizer)
-    torch.save(rng_state(), os.path.join(tmp, f"rng_{rank}.pt"))
-    if pending is not None:
-        pending.append((dcp.async_save(dict(model=msd, optim=osd), checkpoint_id=tmp), tmp, final, meta,
-                        keep_last, keep_every, rank))
+    def save(self, step, model, optimizer, meta):
+        """Every rank writes its shards and its RNG; rank 0 then adds meta.json, DONE and the
+        rename. With async_save the shards are written in the background and wait() completes
+        the save (the next save and the end of the run call it)."""
+        self.wait()
+        final = os.path.join(self.out_dir, f"ckpt_{step:07d}")
+        tmp = data.tmp_dir(final, create=self.rank == 0)
+        barrier()
+        msd, osd = get_state_dict(model, optimizer)
+        torch.save(rng_state(), os.path.join(tmp, f"rng_{self.rank}.pt"))
+        if self.async_save:
+            self.pending = dcp.async_save(dict(model=msd, optim=osd), checkpoint_id=tmp), tmp, final, meta
+        else:
+            dcp.save(dict(model=msd, optim=osd), checkpoint_id=tmp)
+            self._finish(tmp, final, meta)
         return final
-    dcp.save(dict(model=msd, optim=osd), checkpoint_id=tmp)
-    return finish_checkpoint(tmp, final, meta, keep_last, keep_every, rank)
 
+    def wait(self):
+        if self.pending:
+            (future, *rest), self.pending = self.pending, None
+            future.result()
+            self._finish(*rest)
 
-def finish_checkpoint(tmp, final, meta, keep_last, keep_every, rank, future=None):
-    if future is not None:
-        future.result()
-    barrier()  # every rank's files are written
-    if rank == 0:
-        out_dir = os.path.dirname(final)
-        with open(os.path.join(tmp, "meta.json"), "w") as f:
-            json.dump(meta, f, indent=1)
-        for name in os.listdir(tmp):  # on disk before DONE and the rename, so a power cut cannot reorder them
-            with open(os.path.join(tmp, name), "rb+") as f:
-                os.fsync(f.fileno())
-        open(os.path.join(tmp, "DONE"), "w").close()  # last file: its presence means the rest is complete
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        complete = sorted(d for d in os.listdir(out_dir) if d.startswith("ckpt_"))
-        for d in complete[:-keep_last or None]:
-            if not (keep_every and int(d[5:]) % keep_every == 0):
-                shutil.rmtree(os.path.join(out_dir, d))
-        for d in os.listdir(out_dir):  # leftovers of saves that were killed
-            if d.startswith(".tmp_ckpt_") and os.path.join(out_dir, d) != tmp:
-                shutil.rmtree(os.path.join(out_dir, d), ignore_errors=True)
-    barrier()
-    return final
+    def _finish(self, tmp, final, meta):
+        barrier()  # every rank's files are written
+        if self.rank == 0:
+            with open(os.path.join(tmp, "meta.json"), "w") as f:
+                json.dump(meta, f, indent=1)
+            data.commit_dir(tmp, final)
+            for d in sorted(d for d in os.listdir(self.out_dir) if d.startswith("ckpt_"))[:-self.keep_last]:
+                if not (self.keep_every and int(d[5:]) % self.keep_every == 0):
+                    shutil.rmtree(os.path.join(self.out_dir, d))
+            for d in os.listdir(self.out_dir):  # leftovers of saves that were killed
+                if d.startswith(".tmp_ckpt_"):
+                    shutil.rmtree(os.path.join(self.out_dir, d), ignore_errors=True)
+        barrier()
 
+    def load(self, path, model, optimizer=None):
+        """The model's (and optimizer's) state from path, at any world size (DCP reshards); with an
+        optimizer also this rank's RNG, when the checkpoint has one (a rank that is new after a
+        change of world size keeps its seed). The one way checkpoints are read."""
+        meta = data.read_meta(path)
+        with open(os.path.join(path, ".metadata"), "rb") as f:  # before DCP unpickles it for real
+            SafeMetadata(f).load()
+        state = dict(zip(("model", "optim"), get_state_dict(model, optimizer))) if optimizer else {"model": model.state_dict()}
+        dcp.load(state, checkpoint_id=path)
+        if optimizer is None:
+            model.load_state_dict(state["model"])
+            return meta
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        rng = os.path.join(path, f"rng_{self.rank}.pt")
+        if os.path.exists(rng):
+            set_rng_state(torch.load(rng, weights_only=True))
+        return meta
 
-def finish_pending(pending):
-    while pending:
-        future, *rest = pending.pop(0)
-        finish_checkpoint(*rest, future=future)
+    @staticmethod
+    def load_model(path, device="cpu"):
+        """(model in eval mode, TrainConfig, meta) of a checkpoint, in one process: only the model's
+        entries are read."""
+        cfg, mcfg = config_from_dict(data.read_meta(path)["config"])
+        model = build_model(mcfg, device, 0)
+        meta = Checkpointer(os.path.dirname(path)).load(path, model)
+        return model.eval(), cfg, meta
 
-
-def load_checkpoint(path, model, optimizer, rank=0):
-    """Model and optimizer state at any world size (DCP reshards), and this rank's RNG when the
-    checkpoint has one (a rank that is new after a change of world size keeps its seed)."""
-    meta = read_checkpoint_meta(path)
-    check_metadata(path)
-    msd, osd = get_state_dict(model, optimizer)
-    state = dict(model=msd, optim=osd)
-    dcp.load(state, checkpoint_id=path)
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
-    rng = os.path.join(path, f"rng_{rank}.pt")
-    if os.path.exists(rng):
-        set_rng_state(torch.load(rng, weights_only=True))
-    return meta
-
-
-def consolidate(ckpt, out=None):
-    """One file with the full model state dict (for evaluation and export), from a checkpoint
-    written at any world size; reads only the model's entries."""
-    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
-    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
-    read_checkpoint_meta(ckpt)
-    check_metadata(ckpt)
-    state = {}
-    _load_state_dict(state, storage_reader=dcp.FileSystemReader(ckpt), planner=_EmptyStateDictLoadPlanner(keys={"model"}),
-                     no_dist=True)
-    out = out or os.path.join(ckpt, "model_consolidated.pt")
-    torch.save(state["model"], out)
-    print(f"wrote {out}: {sum(t.numel() for t in state['model'].values()):,} parameters in {len(state['model'])} tensors")
-    return out
+    @staticmethod
+    def consolidate(path, out=None):
+        """One ordinary state dict file of the model (for evaluation and export)."""
+        model, _, _ = Checkpointer.load_model(path)
+        out = out or os.path.join(path, "model_consolidated.pt")
+        torch.save(model.state_dict(), out)
+        print(f"wrote {out}: {model.num_params():,} parameters in {len(model.state_dict())} tensors")
+        return out
 
 
 def git_revision():
-    run = lambda *a: subprocess.run(["git", *a], cwd=HERE, capture_output=True, text=True, timeout=10).stdout.strip()
+    run = lambda *a: subprocess.run(["git", *a], cwd=os.path.dirname(os.path.abspath(__file__)), capture_output=True,
+                                    text=True, timeout=10).stdout.strip()
     try:
         rev = run("rev-parse", "HEAD")
         return (rev + ("-dirty" if run("status", "--porcelain", "--untracked-files=no") else "")) or "unknown"
@@ -395,51 +196,7 @@ def git_revision():
 
 
 # -----------------------------------------------------------------------------
-# the pieces of a run
-
-# ops whose outputs selective activation checkpointing keeps (the rest is recomputed)
-KEEP = {"aten::mm", "aten::addmm", "aten::_scaled_dot_product_flash_attention", "aten::_scaled_dot_product_cudnn_attention",
-        "aten::_scaled_dot_product_efficient_attention", "nano360::flash_attn_fwd"}
-
-
-def keep_matmuls(ctx, op, *args, **kwargs):
-    from torch.utils.checkpoint import CheckpointPolicy
-    return CheckpointPolicy.MUST_SAVE if op.name() in KEEP else CheckpointPolicy.PREFER_RECOMPUTE
-
-
-def recomputed(forward, selective):
-    """forward with its activations recomputed in the backward (all of them, or all but the
-    matmul outputs). A plain function around the checkpoint, so that torch.compile traces it."""
-    from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts
-    extra = dict(context_fn=functools.partial(create_selective_checkpoint_contexts, keep_matmuls)) if selective else {}
-
-    def run(*args):
-        return checkpoint(forward, *args, use_reentrant=False, **extra)
-    return run
-
-
-def build_model(mcfg, device, seed, cfg=None, mesh=None, bf16=False):
-    """The torchtitan order: the model on the meta device, activation checkpointing and compile
-    per block (cfg), FSDP2 per block then the root (mesh), and only then memory and
-    init_weights(), which gives the same weights at any world size."""
-    with torch.device("meta"):
-        model = GPT(mcfg)
-    for i, block in enumerate(model.blocks if cfg else []):
-        every = int(cfg.ac[6:]) if cfg.ac.startswith("every:") else 1
-        if cfg.ac != "none" and i % every == 0:
-            block.forward = recomputed(block.forward, cfg.ac == "selective")
-        if cfg.compile:
-            block.compile()
-    if mesh is not None:
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if bf16 else None, reduce_dtype=torch.float32)
-        for block in model.blocks:
-            fully_shard(block, mesh=mesh, mp_policy=policy)
-        fully_shard(model, mesh=mesh, mp_policy=policy)
-    model.to_empty(device=device)
-    model.init_weights(seed)
-    return model
-
+# the pieces of a run: devices, the model, the optimizer, the data
 
 def setup_distributed(cfg):
     """(rank, world_size, device, mesh): torchrun's environment, or one process without it."""
@@ -464,8 +221,95 @@ def setup_distributed(cfg):
     return rank, world_size, device, mesh
 
 
-def padded_vocab(n_vocab):
-    return (n_vocab + 63) // 64 * 64
+# ops whose outputs selective activation checkpointing keeps (the rest is recomputed)
+KEEP = {"aten::mm", "aten::addmm", "aten::_scaled_dot_product_flash_attention", "aten::_scaled_dot_product_cudnn_attention",
+        "aten::_scaled_dot_product_efficient_attention", "nano360::flash_attn_fwd"}
+
+
+def keep_matmuls(ctx, op, *args, **kwargs):
+    from torch.utils.checkpoint import CheckpointPolicy
+    return CheckpointPolicy.MUST_SAVE if op.name() in KEEP else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def recomputed(forward, selective):
+    """forward with its activations recomputed in the backward (all of them, or all but the
+    matmul outputs). A plain function around the checkpoint, so that torch.compile traces it."""
+    from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts
+    extra = dict(context_fn=functools.partial(create_selective_checkpoint_contexts, keep_matmuls)) if selective else {}
+
+    def run(*args):
+        return checkpoint(forward, *args, use_reentrant=False, **extra)
+    return run
+
+
+def build_model(mcfg, device, seed, cfg=None, mesh=None, bf16=False):
+    """The torchtitan order: the model on the meta device, activation checkpointing and compile
+    per block (cfg, a TrainConfig, also gives attn_impl and loss_chunk), FSDP2 per block then
+    the root (mesh), and only then memory and init_weights(), which gives the same weights at
+    any world size."""
+    cfg = cfg or TrainConfig()
+    with torch.device("meta"):
+        model = GPT(mcfg, cfg.attn_impl, cfg.loss_chunk)
+    for i, block in enumerate(model.blocks):
+        every = int(cfg.ac[6:]) if cfg.ac.startswith("every:") else 1
+        if cfg.ac != "none" and i % every == 0:
+            block.forward = recomputed(block.forward, cfg.ac == "selective")
+        if cfg.compile:
+            block.compile()
+    if mesh is not None:
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if bf16 else None, reduce_dtype=torch.float32)
+        for block in model.blocks:
+            fully_shard(block, mesh=mesh, mp_policy=policy)
+        fully_shard(model, mesh=mesh, mp_policy=policy)
+    model.to_empty(device=device)
+    model.init_weights(seed)
+    return model
+
+
+def use_bf16(cfg, device):
+    return cfg.dtype == "bfloat16" or cfg.dtype == "auto" and device.type == "cuda"
+
+
+def autocast_for(cfg, device):
+    """bf16 autocast where cfg computes in bf16 (under FSDP2 its mixed-precision policy casts the
+    parameters instead)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16(cfg, device) else nullcontext()
+
+
+def triton_adamw(cfg, device):
+    return cfg.optimizer == "adamw_triton" or cfg.optimizer == "auto" and device.type == "cuda" and HAVE_TRITON
+
+
+def check_kernels(cfg, device):
+    """The kernel choices of cfg can run on device: one-line errors before any work is done."""
+    for key, value, other in (("attn_impl", cfg.attn_impl, "sdpa"), ("optimizer", cfg.optimizer, "adamw_torch")):
+        if "triton" in value and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ConfigError(f"{key}={value!r} runs on CUDA, not {device}: use {key}='auto' or {other!r}, or set "
+                              "TRITON_INTERPRET=1 to run the kernels in Triton's (slow) interpreter")
+    if cfg.optim_state_dtype == "bfloat16" and not triton_adamw(cfg, device):
+        raise ConfigError("optim_state_dtype='bfloat16' needs optimizer='adamw_triton'")
+
+
+def make_optimizer(model, cfg, device, torch_fused=None):
+    """AdamW over the model's parameter groups: the Triton kernel (kernels/adamw.py) or torch's
+    (torch_fused: its fused=True kernel, which the benchmarks compare against)."""
+    groups = model.param_groups(cfg.weight_decay, cfg.weight_decay_all)
+    if triton_adamw(cfg, device):
+        from kernels.adamw import AdamW
+        return AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
+                     state_dtype=getattr(torch, cfg.optim_state_dtype))
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=torch_fused)
+
+
+def clip_grads(model, optimizer, max_norm):
+    """Clip the gradients to max_norm (0: no clipping); their norm before, as a float. The
+    Triton AdamW takes one reduction and clips inside its next step."""
+    max_norm = max_norm or float("inf")
+    if hasattr(optimizer, "clip_grad_norm_"):
+        return optimizer.clip_grad_norm_(max_norm).item()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    return (norm.full_tensor() if hasattr(norm, "full_tensor") else norm).item()
 
 
 def peak_flops(device):
@@ -478,9 +322,10 @@ def peak_flops(device):
 
 
 @torch.no_grad()
-def evaluate(model, val, batch_size, device, autocast, eot=None):
-    """Mean validation loss per source, and over all tokens as 'all'. eot: mask attention at
-    document boundaries."""
+def evaluate(model, val, batch_size, device, autocast=nullcontext(), eot=None):
+    """Mean validation loss per source, and over all tokens as 'all' (training and eval.py alike).
+    eot: attention stops at document boundaries (doc_mask)."""
+    was_training = model.training
     model.eval()
     out, total = {}, 0.0
     for source, seqs in val.items():
@@ -493,7 +338,7 @@ def evaluate(model, val, batch_size, device, autocast, eot=None):
         out[source] = loss / len(seqs)
         total += loss
     out["all"] = total / sum(len(s) for s in val.values())
-    model.train()
+    model.train(was_training)
     return out
 
 
@@ -501,50 +346,251 @@ def fmt_time(s):
     return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m" if s >= 3600 else f"{int(s // 60)}m{int(s % 60):02d}s"
 
 
-def prepare_data(cfg):
-    manifest_path = os.path.join(cfg.data_dir, "manifest.json")
-    if not os.path.exists(manifest_path):
-        if not os.path.exists(cfg.raw_data):
-            raise data.DataError(f"{manifest_path} does not exist and raw_data={cfg.raw_data!r} is not there to prepare it from")
-        print(f"preparing {cfg.data_dir} from {cfg.raw_data} (once)")
-        data.prepare(cfg.raw_data, cfg.data_dir, cfg.tokenizer, cfg.tokenizer_vocab, cfg.val_frac)
-    manifest = data.load_manifest(cfg.data_dir, verify=cfg.verify_data)
-    stale = [f"{k}={v!r} (config: {getattr(cfg, k)!r})" for k, v in manifest["prepared_with"].items() if getattr(cfg, k) != v]
-    if stale:
-        print(f"warning: {manifest_path} was prepared with {', '.join(stale)}; using it as it is "
-              "(`python data.py prepare` rebuilds it)", file=sys.stderr)
-    return manifest
+@contextmanager
+def stop_requests():
+    """A list that Ctrl-C or a scheduler's SIGTERM appends to: the loop then finishes its step,
+    saves and exits. A second signal aborts at once."""
+    stop = []
+
+    def on_signal(sig, frame):
+        if stop:
+            raise KeyboardInterrupt
+        stop.append(sig)
+        print0(f"{signal.Signals(sig).name}: stopping after this step to save a checkpoint (again to abort)")
+    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+# -----------------------------------------------------------------------------
+# training
+
+class Trainer:
+    """One rank's part of a run: setup (data, model, optimizer, resume) in __init__, then fit()."""
+
+    def __init__(self, cfg, mcfg, rank, world_size, device, mesh):
+        self.cfg, self.mcfg, self.rank, self.world_size, self.device, self.mesh = cfg, mcfg, rank, world_size, device, mesh
+        self.bf16 = use_bf16(cfg, device)
+        self.autocast = autocast_for(cfg, device) if mesh is None else nullcontext()
+        check_kernels(cfg, device)
+        self.setup_data()
+        self.model = build_model(mcfg, device, cfg.seed, cfg, mesh, self.bf16)
+        self.optimizer = make_optimizer(self.model, cfg, device)
+        self.ckpt = Checkpointer(cfg.out_dir, rank, cfg.keep_last, cfg.keep_every, cfg.async_ckpt)
+        self.start = self.resume()
+        self.metrics = self.open_metrics()
+        self.tokens_per_step = self.gb * cfg.seq_len
+        self.flops_per_token, self.peak = self.model.estimate_flops(cfg.seq_len), peak_flops(device)
+        self.stop, self.bad = [], 0
+        print0(f"{self.model.num_params():,} parameters | {self.tokens_per_step:,} tokens/step ({self.gb} x {cfg.seq_len}, "
+               f"{self.accum} micro-batches of {cfg.batch_size} x {world_size} rank{'s' * (world_size > 1)}) | "
+               f"{self.batches.n:,} samples/epoch | {device}{', FSDP2 ' + cfg.fsdp if mesh else ''}, "
+               f"{'bf16' if self.bf16 else 'fp32'}")
+
+    def setup_data(self):
+        cfg, ws = self.cfg, self.world_size
+        if self.rank == 0:
+            self.manifest = data.prepared(cfg)
+        barrier()  # rank 0 prepares the data once; the others read it
+        if self.rank != 0:
+            self.manifest = data.load_manifest(cfg.data_dir, verify=False)
+        self.enc = data.tokenizer_of(cfg.data_dir, self.manifest)
+        resolve_vocab(self.mcfg, self.enc.n_vocab)
+        if cfg.seq_len > self.mcfg.max_seq_len:
+            raise ConfigError(f"seq_len={cfg.seq_len} is longer than max_seq_len={self.mcfg.max_seq_len}")
+        self.gb = global_batch(cfg, ws)
+        if self.gb % (cfg.batch_size * ws):
+            raise ConfigError(f"global_batch_size={self.gb} is not a multiple of batch_size={cfg.batch_size} x {ws} ranks")
+        self.accum = self.gb // (cfg.batch_size * ws)
+        self.batches = data.Batches.from_config(cfg, self.gb)  # the shards were verified just above
+        if cfg.mixture:
+            print0("epochs per source over the run: " +
+                   ", ".join(f"{k} {v:.2f}" for k, v in self.batches.epochs(cfg.max_steps).items()))
+        self.val = data.val_sequences(cfg.data_dir, self.manifest, cfg.seq_len, cfg.eval_seqs)
+        self.eot = self.manifest["eot"] if cfg.doc_mask else None
+
+    def resume(self):
+        """The first step: that of the checkpoint resumed (after checking that it trained this
+        model on this data with this global batch), or 0 (from --init_from's weights if given)."""
+        cfg = self.cfg
+        if self.rank == 0:
+            os.makedirs(cfg.out_dir, exist_ok=True)
+        barrier()
+        newest = Checkpointer.newest(cfg.out_dir)
+        if cfg.resume == "" and newest:
+            raise ConfigError(f"{cfg.out_dir} already holds checkpoints: pass --resume=auto to continue that run, "
+                              "or choose another out_dir")
+        path = newest if cfg.resume == "auto" else cfg.resume or None
+        if path:
+            meta = data.read_meta(path)
+            if meta["manifest_sha256"] != self.manifest["sha256"]:
+                raise data.DataError(f"{cfg.data_dir}/manifest.json has sha256 {self.manifest['sha256']}, but {path} was "
+                                     f"trained on data whose manifest has sha256 {meta['manifest_sha256']}")
+            theirs = asdict(config_from_dict(meta["config"])[1])
+            diff = {k: (v, getattr(self.mcfg, k)) for k, v in theirs.items() if getattr(self.mcfg, k) != v}
+            if diff:
+                raise ConfigError(f"{path} holds a different model: " +
+                                  ", ".join(f"{k}={a!r} there, {b!r} here" for k, (a, b) in diff.items()))
+            if meta["data_position"]["global_batch"] != self.gb:
+                raise ConfigError(f"{path} was trained with a global batch of {meta['data_position']['global_batch']} "
+                                  f"sequences, this run has {self.gb}: set --global_batch_size="
+                                  f"{meta['data_position']['global_batch']}")
+            start = self.ckpt.load(path, self.model, self.optimizer)["step"]
+            print0(f"resuming from {path} at step {start} (saved by {meta['world_size']} ranks, now {self.world_size})")
+            return start
+        if cfg.init_from:  # full weights into this (possibly sharded) model
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+            weights = torch.load(cfg.init_from, map_location="cpu", weights_only=True)
+            try:
+                set_model_state_dict(self.model, weights.get("model", weights), options=StateDictOptions(full_state_dict=True))
+            except (RuntimeError, KeyError, ValueError) as e:  # another shape: say which, in one line
+                raise ConfigError(f"--init_from={cfg.init_from} does not fit this model config: {' '.join(str(e).split())[:300]}")
+            print0(f"initialised from {cfg.init_from}")
+        return 0
+
+    def open_metrics(self):
+        """metrics.jsonl in out_dir (rank 0), without the lines of steps after the one resumed."""
+        path = os.path.join(self.cfg.out_dir, "metrics.jsonl")
+        if self.rank != 0:
+            return open(os.devnull, "w")
+        kept = [l for l in open(path)] if os.path.exists(path) and self.start else []
+        with open(path, "w") as f:
+            f.writelines(l for l in kept if json.loads(l)["step"] <= self.start)
+        return open(path, "a")
+
+    def log(self, **row):
+        self.metrics.write(json.dumps(row) + "\n")
+        self.metrics.flush()
+
+    def fit(self):
+        cfg = self.cfg
+        if self.start == 0:
+            self.validate(0)
+        self.t_start = time.time()
+        bar = tqdm(range(self.start, cfg.max_steps), initial=self.start, total=cfg.max_steps, desc="train",
+                   dynamic_ncols=True, mininterval=1.0, disable=None if self.rank == 0 else True)
+        with stop_requests() as self.stop:
+            try:
+                for step in bar:
+                    t0 = time.time()
+                    result = self.train_step(step)
+                    if result is None:  # a NaN/inf loss: the update was skipped
+                        continue
+                    done = step + 1
+                    self.log_step(done, *result, time.time() - t0)
+                    if done % cfg.eval_interval == 0 or done == cfg.max_steps:
+                        self.validate(done)
+                    if done % cfg.ckpt_interval == 0 or done == cfg.max_steps or self.stop:
+                        self.save(done)
+                    if self.stop:
+                        self.ckpt.wait()
+                        print0(f"saved step {done} to {cfg.out_dir}; --resume=auto continues from it")
+                        raise KeyboardInterrupt
+                self.ckpt.wait()
+            finally:
+                bar.close()
+                self.metrics.close()
+
+    def train_step(self, step):
+        """One optimizer step on this rank's share of step's global batch: (lr, mean loss over all
+        ranks, gradient norm), or None when the loss is not finite and the update is skipped."""
+        cfg, device = self.cfg, self.device
+        lr = lr_at(step, cfg)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr * g["lr_mult"]
+        x = self.batches.batch(step, self.rank, self.world_size).to(device)
+        loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per micro-batch
+        for i, micro in enumerate(x.split(cfg.batch_size)):
+            if self.mesh is not None:  # FSDP2 reduces the gradients once, after the last micro-batch
+                self.model.set_requires_gradient_sync(i == self.accum - 1)
+            with self.autocast:
+                docs = data.doc_ids(micro[:, :-1], self.eot) if self.eot is not None else None
+                loss = self.model(micro[:, :-1], micro[:, 1:], doc_ids=docs) / self.accum
+            loss.backward()
+            loss_sum += loss.detach()
+        # one reduction for the mean loss over ranks and for a stop requested on any rank
+        flags = torch.stack([loss_sum.float(), torch.tensor(float(bool(self.stop)), device=device)])
+        if dist.is_initialized():
+            dist.all_reduce(flags)
+        loss, stop_any = flags[0].item() / self.world_size, flags[1].item() > 0
+        if stop_any and not self.stop:
+            self.stop.append(signal.SIGTERM)
+        if not math.isfinite(loss):  # skip the update, keep the weights; too many in a row stop the run
+            self.bad += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            print0(f"step {step + 1}: loss is {loss}, update skipped ({self.bad} in a row)")
+            self.log(step=step + 1, skipped=True, loss=str(loss))
+            if self.bad >= cfg.max_bad_steps:
+                raise TrainingError(f"step {step + 1}: {self.bad} steps in a row with a NaN or inf loss; stopping. "
+                                    f"The last checkpoint is {Checkpointer.newest(cfg.out_dir)}")
+            return None
+        self.bad = 0
+        gnorm = clip_grads(self.model, self.optimizer, cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return lr, loss, gnorm
+
+    def log_step(self, done, lr, loss, gnorm, dt):
+        cfg = self.cfg
+        if not (done % cfg.log_interval == 0 or done == cfg.max_steps or done == self.start + 1):
+            return
+        tok_s = self.tokens_per_step / dt
+        eta = (time.time() - self.t_start) / (done - self.start) * (cfg.max_steps - done)
+        mfu = self.flops_per_token * tok_s / (self.peak * self.world_size) if self.peak else None  # per GPU
+        print0(f"step {done:6d}/{cfg.max_steps} | loss {loss:.4f} | lr {lr:.2e} | gnorm {gnorm:.3f} | "
+               f"{dt * 1000:.0f} ms | {tok_s:,.0f} tok/s{f' | mfu {100 * mfu:.1f}%' if mfu else ''} | eta {fmt_time(eta)}")
+        self.log(step=done, loss=loss, lr=lr, grad_norm=gnorm, dt=dt, tok_per_s=tok_s, mfu=mfu,
+                 mem=torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None)
+
+    def validate(self, step):
+        losses = evaluate(self.model, self.val, self.cfg.batch_size, self.device, self.autocast, self.eot)
+        print0(f"step {step:6d} | val " + " | ".join(f"{k} {v:.4f}" for k, v in losses.items()))
+        self.log(step=step, val=losses)
+
+    def save(self, step):
+        cfg, gb = self.cfg, self.gb
+        meta = dict(step=step, config=dict(train=asdict(cfg), model=asdict(self.mcfg)), git=git_revision(),
+                    data_dir=cfg.data_dir, manifest_sha256=self.manifest["sha256"], world_size=self.world_size,
+                    data_position=dict(step=step, global_batch=gb, samples=step * gb, tokens=step * gb * cfg.seq_len,
+                                       epoch=step * gb / self.batches.n),
+                    time=time.strftime("%Y-%m-%d %H:%M:%S"), torch=torch.__version__)
+        self.ckpt.save(step, self.model, self.optimizer, meta)
+
+    def sample(self):
+        """A few samples at the end of the run, one per language of the toy corpus."""
+        self.model.eval()
+        gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
+        for prompt in ("Alice was beginning to", "子曰：", "def "):
+            with self.autocast:
+                text = "".join(sample_text(self.model, self.enc, prompt, self.cfg.sample_tokens, generator=gen))
+            print0(f"--- {prompt!r} ---\n{prompt}{text}")
+
+
+def train(cfg, mcfg):
+    """Run cfg (one process, or one rank of torchrun); the trained model."""
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    rank, world_size, device, mesh = setup_distributed(cfg)
+    try:
+        trainer = Trainer(cfg, mcfg, rank, world_size, device, mesh)
+        trainer.fit()
+        if cfg.sample_tokens:
+            trainer.sample()
+        return trainer.model
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 # -----------------------------------------------------------------------------
 # dry run: the plan of a run, in seconds, without a GPU
 
-def memory_plan(model, cfg):
-    """Estimated bytes per GPU under FSDP2 full sharding over cfg.world_size GPUs, bf16 compute
-    with fp32 master weights, gradients and AdamW state."""
-    m, ws, N = model.cfg, cfg.world_size, model.num_params()
-    block = sum(p.numel() for p in model.blocks[0].parameters())
-    root = N - m.n_layer * block
-    tokens = cfg.batch_size * cfg.seq_len
-    # saved for backward per token and layer, bf16: two norm inputs and outputs, q k v and the
-    # attention output, the MLP's gate|up output, silu(gate) and the product fed to down
-    per_layer = 2 * (4 * m.d_model + (2 * m.n_head + 2 * m.n_kv_head) * m.head_dim + 4 * m.ffn_hidden) + 4 * m.n_head
-    logits = 10 * m.vocab_size  # bf16 logits, their fp32 copy and the saved log-softmax
-    return {
-        "params fp32 (shard)": 4 * N / ws,
-        "grads fp32 (shard)": 4 * N / ws,
-        f"AdamW m, v {'bf16' if cfg.optim_state_dtype == 'bfloat16' else 'fp32'} (shard)":
-            (4 if cfg.optim_state_dtype == "bfloat16" else 8) * N / ws,
-        "bf16 params gathered (2 blocks + root)": 2 * (2 * block + root),
-        "fp32 grads of a block before reduce-scatter": 4 * block,
-        "activations": tokens * (m.n_layer * per_layer + logits),
-        "activations, full checkpointing": tokens * (m.n_layer * 2 * m.d_model + per_layer + logits),
-    }
-
-
 def dry_run(cfg, mcfg):
-    if mcfg.vocab_size == 0:  # the toy: vocabulary of the tokenizer it would train
-        mcfg.vocab_size = padded_vocab(cfg.tokenizer_vocab + len(data.SPECIAL_TOKENS))
+    resolve_vocab(mcfg, data.tokenizer_size(cfg))
     with torch.device("meta"):
         model = GPT(mcfg)
     N, gib = model.num_params(), 2 ** 30
@@ -561,7 +607,7 @@ def dry_run(cfg, mcfg):
     else:
         print(f"batch       {gb} x {cfg.seq_len} = {gb * cfg.seq_len:,} tokens/step: {gpus} "
               f"x micro-batch {cfg.batch_size} x {gb // per_step} accumulation steps")
-    plan = memory_plan(model, cfg)
+    plan = model.estimate_memory(cfg.batch_size * cfg.seq_len, cfg.world_size, cfg.optim_state_dtype)
     print(f"memory/GPU  FSDP2 over {gpus} (estimate):")
     for k, v in plan.items():
         print(f"  {k:42s} {v / gib:9.2f} GiB")
@@ -570,247 +616,14 @@ def dry_run(cfg, mcfg):
           f"{(states + plan['activations, full checkpointing']) / gib:.2f} GiB")
 
 
-# -----------------------------------------------------------------------------
-# training
-
-def train(cfg, mcfg):
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    rank, world_size, device, mesh = setup_distributed(cfg)
-    try:
-        return run(cfg, mcfg, rank, world_size, device, mesh)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def run(cfg, mcfg, rank, world_size, device, mesh):
-    bf16 = cfg.dtype == "bfloat16" or cfg.dtype == "auto" and device.type == "cuda"
-    # one process: bf16 autocast; FSDP2: its mixed-precision policy casts the parameters instead
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 and mesh is None else nullcontext()
-    say = print if rank == 0 else lambda *a, **k: None
-    for key, value, other in (("attn_impl", mcfg.attn_impl, "sdpa"), ("optimizer", cfg.optimizer, "adamw_torch")):
-        if "triton" in value and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-            raise ConfigError(f"{key}={value!r} runs on CUDA, not {device}: use {key}='auto' or {other!r}, or set "
-                              "TRITON_INTERPRET=1 to run the kernels in Triton's (slow) interpreter")
-    triton_adamw = cfg.optimizer == "adamw_triton" or cfg.optimizer == "auto" and device.type == "cuda" and HAVE_TRITON
-    if cfg.optim_state_dtype == "bfloat16" and not triton_adamw:
-        raise ConfigError("optim_state_dtype='bfloat16' needs optimizer='adamw_triton'")
-
-    if rank == 0:
-        manifest = prepare_data(cfg)
-    barrier()  # rank 0 prepares the data once; the others read it
-    if rank != 0:
-        manifest = data.load_manifest(cfg.data_dir, verify=False)
-    enc = data.tokenizer_of(cfg.data_dir, manifest)
-    if mcfg.vocab_size == 0:
-        mcfg.vocab_size = padded_vocab(enc.n_vocab)
-    if mcfg.vocab_size < enc.n_vocab:
-        raise ConfigError(f"vocab_size={mcfg.vocab_size} is smaller than the tokenizer's {enc.n_vocab} tokens")
-    if cfg.seq_len > mcfg.max_seq_len:
-        raise ConfigError(f"seq_len={cfg.seq_len} is longer than max_seq_len={mcfg.max_seq_len}")
-    gb = global_batch(cfg, world_size)
-    if gb % (cfg.batch_size * world_size):
-        raise ConfigError(f"global_batch_size={gb} is not a multiple of batch_size={cfg.batch_size} "
-                          f"x {world_size} ranks")
-    accum = gb // (cfg.batch_size * world_size)
-    batches = data.Batches(cfg.data_dir, cfg.seq_len, gb, cfg.seed, verify=False,  # verified above
-                           mixture=cfg.mixture, fim_rate=cfg.fim_rate, fim_spm_rate=cfg.fim_spm_rate,
-                           fim_sources=cfg.fim_sources)
-    if cfg.mixture:
-        say("epochs per source over the run: " + ", ".join(f"{k} {v:.2f}" for k, v in batches.epochs(cfg.max_steps).items()))
-    val = data.val_sequences(cfg.data_dir, manifest, cfg.seq_len, cfg.eval_seqs)
-    eot = manifest["eot"] if cfg.doc_mask else None
-
-    model = build_model(mcfg, device, cfg.seed, cfg, mesh, bf16)
-    groups = model.param_groups(cfg.weight_decay, cfg.weight_decay_all)
-    if triton_adamw:
-        from kernels.adamw import AdamW
-        optimizer = AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
-                          state_dtype=getattr(torch, cfg.optim_state_dtype))
-    else:
-        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
-
-    if rank == 0:
-        os.makedirs(cfg.out_dir, exist_ok=True)
-    barrier()
-    newest = find_checkpoint(cfg.out_dir)
-    ckpt = newest if cfg.resume == "auto" else cfg.resume or None
-    if cfg.resume == "" and newest:
-        raise ConfigError(f"{cfg.out_dir} already holds checkpoints: pass --resume=auto to continue that run, "
-                          "or choose another out_dir")
-    start = 0
-    if ckpt:
-        meta = read_checkpoint_meta(ckpt)
-        if meta["manifest_sha256"] != manifest["sha256"]:
-            raise data.DataError(f"{cfg.data_dir}/manifest.json has sha256 {manifest['sha256']}, but {ckpt} was "
-                                 f"trained on data whose manifest has sha256 {meta['manifest_sha256']}")
-        diff = {k: (v, getattr(mcfg, k)) for k, v in meta["config"]["model"].items()
-                if getattr(mcfg, k) != v and k not in ("attn_impl", "loss_chunk")}  # how it runs may change, not the model
-        if diff:
-            raise ConfigError(f"{ckpt} holds a different model: " + ", ".join(f"{k}={a!r} there, {b!r} here" for k, (a, b) in diff.items()))
-        if meta["data_position"]["global_batch"] != gb:
-            raise ConfigError(f"{ckpt} was trained with a global batch of {meta['data_position']['global_batch']} "
-                              f"sequences, this run has {gb}: set --global_batch_size={meta['data_position']['global_batch']}")
-        start = load_checkpoint(ckpt, model, optimizer, rank)["step"]
-        say(f"resuming from {ckpt} at step {start} (saved by {meta['world_size']} ranks, now {world_size})")
-    if cfg.init_from and not ckpt:  # full weights into this (possibly sharded) model
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-        weights = torch.load(cfg.init_from, map_location="cpu", weights_only=True)
-        weights = weights.get("model", weights)
-        try:
-            set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True))
-        except (RuntimeError, KeyError, ValueError) as e:  # another shape: say which, in one line
-            raise ConfigError(f"--init_from={cfg.init_from} does not fit this model config: {' '.join(str(e).split())[:300]}")
-        say(f"initialised from {cfg.init_from}")
-    metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
-    if rank == 0:
-        kept = [l for l in open(metrics_path)] if os.path.exists(metrics_path) and start else []
-        with open(metrics_path, "w") as f:  # forget what ran after the checkpoint we resume from
-            f.writelines(l for l in kept if json.loads(l)["step"] <= start)
-    metrics = open(metrics_path, "a") if rank == 0 else open(os.devnull, "w")
-    pending = [] if cfg.async_ckpt else None
-
-    def log(**row):
-        metrics.write(json.dumps(row) + "\n")
-        metrics.flush()
-
-    def checkpoint(step):
-        meta = dict(step=step, config=dict(train=asdict(cfg), model=asdict(mcfg)), git=git_revision(),
-                    data_dir=cfg.data_dir, manifest_sha256=manifest["sha256"], world_size=world_size,
-                    data_position=dict(step=step, global_batch=gb, samples=step * gb, tokens=step * gb * cfg.seq_len,
-                                       epoch=step * gb / batches.n),
-                    time=time.strftime("%Y-%m-%d %H:%M:%S"), torch=torch.__version__)
-        finish_pending(pending or [])  # the previous background save completes first
-        return save_checkpoint(cfg.out_dir, step, model, optimizer, meta, cfg.keep_last, cfg.keep_every, rank, pending)
-
-    run_model = model  # compiled per block in build_model
-    flops_per_token, peak = model.estimate_flops(cfg.seq_len), peak_flops(device)
-    tokens_per_step = gb * cfg.seq_len
-    say(f"{model.num_params():,} parameters | {tokens_per_step:,} tokens/step ({gb} x {cfg.seq_len}, "
-        f"{accum} micro-batches of {cfg.batch_size} x {world_size} rank{'s' * (world_size > 1)}) | "
-        f"{batches.n:,} samples/epoch | {device}{', FSDP2 ' + cfg.fsdp if mesh else ''}, "
-        f"{'bf16' if bf16 else 'fp32'}")
-    write = tqdm.write if rank == 0 else lambda *a, **k: None
-
-    def run_eval(step):
-        losses = evaluate(run_model, val, cfg.batch_size, device, autocast, eot)
-        write(f"step {step:6d} | val " + " | ".join(f"{k} {v:.4f}" for k, v in losses.items()))
-        log(step=step, val=losses)
-
-    if start == 0:
-        run_eval(0)
-    t_start = time.time()
-    bar = tqdm(range(start, cfg.max_steps), initial=start, total=cfg.max_steps, desc="train", dynamic_ncols=True,
-               mininterval=1.0, disable=None if rank == 0 else True)
-    stop, bad = [], 0
-
-    def on_signal(sig, frame):  # Ctrl-C or a scheduler's SIGTERM: finish the step and save; a second one aborts
-        if stop:
-            raise KeyboardInterrupt
-        stop.append(sig)
-        write(f"{signal.Signals(sig).name}: stopping after this step to save a checkpoint (again to abort)")
-
-    old_handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        for step in bar:
-            t0 = time.time()
-            lr = lr_at(step, cfg)
-            for g in optimizer.param_groups:
-                g["lr"] = lr * g["lr_mult"]
-            x = batches.batch(step, rank, world_size).to(device)  # this rank's part of the global batch
-            loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per micro-batch
-            for i, micro in enumerate(x.split(cfg.batch_size)):
-                if mesh is not None:  # FSDP2 reduces the gradients once, after the last micro-batch
-                    model.set_requires_gradient_sync(i == accum - 1)
-                with autocast:
-                    docs = data.doc_ids(micro[:, :-1], eot) if eot is not None else None
-                    loss = run_model(micro[:, :-1], micro[:, 1:], doc_ids=docs) / accum
-                loss.backward()
-                loss_sum += loss.detach()
-            # one reduction for the mean loss over ranks and for a stop requested on any rank
-            flags = torch.stack([loss_sum.float(), torch.tensor(float(bool(stop)), device=device)])
-            if dist.is_initialized():
-                dist.all_reduce(flags)
-            loss_sum, stop_any = flags[0].item() / world_size, flags[1].item() > 0
-            if stop_any and not stop:
-                stop.append(signal.SIGTERM)
-            if not math.isfinite(loss_sum):  # skip the update, keep the weights; too many in a row stop the run
-                bad += 1
-                optimizer.zero_grad(set_to_none=True)
-                write(f"step {step + 1}: loss is {loss_sum}, update skipped ({bad} in a row)")
-                log(step=step + 1, skipped=True, loss=str(loss_sum))
-                if bad >= cfg.max_bad_steps:
-                    raise TrainingError(f"step {step + 1}: {bad} steps in a row with a NaN or inf loss; stopping. "
-                                        f"The last checkpoint is {find_checkpoint(cfg.out_dir)}")
-                continue
-            bad = 0
-            if triton_adamw:  # one reduction; the clipping itself happens inside the fused step
-                gnorm = optimizer.clip_grad_norm_(cfg.grad_clip or float("inf")).item()
-            else:
-                gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
-                gnorm = (gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm).item()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            done = step + 1
-            dt = time.time() - t0
-            if done % cfg.log_interval == 0 or done == cfg.max_steps or done == start + 1:
-                tok_s = tokens_per_step / dt
-                eta = (time.time() - t_start) / (done - start) * (cfg.max_steps - done)
-                mfu_now = flops_per_token * tok_s / (peak * world_size) if peak else None  # per GPU
-                mfu = f" | mfu {100 * mfu_now:.1f}%" if peak else ""
-                write(f"step {done:6d}/{cfg.max_steps} | loss {loss_sum:.4f} | lr {lr:.2e} | gnorm {gnorm:.3f} | "
-                           f"{dt * 1000:.0f} ms | {tok_s:,.0f} tok/s{mfu} | eta {fmt_time(eta)}")
-                log(step=done, loss=loss_sum, lr=lr, grad_norm=gnorm, dt=dt, tok_per_s=tok_s,
-                    mfu=mfu_now,
-                    mem=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None)
-            if done % cfg.eval_interval == 0 or done == cfg.max_steps:
-                run_eval(done)
-            if done % cfg.ckpt_interval == 0 or done == cfg.max_steps or stop:
-                checkpoint(done)
-            if stop:
-                finish_pending(pending or [])
-                write(f"saved step {done} to {cfg.out_dir}; --resume=auto continues from it")
-                raise KeyboardInterrupt
-        finish_pending(pending or [])
-    finally:
-        for sig, handler in old_handlers.items():
-            signal.signal(sig, handler)
-        bar.close()
-        metrics.close()
-    if cfg.sample_tokens:
-        sample(model, enc, cfg, device, autocast, say)
-    return model
-
-
-def sample(model, enc, cfg, device, autocast, say=print):
-    model.eval()
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    for prompt in ("Alice was beginning to", "子曰：", "def "):
-        idx = torch.tensor([enc.encode_ordinary(prompt)], device=device)
-        with autocast:
-            out = model.generate(idx, min(cfg.sample_tokens, model.cfg.max_seq_len - idx.size(1)),
-                                 temperature=0.8, top_k=50, generator=gen)
-        say(f"--- {prompt!r} ---\n{enc.decode(out[0].tolist())}")
-
-
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    ckpt = data.pop_flag(argv, "--consolidate")
+    ckpt = pop_flag(argv, "--consolidate")
     if ckpt:  # python train.py --consolidate CKPT [OUT.pt]
-        return consolidate(ckpt, argv[0] if argv else None)
+        return Checkpointer.consolidate(ckpt, argv[0] if argv else None)
     cfg, mcfg = load_config(argv)
     return dry_run(cfg, mcfg) if cfg.dry_run else train(cfg, mcfg)
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ConfigError, data.DataError, TrainingError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except BrokenPipeError:  # `python train.py ... --dry_run | head`
-        sys.exit(0)
+    run_command(main, data.DataError, TrainingError)

@@ -1,5 +1,5 @@
 # Amber-7B (LLM360, arXiv 2312.06550): the LLaMA-7B architecture trained on 1.26T tokens.
-# figures from ../shared/reference/SEEDS.md. Multi-GPU launch (torchrun + FSDP2) is the [fsdp] issue;
+# Figures from the paper and the released configs (LLM360/amber-train).
 # `python train.py config/amber7b.py --dry_run --world_size=224` prints the plan of the original run.
 
 out_dir = "out/amber7b"

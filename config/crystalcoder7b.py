@@ -1,9 +1,9 @@
 # CrystalCoder-7B (LLM360), phase 1 of 3: GPT-style blocks with LayerNorm and biases, SwiGLU,
-# rotary on 32 of 128 dims, tied embeddings, and muP. Figures from ../shared/reference/SEEDS.md and
+# rotary on 32 of 128 dims, tied embeddings, and muP. Figures from the LLM360 paper (arXiv 2312.06550) and
 # the released params/phase1/params.yaml (LLM360/crystalcoder-train).
 # The three phases are one linear schedule (warmup 86 steps, then 0.012 -> 0.00012408 over
 # 294,337 steps) cut into runs with different data: phase 2 starts at lr 0.0087825, which is
-# where this line stands at step 79,721. Phases 2 and 3 change the data mixture (the [data] issue).
+# where this line stands at step 79,721. Phases 2 and 3 change the data mixture (the `mixture` lines below).
 
 out_dir = "out/crystalcoder7b"
 raw_data = ""

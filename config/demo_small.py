@@ -1,11 +1,11 @@
 # a small bilingual model on the demo corpus: English books, speeches and Python docs, Chinese
 # classics and poetry, Python source (~66 MB). First build the data (README, "The data pipeline"):
-#   python data.py fetch-demo && python data.py clean config/demo_small.py && python data.py dedup config/demo_small.py
-#   python data.py train-tokenizer config/demo_small.py && python data.py tokenize config/demo_small.py
+#   python curate.py fetch-demo && python curate.py pipeline config/demo_small.py
+#   (clean, dedup, train-tokenizer, then python data.py tokenize: each also a command of its own)
 # then: python train.py config/demo_small.py   (one GPU: minutes; a laptop CPU: hours, try --max_steps=200)
 
 out_dir = "out/demo_small"
-source_dir = "data/demo/raw"       # python data.py fetch-demo writes it
+source_dir = "data/demo/raw"       # python curate.py fetch-demo writes it
 clean_dir = "data/demo/clean"
 raw_data = "data/demo/dedup"
 tokenizer = "data/demo/tokenizer_16k.tiktoken"

@@ -1,6 +1,6 @@
 # MAP-Neo-7B (arXiv 2405.19327): a bilingual English/Chinese LLaMA-style model, 4.5T tokens at
-# 8k context, head_dim 192. Figures from ../shared/reference/SEEDS.md.
-# SEEDS.md gives the sequence length but not the number of sequences per step; 1536 x 8192
+# 8k context, head_dim 192. Figures from the paper and the released configs.
+# The paper gives the sequence length but not the number of sequences per step; 1536 x 8192
 # (12.6M tokens) is our reading: 4.5T tokens then take ~358k steps, matching its ~365k-step cosine.
 
 out_dir = "out/neo7b"
@@ -34,7 +34,7 @@ min_lr = 2e-5
 warmup_steps = 2000
 # the fundamental phase is a cosine over 365k steps; the decay phase (the last 62k steps,
 # ~0.78T tokens) decays exponentially from where the cosine stands, half-life 31k steps,
-# floored at min_lr. In MAP-Neo it also switches to a new data mixture (the [data] issue).
+# floored at min_lr. In MAP-Neo it also switches to a new data mixture (the `mixture` lines below).
 schedule = "cosine_exp"
 schedule_steps = 365_000
 decay_steps = 62_000
@@ -50,7 +50,7 @@ ckpt_interval = 2384           # MAP-Neo's checkpoint interval, with full optimi
 keep_every = 2384
 
 # MAP-Neo's fundamental phase and decay phase (new mix from max_steps - decay_steps), for a
-# corpus whose sources carry these names; the first mix follows SEEDS.md (~52% web, ~22% code,
-# the rest papers and books), the decay mix is illustrative (SEEDS.md does not give it):
+# corpus whose sources carry these names; the first mix follows the paper (~52% web, ~22% code,
+# the rest papers and books), the decay mix is illustrative (the paper does not give it):
 # mixture = [(0, {"web_en": 0.37, "web_zh": 0.15, "code": 0.22, "papers": 0.13, "books": 0.13}),
 #            (296000, {"web_en": 0.25, "web_zh": 0.15, "code": 0.30, "papers": 0.15, "books": 0.15})]

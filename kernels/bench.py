@@ -205,9 +205,9 @@ def save(kind, env, rows, table, out, write, what):
 def param_shapes(config, shard):
     """The parameter shapes of a config's model (64k vocabulary), dim 0 split `shard` ways as FSDP does."""
     import torch
-    import train
+    from config import load_config
     from model import GPT
-    cfg, mcfg = train.load_config([os.path.join(ROOT, "config", config + ".py")])
+    cfg, mcfg = load_config([os.path.join(ROOT, "config", config + ".py")])
     mcfg.vocab_size = 64000
     with torch.device("meta"):
         model = GPT(mcfg)
@@ -271,10 +271,11 @@ def matmul_peak(device):
     return 2 * 8192 ** 3 / timed(lambda: a @ a, device) / 1e9
 
 
-def step_timer(model, optimizer, x, device, clip):
+def step_timer(run, model, optimizer, x, device, clip):
     """One training step as (forward, backward, optimizer) milliseconds."""
     import time
     import torch
+    from train import clip_grads
     marks = []
 
     def mark():
@@ -282,15 +283,12 @@ def step_timer(model, optimizer, x, device, clip):
             torch.cuda.synchronize()
         marks.append(time.perf_counter())
     mark()
-    loss = model(x[:, :-1], x[:, 1:])
+    loss = run(x[:, :-1], x[:, 1:])
     loss = loss if torch.is_tensor(loss) else loss.loss
     mark()
     loss.backward()
     mark()
-    if hasattr(optimizer, "clip_grad_norm_"):
-        optimizer.clip_grad_norm_(clip)
-    else:
-        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], clip)
+    clip_grads(model, optimizer, clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     mark()
@@ -314,8 +312,10 @@ def llama_peer(mcfg, device):
 
 def train_bench(config, overrides, steps, warmup, device, variants, peer, out, write):
     import torch
+    import data
     import train
-    from contextlib import nullcontext
+    from config import load_config, resolve_vocab
+    from model import GPT
     env, rows = environment(device), []
     peak = matmul_peak(device) * 1e12 if device == "cuda" else 0.0
     datasheet = 989e12 if device == "cuda" else 0.0
@@ -324,37 +324,27 @@ def train_bench(config, overrides, steps, warmup, device, variants, peer, out, w
     print(f"{'variant':20s} {'tok/s':>9s} {'MFU meas.':>9s} {'MFU 989':>8s} {'peak GiB':>8s} {'fwd ms':>7s} {'bwd ms':>7s} "
           f"{'opt ms':>7s}")
     for name in variants + (["transformers peer"] if peer else []):
-        cfg, mcfg = train.load_config([config, f"--device={device}", *overrides, *(
-            f"--{k}={v}" for k, v in VARIANTS.get(name, {}).items() if k != "attn_impl")])
-        if "attn_impl" in VARIANTS.get(name, {}):
-            mcfg.attn_impl = VARIANTS[name]["attn_impl"]
-        mcfg.vocab_size = mcfg.vocab_size or 64 * ((cfg.tokenizer_vocab + 5 + 63) // 64)
-        bf16 = device == "cuda"
-        autocast = torch.autocast(device, dtype=torch.bfloat16) if bf16 else nullcontext()
+        cfg, mcfg = load_config([config, f"--device={device}", *overrides,
+                                 *(f"--{k}={v}" for k, v in VARIANTS.get(name, {}).items())])
+        resolve_vocab(mcfg, data.tokenizer_size(cfg))
+        autocast = train.autocast_for(cfg, torch.device(device))
         gen = torch.Generator().manual_seed(0)
         x = torch.randint(0, mcfg.vocab_size, (cfg.batch_size, cfg.seq_len + 1), generator=gen).to(device)
-        flops = None
         if name == "transformers peer":
             model, run = llama_peer(mcfg, device)
-            params = model.parameters()
-            optimizer = torch.optim.AdamW(params, lr=cfg.lr, fused=device == "cuda")
+            optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, fused=device == "cuda")
             with torch.device("meta"):
-                flops = train.GPT(mcfg).estimate_flops(cfg.seq_len)
+                flops = GPT(mcfg).estimate_flops(cfg.seq_len)
         else:
             model = train.build_model(mcfg, device, cfg.seed, cfg)
             run, flops = model, model.estimate_flops(cfg.seq_len)
-            if cfg.optimizer == "adamw_triton" or cfg.optimizer == "auto" and device == "cuda":
-                from kernels.adamw import AdamW
-                optimizer = AdamW(model.param_groups(cfg.weight_decay, False), lr=cfg.lr)
-            else:
-                optimizer = torch.optim.AdamW(model.param_groups(cfg.weight_decay, False), lr=cfg.lr,
-                                              fused=device == "cuda")
+            optimizer = train.make_optimizer(model, cfg, torch.device(device), torch_fused=device == "cuda" or None)
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         times = []
         for i in range(warmup + steps):
             with autocast:
-                t = step_timer(run, optimizer, x, device, cfg.grad_clip or float("inf"))
+                t = step_timer(run, model, optimizer, x, device, cfg.grad_clip)
             if i >= warmup:
                 times.append(t)
         fwd, bwd, opt = (float(np.median([t[k] for t in times])) for k in range(3))

@@ -26,8 +26,8 @@ How it works (FlashAttention-2, Dao 2023):
   would break the bitwise replay of a run.
 
 On CPU the kernels run under the Triton interpreter (TRITON_INTERPRET=1 set before triton is
-imported), which the tests use; its bf16 tl.dot is wrong (see ENV.md), so there bf16
-operands are multiplied in fp32.
+imported), which the tests use; its tl.dot on bf16 operands returns garbage (triton 3.9), so
+there bf16 operands are multiplied in fp32.
 """
 import math
 import os

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import train
+from config import ConfigError
 from conftest import ROOT, small_args
 
 adamw = pytest.importorskip("kernels.adamw", reason="needs triton")
@@ -177,10 +178,10 @@ def test_resume_across_optimizers(tiny_data, tmp_path):
 
 
 def test_optimizer_config_errors(tiny_data, tmp_path, monkeypatch):
-    with pytest.raises(train.ConfigError, match="optim_state_dtype='bfloat16' needs optimizer='adamw_triton'"):
+    with pytest.raises(ConfigError, match="optim_state_dtype='bfloat16' needs optimizer='adamw_triton'"):
         train.main(small_args(tiny_data, str(tmp_path), "--optimizer=adamw_torch", "--optim_state_dtype=bfloat16"))
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    with pytest.raises(train.ConfigError, match="optimizer='adamw_triton' runs on CUDA, not cpu"):
+    with pytest.raises(ConfigError, match="optimizer='adamw_triton' runs on CUDA, not cpu"):
         train.main(small_args(tiny_data, str(tmp_path), "--optimizer=adamw_triton"))
 
 

@@ -1,11 +1,11 @@
-"""data.py's cleaning rules: for each rule, hand-made documents in English, Chinese and code that
+"""curate.py's cleaning rules: for each rule, hand-made documents in English, Chinese and code that
 must pass and must fail it; normalize() and detect_lang()."""
 import json, math, os, unicodedata
 from collections import Counter
 
 import pytest
 
-import data as clean
+import curate as clean
 from conftest import ROOT
 
 TINY = os.path.join(ROOT, "data", "tiny")

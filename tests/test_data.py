@@ -6,6 +6,7 @@ import torch
 
 import data
 import train
+from config import ConfigError, load_config
 from conftest import ROOT, small_args
 
 
@@ -154,7 +155,7 @@ def test_show_prints_the_text_of_a_step(tiny_data, tmp_path, capsys):
     args = small_args(tiny_data, tmp_path / "out")
     assert data.main(["show", "--step", "3"] + args) == 0
     out = capsys.readouterr().out
-    cfg, _ = train.load_config(args)
+    cfg, _ = load_config(args)
     b = data.Batches(tiny_data, cfg.seq_len, cfg.global_batch_size or cfg.batch_size, cfg.seed)
     enc = data.tokenizer_of(tiny_data, b.manifest)
     for row in b.batch(3):
@@ -172,7 +173,7 @@ def test_show_ckpt_prints_the_last_step_before_the_save(tiny_data, tmp_path, cap
     enc = data.tokenizer_of(tiny_data, b.manifest)
     assert out.count("=== step 2 · sequence") == 8
     assert all(enc.decode(row.tolist()) in out for row in b.batch(2))
-    with pytest.raises(train.ConfigError, match="checkpoint not found"):
+    with pytest.raises(ConfigError, match="checkpoint not found"):
         data.main(["show", "--ckpt", str(tmp_path / "nope")])
 
 
@@ -216,6 +217,19 @@ def test_mixture_proportions_phases_and_upsampling(tiny_data):
         data.Batches(tiny_data, 32, 64, seed=3, verify=False, mixture=[(0, {"web": 1})])
 
 
+def unfim(tokens, fim_ids):
+    """The document a FIM piece came from (PSM or SPM), for checking that FIM loses nothing."""
+    pre, mid, suf = fim_ids
+    t = list(tokens)
+    if not t or t[0] != pre:
+        return np.asarray(t)
+    if t[1] == suf:  # SPM: <pre> <suf> suffix <mid> prefix+middle
+        m = t.index(mid)
+        return np.asarray(t[m + 1:] + t[2:m])
+    s, m = t.index(suf), t.index(mid)
+    return np.asarray(t[1:s] + t[m + 1:] + t[s + 1:m])
+
+
 def test_fim_is_deterministic_and_invertible(tiny_data):
     b = data.Batches(tiny_data, 64, 32, seed=1, verify=False, fim_rate=1.0, fim_spm_rate=0.5)
     plain = data.Batches(tiny_data, 64, 32, seed=1, verify=False)
@@ -230,7 +244,7 @@ def test_fim_is_deterministic_and_invertible(tiny_data):
         pieces, originals = np.split(got, np.flatnonzero(got == b.eot)), np.split(orig, np.flatnonzero(orig == b.eot))
         for p, o in list(zip(pieces, originals))[:-1]:  # every piece but the last (cut at the window's end)
             p, o = p[p != b.eot], o[o != b.eot]
-            assert (data.unfim(p, b.fim_ids) == o).all()
+            assert (unfim(p, b.fim_ids) == o).all()
             if len(o) >= 2:
                 assert p[0] == pre
                 spm, psm = spm + (p[1] == suf), psm + (p[1] != suf)

@@ -1,11 +1,11 @@
-"""data.py's dedup stage: planted near-duplicates built from real text (data/tiny), recall and
+"""curate.py's dedup stage: planted near-duplicates built from real text (data/tiny), recall and
 false positives measured; MinHash, LSH and paragraph dedup on hand-made cases."""
 import json, os, random, time
 
 import numpy as np
 import pytest
 
-import data as dedup
+import curate as dedup
 from conftest import ROOT
 
 TINY = os.path.join(ROOT, "data", "tiny")

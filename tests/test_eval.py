@@ -10,7 +10,7 @@ import data
 import eval as ev
 import train
 from conftest import ROOT, small_args
-from model import ModelConfig
+from model import ModelConfig, sample_text
 
 
 @pytest.fixture(scope="module")
@@ -125,16 +125,17 @@ def test_sweep_over_three_checkpoints_and_again(run3):
 def test_sampling_streams_what_generate_gives(run3):
     model, cfg, enc, _ = ev.load(str(run3 / "ckpt_0000006"))
     prompt = "子曰："
-    greedy = "".join(ev.stream(model, enc, prompt, tokens=12, temperature=0))
+    greedy = "".join(sample_text(model, enc, prompt, 12, temperature=0))
     idx = torch.tensor([enc.encode_ordinary(prompt)])
     out = model.generate(idx, 12, temperature=0)[0, idx.size(1):].tolist()
     if enc.eot_token in out:
         out = out[:out.index(enc.eot_token)]
     assert greedy == enc.decode(out)
+    seeded = lambda seed: torch.Generator().manual_seed(seed)
     # a tiny nucleus keeps only the most likely token: greedy again, whatever the temperature
-    assert "".join(ev.stream(model, enc, prompt, tokens=12, temperature=1.5, top_k=0, top_p=1e-6, seed=3)) == greedy
-    a = "".join(ev.stream(model, enc, prompt, tokens=12, temperature=1.0, seed=5))
-    assert a == "".join(ev.stream(model, enc, prompt, tokens=12, temperature=1.0, seed=5))  # seeded
+    assert "".join(sample_text(model, enc, prompt, 12, temperature=1.5, top_k=0, top_p=1e-6, generator=seeded(3))) == greedy
+    a = "".join(sample_text(model, enc, prompt, 12, temperature=1.0, generator=seeded(5)))
+    assert a == "".join(sample_text(model, enc, prompt, 12, temperature=1.0, generator=seeded(5)))  # seeded
 
 
 def test_export_import_commands_and_init_from(run3, tiny_data, tmp_path):
@@ -165,3 +166,18 @@ def test_init_from_weights_of_another_shape_is_a_config_error(tiny_data, tmp_pat
     torch.save({"model": {"embed.weight": torch.zeros(3, 3)}}, tmp_path / "w.pt")
     with pytest.raises(train.ConfigError, match=r"--init_from=.*w.pt does not fit this model config: .*embed.weight"):
         train.main(small_args(tiny_data, str(tmp_path / "out"), "--max_steps=1", f"--init_from={tmp_path / 'w.pt'}"))
+
+
+def test_eval_loss_is_the_runs_own_validation_loss_with_document_masking(tiny_data, tmp_path):
+    # eval.py and training compute the loss one way (train.evaluate): with doc_mask the packed
+    # documents of a validation window do not see each other, in both
+    out = tmp_path / "run"
+    train.main(small_args(tiny_data, str(out), "--max_steps=2", "--eval_interval=2", "--doc_mask=true",
+                          "--eval_seqs=0"))
+    val = [json.loads(l) for l in open(out / "metrics.jsonl") if '"val"' in l][-1]["val"]
+    row = ev.sweep(str(out / "ckpt_0000002"), tasks_dir="")[0]
+    assert {k: row[f"loss/{k}"] for k in val} == val  # the very same floats
+    # and the mask matters on these windows: without it the loss is another one
+    model, cfg, enc, _ = ev.load(str(out / "ckpt_0000002"))
+    cfg.doc_mask = False
+    assert abs(ev.loss_and_bpb(model, cfg, enc)["loss/all"] - val["all"]) > 1e-6  # fp32 noise is ~1e-7

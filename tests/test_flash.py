@@ -7,6 +7,7 @@ import torch
 
 import model as model_py
 import train
+from config import ConfigError, TrainConfig
 from conftest import ROOT, small_args
 
 fa = pytest.importorskip("kernels.flash_attention", reason="needs triton")
@@ -180,8 +181,8 @@ def test_model_triton_equals_sdpa(name, docs):
     from test_model import variant
     losses, grads = [], []
     for impl in ("sdpa", "triton"):
-        cfg = variant(name, attn_impl=impl, max_seq_len=64)
-        m = train.build_model(cfg, "cpu", seed=0)
+        cfg = variant(name, max_seq_len=64)
+        m = train.build_model(cfg, "cpu", 0, TrainConfig(attn_impl=impl))
         gen = torch.Generator().manual_seed(1)
         idx = torch.randint(0, cfg.vocab_size, (2, 48), generator=gen)
         doc_ids = random_docs(2, 48, gen) if docs else None
@@ -211,12 +212,12 @@ def test_train_with_triton_attention_and_document_masking(tiny_data, tmp_path):
 
 def test_triton_on_cpu_without_interpreter_is_a_config_error(tiny_data, tmp_path, monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    with pytest.raises(train.ConfigError, match="attn_impl='triton' runs on CUDA, not cpu"):
+    with pytest.raises(ConfigError, match="attn_impl='triton' runs on CUDA, not cpu"):
         train.main(small_args(tiny_data, str(tmp_path), "--max_steps=1", "--attn_impl=triton"))
 
 
 def test_auto_picks_sdpa_on_cpu():
-    assert model_py.ModelConfig().attn_impl == "auto"
+    assert TrainConfig().attn_impl == "auto"
     q = torch.randn(1, 5, 2, 16)
     torch.testing.assert_close(model_py.attention(q, q, q, 0.25, "auto"), model_py.attention(q, q, q, 0.25, "sdpa"))
 
@@ -259,8 +260,7 @@ def test_gpu_model_triton_equals_sdpa_under_autocast():
                                max_seq_len=1024)
     losses = []
     for impl in ("sdpa", "triton"):
-        cfg.attn_impl = impl
-        m = train.build_model(cfg, "cuda", seed=0)
+        m = train.build_model(cfg, "cuda", 0, TrainConfig(attn_impl=impl))
         idx = torch.randint(0, 512, (2, 1024), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
         with torch.autocast("cuda", dtype=torch.bfloat16):
             losses.append(m(idx, torch.roll(idx, -1, 1)).item())

@@ -1,11 +1,12 @@
 """Many ranks on a CPU: torchrun with 2 processes, gloo, FSDP2 and torch.distributed.checkpoint
-(ENV.md: they work on CPU). The runs are the shrunken toy of conftest.small_args."""
+(all of them work on a CPU). The runs are the shrunken toy of conftest.small_args."""
 import json, os, signal, socket, subprocess, sys, time
 
 import pytest
 import torch
 
 import train
+from config import load_config
 from conftest import ROOT, small_args
 from model import GPT
 
@@ -87,7 +88,7 @@ def test_a_killed_rank_stops_the_job_and_resume_loses_nothing(tiny_data, tmp_pat
     assert p.wait(timeout=120) != 0
     log = "".join(out)
     assert "ChildFailedError" in log and "Signal 9 (SIGKILL)" in log, log[-2000:]
-    assert train.find_checkpoint(str(crashed)).endswith("ckpt_0000002")
+    assert train.Checkpointer.newest(str(crashed)).endswith("ckpt_0000002")
     run(2, tiny_data, crashed, "--max_steps=6")  # the restart: --resume=auto
     (a, va), (b, vb) = losses(straight), losses(crashed)
     assert close(a, b) and close(va, vb), (a, b)
@@ -109,13 +110,13 @@ def test_checkpoint_contents_and_consolidated_file(tiny_data, tmp_path):
     r = subprocess.run([sys.executable, "train.py", "--consolidate", str(ckpt), str(tmp_path / "full.pt")], cwd=ROOT,
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    cfg, mcfg = train.load_config(small_args(tiny_data, str(out)))
+    cfg, mcfg = load_config(small_args(tiny_data, str(out)))
     mcfg.vocab_size = meta["config"]["model"]["vocab_size"]
     fresh = train.build_model(mcfg, "cpu", seed=123)
     fresh.load_state_dict(torch.load(tmp_path / "full.pt", weights_only=True))
     resumed = train.build_model(mcfg, "cpu", seed=456)
     opt = torch.optim.AdamW(resumed.param_groups(0.1, False))
-    train.load_checkpoint(str(ckpt), resumed, opt)
+    train.Checkpointer(str(out)).load(str(ckpt), resumed, opt)
     idx = torch.randint(0, mcfg.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
     assert torch.equal(fresh(idx), resumed(idx))
     assert opt.state_dict()["state"][0]["step"].item() == 2
@@ -125,7 +126,9 @@ MEMORY = """
 import json, os, sys
 sys.path.insert(0, {root!r})
 import torch, train
-cfg, mcfg = train.load_config(sys.argv[1:])
+from config import load_config
+from model import GPT
+cfg, mcfg = load_config(sys.argv[1:])
 rank, ws, device, mesh = train.setup_distributed(cfg)
 mcfg.vocab_size = 512
 model = train.build_model(mcfg, device, 0, cfg, mesh)
@@ -136,9 +139,8 @@ opt.step()
 local = lambda t: t.to_local() if hasattr(t, "to_local") else t
 measured = dict(params=sum(local(p).numel() * 4 for p in model.parameters()),
                 state=sum(local(t).numel() * 4 for s in opt.state.values() for k, t in s.items() if k != "step"))
-cfg.world_size = ws
 with torch.device("meta"):
-    plan = train.memory_plan(train.GPT(mcfg), cfg)
+    plan = GPT(mcfg).estimate_memory(cfg.batch_size * cfg.seq_len, ws)
 if rank == 0:
     json.dump(dict(measured=measured, plan=plan), open(os.environ["OUT"], "w"))
 torch.distributed.destroy_process_group()
@@ -216,7 +218,7 @@ def matmuls_in_backward(model, idx):
 
 @pytest.mark.parametrize("ac", ["full", "selective", "every:2"])
 def test_activation_checkpointing_recomputes_and_changes_nothing(tiny_data, ac):
-    cfg, mcfg = train.load_config(small_args(tiny_data, "unused", "--n_layer=4", f"--ac={ac}"))
+    cfg, mcfg = load_config(small_args(tiny_data, "unused", "--n_layer=4", f"--ac={ac}"))
     mcfg.vocab_size = 512
     idx = torch.randint(0, 512, (2, 32), generator=torch.Generator().manual_seed(0))
     plain, wrapped = train.build_model(mcfg, "cpu", 0), train.build_model(mcfg, "cpu", 0, cfg)
@@ -231,3 +233,28 @@ def test_activation_checkpointing_recomputes_and_changes_nothing(tiny_data, ac):
     again = sorted(i for i in set(calls) if calls.count(i) == 2)
     assert again == {"full": [0, 1, 2, 3], "selective": [0, 1, 2, 3], "every:2": [0, 2]}[ac]
     assert (n_ac == n_plain) if ac == "selective" else (n_ac > n_plain), (n_plain, n_ac)
+
+
+def test_memorization_measures_what_a_fim_two_rank_run_trained_on(tiny_data, tmp_path, capsys):
+    # 2 ranks, global_batch_size=0 (so 2 x batch_size a step) and fill-in-the-middle on code:
+    # the sequences eval.py prompts with are the ones `data.py show` prints for those steps
+    import data
+    import eval as ev
+    out = tmp_path / "run"
+    r = torchrun(2, small_args(tiny_data, str(out), "--max_steps=8", "--ckpt_interval=8", "--eval_interval=8",
+                               "--fim_rate=0.9"))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    ckpt = str(out / "ckpt_0000008")
+    _, cfg, enc, meta = ev.load(ckpt)
+    assert meta["data_position"]["global_batch"] == 8 and cfg.global_batch_size == 0
+    steps, seqs = ev.trained_sequences(cfg, meta, n=8)
+    assert steps == list(range(8))
+    fim = {enc.encode_single_token(t) for t in data.SPECIAL_TOKENS[1:4]}
+    assert any(fim & set(row.tolist()) for row in seqs)  # FIM is applied in what eval.py reads
+    capsys.readouterr()
+    for step, row in zip(steps, seqs):
+        assert data.main(["show", "--ckpt", ckpt, "--step", str(step)]) == 0
+        printed = capsys.readouterr().out.split("\n=== step")[0]  # sequence 0, the first of the batch
+        header, text = printed.split("\n", 1)
+        assert header.startswith(f"=== step {step} · sequence 0/8 ·")
+        assert text == enc.decode(row.tolist())

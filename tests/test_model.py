@@ -4,12 +4,13 @@ import pytest
 import torch
 
 import train
+from config import TrainConfig, load_config
 from conftest import ROOT
 from model import GPT, ModelConfig
 
 
 def meta_model(name):
-    _, mcfg = train.load_config([os.path.join(ROOT, "config", f"{name}.py")])
+    _, mcfg = load_config([os.path.join(ROOT, "config", f"{name}.py")])
     with torch.device("meta"):
         return GPT(mcfg)
 
@@ -26,7 +27,7 @@ def test_parameter_counts_of_the_7b_configs():
     released = (26_960_145_024 - 32 * (2048 * 2048 + 4)) // 4 - 32032 * 4096
     assert released == 6_575_278_720
     assert crystal.num_params() == released
-    # SEEDS.md's 6,583,754,752 is 8,476,032 more than that checkpoint holds; see the issue note.
+    # (the LLM360 model card's 6,583,754,752 is 8,476,032 more than that checkpoint holds)
 
 
 def test_estimate_flops_hand_worked():
@@ -61,8 +62,9 @@ def variant(name, **kw):
     return ModelConfig(**{**base, **VARIANTS[name], **kw})
 
 
-def build(cfg, seed=0, dtype=torch.float64):
-    model = train.build_model(cfg, "cpu", seed).to(dtype)
+def build(cfg, seed=0, dtype=torch.float64, **run):
+    """cfg's model in dtype; run: run settings of TrainConfig (attn_impl, loss_chunk)."""
+    model = train.build_model(cfg, "cpu", seed, TrainConfig(**run)).to(dtype)
     with torch.no_grad():  # biases and norm gains away from 0 and 1, so that each one is tested
         g = torch.Generator().manual_seed(seed + 1)
         for name, p in model.named_parameters():
@@ -208,6 +210,19 @@ def test_init_weights_stds_and_determinism():
     assert abs(plain.blocks[0].attn.out.weight.std().item() / (0.02 / math.sqrt(16)) - 1) < 0.05  # scaled residual init
 
 
+def test_top_k_and_top_p_by_hand():
+    # probabilities 0.5, 0.3, 0.15, 0.05: top_p=0.7 keeps the two tokens whose predecessors sum
+    # to less than 0.7 (0 and 0.5), renormalised to 5/8 and 3/8; top_k=3 keeps 0.5, 0.3, 0.15
+    from model import sample_next
+    logits = torch.tensor([[0.15, 0.5, 0.05, 0.3]]).log().repeat(20000, 1)
+    gen = torch.Generator().manual_seed(0)
+    counts = torch.bincount(sample_next(logits, 1.0, 0, 0.7, gen)[:, 0], minlength=4) / 20000
+    assert counts[0] == counts[2] == 0 and abs(counts[1] - 5 / 8) < 0.01 and abs(counts[3] - 3 / 8) < 0.01
+    counts = torch.bincount(sample_next(logits, 1.0, 3, 1.0, gen)[:, 0], minlength=4) / 20000
+    assert counts[2] == 0 and abs(counts[1] - 0.5 / 0.95) < 0.01 and abs(counts[0] - 0.15 / 0.95) < 0.01
+    assert torch.equal(sample_next(logits[:1], 0.0), torch.tensor([[1]]))  # greedy
+
+
 def test_param_groups_decay_and_mup_lr():
     model = build(variant("crystal", hidden_lr_mult=0.0625))
     names = lambda groups, pred: {n for g in groups if pred(g) for n in g["names"]}
@@ -223,7 +238,7 @@ def test_param_groups_decay_and_mup_lr():
 @pytest.mark.parametrize("name", ["amber", "crystal"])
 def test_chunked_loss_equals_full_logits(name):
     # the loss a chunk of tokens at a time, gradients included, in float64: the same numbers
-    plain, chunked = build(variant(name)), build(variant(name, loss_chunk=7))  # 7 does not divide 2 x 11
+    plain, chunked = build(variant(name)), build(variant(name), loss_chunk=7)  # 7 does not divide 2 x 11
     idx = torch.randint(0, 97, (2, 11), generator=torch.Generator().manual_seed(3))
     targets = torch.roll(idx, -1, 1)
     targets[0, :4] = -1  # ignored positions

@@ -5,7 +5,9 @@ import torch
 
 import data
 import train
+from config import ConfigError, TrainConfig, load_config
 from conftest import ROOT, small_args
+from model import GPT
 
 
 def metrics(out_dir):
@@ -20,18 +22,18 @@ def train_losses(out_dir):
 # config
 
 def test_config_file_and_overrides(tmp_path):
-    cfg, mcfg = train.load_config([os.path.join(ROOT, "config", "neo7b.py"), "--lr=1", "--dry_run", "--out_dir=123",
+    cfg, mcfg = load_config([os.path.join(ROOT, "config", "neo7b.py"), "--lr=1", "--dry_run", "--out_dir=123",
                                    "--n_kv_head=4", "--verify_data=false"])
     assert (mcfg.head_dim, mcfg.n_layer, mcfg.n_kv_head) == (192, 28, 4)
     assert cfg.lr == 1.0 and isinstance(cfg.lr, float) and cfg.dry_run is True and cfg.out_dir == "123"
     assert cfg.verify_data is False
-    default, _ = train.load_config([])  # no file: config/toy.py
+    default, _ = load_config([])  # no file: config/toy.py
     assert default.out_dir == "out/toy" and default.raw_data == "data/tiny"
 
 
 def config_error(argv):
-    with pytest.raises(train.ConfigError) as e:
-        train.load_config(argv)
+    with pytest.raises(ConfigError) as e:
+        load_config(argv)
     return str(e.value)
 
 
@@ -73,10 +75,10 @@ def test_dry_run_prints_the_plan():
 
 
 def test_memory_plan_activation_checkpointing_saves():
-    cfg, mcfg = train.load_config(["config/neo7b.py", "--world_size=8"])
+    cfg, mcfg = load_config(["config/neo7b.py", "--world_size=8"])
     with torch.device("meta"):
-        model = train.GPT(mcfg)
-    plan = train.memory_plan(model, cfg)
+        model = GPT(mcfg)
+    plan = model.estimate_memory(cfg.batch_size * cfg.seq_len, cfg.world_size)
     assert plan["activations, full checkpointing"] < plan["activations"] / 5
     assert plan["params fp32 (shard)"] == 4 * model.num_params() / 8
 
@@ -86,7 +88,7 @@ def test_memory_plan_activation_checkpointing_saves():
 
 def sched(**kw):
     base = dict(lr=1.0, min_lr=0.1, warmup_steps=10, max_steps=110)
-    return train.TrainConfig(**{**base, **kw})
+    return TrainConfig(**{**base, **kw})
 
 
 def test_schedules():
@@ -143,14 +145,14 @@ def test_checkpoint_keep_policy_and_fresh_start_refused(tiny_data, tmp_path):
     out = tmp_path / "keep"
     train.main(small_args(tiny_data, out, "--max_steps=7", "--ckpt_interval=1", "--keep_last=2", "--keep_every=3"))
     assert sorted(os.listdir(out)) == ["ckpt_0000003", "ckpt_0000006", "ckpt_0000007", "metrics.jsonl"]
-    with pytest.raises(train.ConfigError, match="already holds checkpoints: pass --resume=auto"):
+    with pytest.raises(ConfigError, match="already holds checkpoints: pass --resume=auto"):
         train.main(small_args(tiny_data, out, "--max_steps=7", "--resume="))
 
 
 def test_resume_refuses_other_data_or_model(tiny_data, tmp_path):
     out = tmp_path / "run"
     train.main(small_args(tiny_data, out, "--max_steps=2"))
-    with pytest.raises(train.ConfigError, match="holds a different model: d_model=32 there, 48 here"):
+    with pytest.raises(ConfigError, match="holds a different model: d_model=32 there, 48 here"):
         train.main(small_args(tiny_data, out, "--max_steps=4", "--d_model=48"))
     other = tmp_path / "other_data"
     data.prepare(os.path.join(ROOT, "data", "tiny"), str(other), "bpe", 512, 0.10)
@@ -166,14 +168,14 @@ class Evil:
 def test_loading_never_runs_code_from_the_file(tiny_data, tmp_path):
     out = tmp_path / "run"
     model = train.main(small_args(tiny_data, out, "--max_steps=1"))
-    ckpt = train.find_checkpoint(str(out))
+    ckpt = train.Checkpointer.newest(str(out))
     with open(os.path.join(ckpt, ".metadata"), "wb") as f:  # a stranger's checkpoint
         pickle.dump({"weight": Evil()}, f)
     if os.path.exists("/tmp/nano360_pwned"):
         os.remove("/tmp/nano360_pwned")
     opt = torch.optim.AdamW(model.param_groups(0.1, False))
     with pytest.raises(pickle.UnpicklingError):
-        train.load_checkpoint(ckpt, model, opt)
+        train.Checkpointer(str(out)).load(ckpt, model, opt)
     assert not os.path.exists("/tmp/nano360_pwned")
 
 
@@ -207,7 +209,7 @@ def test_sigkill_during_save_leaves_previous_checkpoint(tiny_data, tmp_path):
     p.wait(timeout=60)
     assert p.returncode == -signal.SIGKILL
     assert os.path.exists(out / ".tmp_ckpt_0000004" / "rng_0.pt")  # the half-written one
-    assert train.find_checkpoint(str(out)) == str(out / "ckpt_0000002")
+    assert train.Checkpointer.newest(str(out)) == str(out / "ckpt_0000002")
     resumed = train.main(args)  # --resume=auto is the default
     straight = tmp_path / "straight"
     train.main(small_args(tiny_data, straight, "--max_steps=6", "--ckpt_interval=2", "--schedule_steps=6"))
@@ -228,7 +230,7 @@ def test_ctrl_c_or_sigterm_saves_a_checkpoint(tiny_data, tmp_path, sig):
             break
     rest = p.stdout.read()
     assert p.wait(timeout=60) == 130, rest
-    ckpt = train.find_checkpoint(str(out))
+    ckpt = train.Checkpointer.newest(str(out))
     assert ckpt is not None and "--resume=auto continues" in rest
     step = json.load(open(os.path.join(ckpt, "meta.json")))["step"]
     assert 3 <= step < 400
@@ -243,5 +245,5 @@ def test_gradient_accumulation_matches_one_big_batch(tiny_data, tmp_path):
     for a, b in zip(big, acc):  # same loss, and the same gradient norm before each step, up to summation order
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
-    with pytest.raises(train.ConfigError, match="global_batch_size=10 is not a multiple of batch_size=4"):
+    with pytest.raises(ConfigError, match="global_batch_size=10 is not a multiple of batch_size=4"):
         train.main(small_args(tiny_data, tmp_path / "bad", "--global_batch_size=10"))

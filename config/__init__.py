@@ -1,0 +1,252 @@
+"""
+The config system: TrainConfig (how a run trains) beside model.ModelConfig (what it trains),
+read from a file of plain Python assignments and --key=value overrides.
+
+    cfg, mcfg = load_config(["config/neo7b.py", "--lr=1e-4"])   # no file: config/toy.py
+
+Every field of TrainConfig below and of model.ModelConfig is a key. A mistake is a ConfigError
+of one line naming the file and line (or the flag), the key and what was expected.
+"""
+import ast, difflib, os, sys, typing
+from dataclasses import dataclass, field, fields
+
+from model import HAVE_TRITON, ModelConfig
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "toy.py")
+
+
+class ConfigError(Exception):
+    """A bad config: the message names the file and line (or the flag), the key and what was expected."""
+
+
+@dataclass
+class TrainConfig:
+    # run
+    out_dir: str = "out/toy"
+    seed: int = 1337
+    device: str = "auto"         # auto (cuda when there is one), cpu, cuda, cuda:N
+    dtype: str = "auto"          # auto (bfloat16 autocast on cuda, float32 on cpu), float32, bfloat16
+    compile: bool = False
+    attn_impl: str = "auto"      # triton (kernels/flash_attention.py, CUDA), sdpa (torch, anywhere), auto: triton on CUDA
+    loss_chunk: int = 0          # > 0: the training loss over this many tokens at a time, never all logits at once
+    dry_run: bool = False        # print parameters, FLOPs and memory per GPU, then exit; needs no GPU
+    world_size: int = 1          # the number of GPUs dry_run plans for (a run takes torchrun's)
+    # many GPUs: torchrun starts one process per GPU; FSDP2 shards parameters, gradients and AdamW state
+    fsdp: str = "full"           # full: shard over all ranks; hsdp: shard within a node, replicate across nodes
+    ac: str = "none"             # activation checkpointing: none, full, selective (keep matmul outputs), every:N
+    dist_timeout: int = 600      # seconds a collective waits for a dead or stuck rank before the job fails
+    async_ckpt: bool = False     # write checkpoints in the background while training goes on
+    max_bad_steps: int = 5       # steps in a row with a NaN/inf loss (each skipped) before the run stops
+    # corpus curation (python curate.py clean | dedup | train-tokenizer | pipeline):
+    # source_dir -> clean -> clean_dir -> dedup -> raw_data -> tokenize -> data_dir
+    source_dir: str = ""         # documents as fetched
+    clean_dir: str = ""          # documents that passed the cleaning rules
+    clean_rules: dict = field(default_factory=dict)  # {lang: {rule: threshold}} over curate.CLEAN_RULES
+    tokenizer_sample: int = 50_000_000  # characters train-tokenizer learns from, drawn across sources
+    # data: raw_data is prepared into data_dir on first use
+    raw_data: str = "data/tiny"
+    data_dir: str = "data/tiny/tokens"
+    tokenizer: str = "bpe"       # "bpe" (train one on raw_data), a .tiktoken path, or a tiktoken name
+    tokenizer_vocab: int = 4096  # BPE vocabulary when tokenizer="bpe" (special tokens come on top)
+    val_frac: float = 0.05       # the last val_frac of each source's tokens is held out
+    verify_data: bool = True     # sha256 every shard at start (turn off for terabytes)
+    # batch
+    seq_len: int = 256
+    batch_size: int = 16         # sequences per micro-batch per rank
+    global_batch_size: int = 0   # sequences per optimizer step over all ranks; 0: batch_size x ranks
+    doc_mask: bool = False       # packed documents do not attend to each other (split at end-of-text)
+    mixture: list = field(default_factory=list)  # [(start_step, {source: weight}), ...] phases; []: all data alike
+    fim_rate: float = 0.0        # fill-in-the-middle: the share of documents of fim_sources rearranged (CrystalCoder 0.9)
+    fim_spm_rate: float = 0.5    # of those, the share in suffix-prefix-middle order
+    fim_sources: list = field(default_factory=lambda: ["code"])
+    # optimizer
+    optimizer: str = "auto"      # adamw_triton (kernels/adamw.py, CUDA), adamw_torch, auto: triton on CUDA
+    optim_state_dtype: str = "float32"  # AdamW moments; bfloat16 (adamw_triton only) saves 4 bytes per parameter
+    lr: float = 3e-3
+    min_lr: float = 3e-4
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    weight_decay_all: bool = False  # decay every parameter (Amber), not only the matrices
+    grad_clip: float = 1.0          # 0: no clipping
+    # schedule: linear warmup, then cosine | linear | wsd | cosine_exp (MAP-Neo: cosine, then exponential decay)
+    schedule: str = "cosine"
+    max_steps: int = 1000
+    warmup_steps: int = 50
+    schedule_steps: int = 0      # the step at which cosine / linear reach min_lr; 0: max_steps
+    decay_steps: int = 0         # wsd, cosine_exp: the last decay_steps steps are the decay phase
+    # evaluation, logging, checkpoints
+    eval_interval: int = 100     # validation loss per source every eval_interval steps (and first and last)
+    eval_seqs: int = 0           # validation sequences per source; 0: all
+    log_interval: int = 10
+    ckpt_interval: int = 500
+    keep_last: int = 2           # complete checkpoints kept, besides every keep_every-th
+    keep_every: int = 0
+    resume: str = "auto"         # auto: newest complete checkpoint in out_dir; "": fresh; or a checkpoint dir
+    init_from: str = ""          # a fresh run starts from these weights (eval.py import of a Llama, or --consolidate)
+    sample_tokens: int = 64      # tokens sampled per prompt at the end; 0: no samples
+
+    def __post_init__(self):
+        checks = [
+            (self.schedule in ("cosine", "linear", "wsd", "cosine_exp"), f"schedule={self.schedule!r} must be cosine, linear, wsd or cosine_exp"),
+            (self.schedule not in ("wsd", "cosine_exp") or 0 < self.decay_steps <= self.max_steps,
+             f"schedule={self.schedule!r} needs 0 < decay_steps <= max_steps, got decay_steps={self.decay_steps}"),
+            (self.optimizer in ("auto", "adamw_triton", "adamw_torch"),
+             f"optimizer={self.optimizer!r} must be auto, adamw_triton or adamw_torch"),
+            (self.optim_state_dtype in ("float32", "bfloat16"), f"optim_state_dtype={self.optim_state_dtype!r} must be float32 or bfloat16"),
+            (self.attn_impl in ("auto", "sdpa", "triton"), f"attn_impl={self.attn_impl!r} must be 'auto', 'sdpa' or 'triton'"),
+            (self.attn_impl != "triton" or HAVE_TRITON, "attn_impl='triton' needs triton installed"),
+            (self.loss_chunk >= 0, f"loss_chunk={self.loss_chunk} must be >= 0"),
+            (self.fsdp in ("full", "hsdp"), f"fsdp={self.fsdp!r} must be full or hsdp"),
+            (self.ac in ("none", "full", "selective") or self.ac.startswith("every:") and self.ac[6:].isdigit()
+             and int(self.ac[6:]) > 0, f"ac={self.ac!r} must be none, full, selective or every:N (N >= 1)"),
+            (self.dtype in ("auto", "float32", "bfloat16"), f"dtype={self.dtype!r} must be auto, float32 or bfloat16"),
+            (min(self.seq_len, self.batch_size, self.max_steps, self.world_size) > 0,
+             "seq_len, batch_size, max_steps and world_size must be positive"),
+            (self.global_batch_size >= 0 and min(self.eval_interval, self.log_interval, self.ckpt_interval, self.keep_last) > 0,
+             "global_batch_size must be >= 0 and eval_interval, log_interval, ckpt_interval, keep_last positive"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(msg)
+
+
+def global_batch(cfg, world_size):
+    """Sequences per optimizer step over all ranks."""
+    return cfg.global_batch_size or cfg.batch_size * world_size
+
+
+def resolve_vocab(mcfg, n_tokens):
+    """Set mcfg.vocab_size from a tokenizer of n_tokens when it is 0 (padded to a multiple of 64,
+    which matmuls like), and refuse a vocabulary too small for the tokenizer."""
+    if mcfg.vocab_size == 0:
+        mcfg.vocab_size = (n_tokens + 63) // 64 * 64
+    if mcfg.vocab_size < n_tokens:
+        raise ConfigError(f"vocab_size={mcfg.vocab_size} is smaller than the tokenizer's {n_tokens} tokens")
+    return mcfg
+
+
+# -----------------------------------------------------------------------------
+# files of plain assignments, then --key=value overrides
+
+def key_types():
+    types = {}
+    for cls in (ModelConfig, TrainConfig):
+        hints = typing.get_type_hints(cls)
+        types.update({f.name: (cls, hints[f.name]) for f in fields(cls)})
+    return types
+
+
+def check_key(key, where, types):
+    if key not in types:
+        near = difflib.get_close_matches(key, types, n=1, cutoff=0.0)
+        raise ConfigError(f"{where}: unknown key '{key}' (did you mean '{near[0]}'?)")
+
+
+def check_value(key, value, typ, where):
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, typ) and not (typ is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{where}: {key} = {value!r} is {type(value).__name__}, expected {typ.__name__}")
+
+
+def parse_flag(raw, typ):
+    if typ is str:
+        return raw
+    if typ is bool and raw.lower() in ("true", "false", "1", "0", "yes", "no"):
+        return raw.lower() in ("true", "1", "yes")
+    try:
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return raw  # reported by check_value as the wrong type
+
+
+def read_config_file(path, types):
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    src = open(path, encoding="utf-8").read()
+    try:
+        tree = ast.parse(src, path)
+    except SyntaxError as e:
+        raise ConfigError(f"{path}:{e.lineno}: syntax error: {e.msg}") from None
+    lines = {t.id: node.lineno for node in ast.walk(tree) if isinstance(node, ast.Assign)
+             for t in node.targets if isinstance(t, ast.Name)}
+    namespace = {}
+    try:
+        exec(compile(tree, path, "exec"), namespace)
+    except Exception as e:
+        tb = e.__traceback__
+        while tb.tb_next:
+            tb = tb.tb_next
+        raise ConfigError(f"{path}:{tb.tb_lineno}: {type(e).__name__}: {e}") from None
+    values = {}
+    for key, value in namespace.items():
+        if key.startswith("_") or callable(value) or type(value).__name__ == "module":
+            continue
+        where = f"{path}:{lines.get(key, '?')}"
+        check_key(key, where, types)
+        values[key] = (value, where)
+    return values
+
+
+def load_config(argv):
+    """[config.py] [--key=value ...] -> (TrainConfig, ModelConfig); config/toy.py when no file is given."""
+    types = key_types()
+    argv = list(argv)
+    path = argv.pop(0) if argv and not argv[0].startswith("-") else DEFAULT_CONFIG
+    values = read_config_file(path, types)
+    for arg in argv:
+        if not arg.startswith("--"):
+            raise ConfigError(f"unexpected argument {arg!r}: give one config file first, then --key=value overrides")
+        key, eq, raw = arg[2:].partition("=")
+        check_key(key, arg, types)
+        if not eq and types[key][1] is not bool:
+            raise ConfigError(f"{arg}: needs a value, as in --{key}=VALUE")
+        values[key] = (parse_flag(raw, types[key][1]) if eq else True, arg)
+    parts = {ModelConfig: {}, TrainConfig: {}}
+    for key, (value, where) in values.items():
+        cls, typ = types[key]
+        parts[cls][key] = check_value(key, value, typ, where)
+    try:
+        return TrainConfig(**parts[TrainConfig]), ModelConfig(**parts[ModelConfig])
+    except ValueError as e:
+        raise ConfigError(f"{path} with {' '.join(argv) or 'no overrides'}: {e}") from None
+
+
+def config_from_dict(d):
+    """(TrainConfig, ModelConfig) from a checkpoint's meta.json "config"."""
+    train, model = dict(d["train"]), dict(d["model"])
+    for key in ("attn_impl", "loss_chunk"):  # run settings that older checkpoints kept with the model
+        if key in model:
+            train.setdefault(key, model.pop(key))
+    return TrainConfig(**train), ModelConfig(**model)
+
+
+def pop_flag(args, flag):
+    """Remove `flag=V` or `flag V` from args and return V (None when absent)."""
+    for k, a in enumerate(args):
+        if a.startswith(flag + "="):
+            return args.pop(k).split("=", 1)[1]
+        if a == flag:
+            if k + 1 == len(args):
+                raise ConfigError(f"{flag} needs a value")
+            args.pop(k)
+            return args.pop(k)
+    return None
+
+
+def run_command(main, *errors):
+    """`python X.py ...`: main(argv); a ConfigError or one of errors ends it in one line on stderr
+    with status 2, Ctrl-C with 130, a closed pipe (`... | head`) quietly."""
+    try:
+        status = main(sys.argv[1:])
+    except (ConfigError, *errors) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(0)
+    sys.exit(status if isinstance(status, int) else 0)
