@@ -66,9 +66,9 @@ def loss_and_bpb(model, cfg, enc, max_seqs=0):
     out, nats, nbytes = {}, 0.0, 0
     for source, seqs in val.items():
         b = sum(len(enc.decode_bytes([t for t in row if t not in special])) for row in seqs[:, 1:].tolist())
-        out[f"loss/{source}"] = losses[source]
-        out[f"bpb/{source}"] = losses[source] * seqs[:, 1:].size / math.log(2) / max(b, 1)
-        nats, nbytes = nats + losses[source] * seqs[:, 1:].size, nbytes + b
+        n = losses[source] * seqs[:, 1:].size  # the source's loss in nats, summed over its tokens
+        out[f"loss/{source}"], out[f"bpb/{source}"] = losses[source], n / math.log(2) / max(b, 1)
+        nats, nbytes = nats + n, nbytes + b
     out["loss/all"], out["bpb/all"] = losses["all"], nats / math.log(2) / max(nbytes, 1)
     return out
 

@@ -338,7 +338,7 @@ def train_bench(config, overrides, steps, warmup, device, variants, peer, out, w
         else:
             model = train.build_model(mcfg, device, cfg.seed, cfg)
             run, flops = model, model.estimate_flops(cfg.seq_len)
-            optimizer = train.make_optimizer(model, cfg, torch.device(device), torch_fused=device == "cuda" or None)
+            optimizer = train.make_optimizer(model, cfg, torch.device(device), torch_fused=device == "cuda")
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         times = []

@@ -1,4 +1,4 @@
-import gzip, json, os, random
+import gzip, json, os, random, subprocess, sys
 
 import numpy as np
 import pytest
@@ -257,3 +257,38 @@ def test_fim_is_deterministic_and_invertible(tiny_data):
     # code only: the other sources come out untouched
     other = ids[[b.sources[s] != "code" for s in b.locate(ids)[0]]]
     assert (b.tokens(other) == plain.tokens(other)).all()
+
+
+def test_a_folder_is_written_whole_with_done_last(tmp_path):
+    final = tmp_path / "out"
+    final.mkdir()
+    (final / "old.txt").write_text("the previous complete version")
+    tmp = data.tmp_dir(str(final))
+    assert os.path.basename(tmp) == ".tmp_out" and os.listdir(tmp) == []
+    (open(os.path.join(tmp, "new.txt"), "w")).write("half written")
+    # a crash here leaves the final folder as it was, and no DONE anywhere
+    assert os.listdir(final) == ["old.txt"] and not data.is_done(tmp)
+    assert data.tmp_dir(str(final), create=False) == tmp and os.listdir(tmp) == ["new.txt"]  # other ranks: the name only
+    data.commit_dir(tmp, str(final))
+    assert sorted(os.listdir(final)) == ["DONE", "new.txt"] and not os.path.exists(tmp) and data.is_done(str(final))
+    assert data.tmp_dir(str(final)) == tmp and os.listdir(tmp) == []  # a leftover is emptied before reuse
+
+
+def test_prepared_builds_a_folder_without_done_again(tmp_path, capsys):
+    cfg, _ = load_config([f"--raw_data={ROOT}/data/tiny/code.jsonl", f"--data_dir={tmp_path / 'tok'}",
+                          "--tokenizer_vocab=300"])
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok" / "manifest.json").write_text("{}")  # what a crash of older code could leave
+    m = data.prepared(cfg)
+    assert "preparing" in capsys.readouterr().out and set(m["sources"]) == {"code"}
+    assert data.is_done(str(tmp_path / "tok")) and not os.path.exists(tmp_path / ".tmp_tok")
+    data.prepared(cfg)  # complete now: not prepared again
+    assert "preparing" not in capsys.readouterr().out
+
+
+def test_command_line_errors_are_one_line():
+    for cmd, expected in ((["data.py", "show", "--ckpt", "nope"], "error: checkpoint not found: nope\n"),
+                          (["curate.py", "clean", "--clean_dirr=x"],
+                           "error: --clean_dirr=x: unknown key 'clean_dirr' (did you mean 'clean_dir'?)\n")):
+        r = subprocess.run([sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True)
+        assert (r.returncode, r.stderr) == (2, expected)

@@ -247,3 +247,17 @@ def test_gradient_accumulation_matches_one_big_batch(tiny_data, tmp_path):
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
     with pytest.raises(ConfigError, match="global_batch_size=10 is not a multiple of batch_size=4"):
         train.main(small_args(tiny_data, tmp_path / "bad", "--global_batch_size=10"))
+
+
+def test_checkpoints_that_kept_run_settings_with_the_model_still_load():
+    # older checkpoints wrote attn_impl and loss_chunk into meta.json's model config
+    from config import config_from_dict
+    from dataclasses import asdict
+    from model import ModelConfig
+    old = dict(train=asdict(TrainConfig(out_dir="x")), model={**asdict(ModelConfig(n_layer=3)), "attn_impl": "sdpa",
+                                                                "loss_chunk": 512})
+    for key in ("attn_impl", "loss_chunk"):
+        del old["train"][key]
+    cfg, mcfg = config_from_dict(old)
+    assert (cfg.attn_impl, cfg.loss_chunk, cfg.out_dir, mcfg.n_layer) == ("sdpa", 512, "x", 3)
+    assert not hasattr(mcfg, "attn_impl")
