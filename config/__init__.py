@@ -1,22 +1,74 @@
 """
-The config system: TrainConfig (how a run trains) beside model.ModelConfig (what it trains),
+The config system: TrainConfig (how a run trains) beside ModelConfig (what it trains; model.py
+builds it),
 read from a file of plain Python assignments and --key=value overrides.
 
     cfg, mcfg = load_config(["config/neo7b.py", "--lr=1e-4"])   # no file: config/toy.py
 
-Every field of TrainConfig below and of model.ModelConfig is a key. A mistake is a ConfigError
+Every field of TrainConfig and of ModelConfig below is a key. A mistake is a ConfigError
 of one line naming the file and line (or the flag), the key and what was expected.
 """
-import ast, difflib, os, sys, typing
+import ast, difflib, importlib.util, math, os, sys, typing
 from dataclasses import dataclass, field, fields
-
-from model import HAVE_TRITON, ModelConfig
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "toy.py")
 
 
 class ConfigError(Exception):
     """A bad config: the message names the file and line (or the flag), the key and what was expected."""
+
+
+HAVE_TRITON = importlib.util.find_spec("triton") is not None  # not on macOS or Windows: attn_impl="auto" uses SDPA
+
+
+@dataclass
+class ModelConfig:
+    # what a model is; model.py builds it. A plain dataclass here, so that reading a config
+    # (curate.py, data.py) needs no torch
+    vocab_size: int = 0          # 0: taken from the tokenizer, padded to a multiple of 64
+    n_layer: int = 4
+    d_model: int = 128
+    n_head: int = 4
+    n_kv_head: int = 0           # 0: n_head (MHA); fewer for GQA, 1 for MQA
+    head_dim: int = 0            # 0: d_model // n_head (MAP-Neo uses 192 with d_model 3072)
+    ffn_hidden: int = 384        # SwiGLU hidden size, explicit (11008, 10922, 24576)
+    max_seq_len: int = 256       # longest context: sizes the rotary tables
+    norm: str = "rmsnorm"        # "rmsnorm" or "layernorm" (LayerNorm has a bias)
+    norm_eps: float = 1e-5
+    qkv_bias: bool = False
+    attn_out_bias: bool = False
+    ffn_bias: bool = False
+    rope_theta: float = 10000.0
+    rotary_dim: int = 0          # 0: the whole head; CrystalCoder rotates 32 of 128 dims
+    tie_embeddings: bool = False
+    # initialisation: normal(0, std), truncated at +-init_truncate std when > 0
+    init_std: float = 0.02       # hidden matrices (and an untied lm_head)
+    init_std_embed: float = 0.0  # 0: init_std
+    init_std_out: float = 0.0    # attention and MLP output projections; 0: init_std / sqrt(2 n_layer)
+    init_truncate: float = 0.0
+    # muP (CrystalCoder); the defaults are the standard parametrisation
+    embed_mult: float = 1.0      # token embeddings are multiplied by this (14.6)
+    logit_mult: float = 1.0      # logits are multiplied by this (2.22 * 0.0625)
+    qk_scale_by_d: bool = False  # attention scores scaled by 1/head_dim instead of 1/sqrt(head_dim)
+    hidden_lr_mult: float = 1.0  # lr multiplier of the matrices inside blocks (0.0625)
+
+    def __post_init__(self):
+        if min(self.n_layer, self.d_model, self.n_head, self.ffn_hidden, self.max_seq_len) <= 0 or self.vocab_size < 0:
+            raise ValueError("n_layer, d_model, n_head, ffn_hidden and max_seq_len must be positive")
+        self.n_kv_head = self.n_kv_head or self.n_head
+        self.head_dim = self.head_dim or self.d_model // self.n_head
+        self.rotary_dim = self.rotary_dim or self.head_dim
+        self.init_std_embed = self.init_std_embed or self.init_std
+        self.init_std_out = self.init_std_out or self.init_std / math.sqrt(2 * self.n_layer)
+        checks = [
+            (self.n_head % self.n_kv_head == 0, f"n_head={self.n_head} must be a multiple of n_kv_head={self.n_kv_head}"),
+            (self.rotary_dim % 2 == 0 and self.rotary_dim <= self.head_dim,
+             f"rotary_dim={self.rotary_dim} must be even and at most head_dim={self.head_dim}"),
+            (self.norm in ("rmsnorm", "layernorm"), f"norm={self.norm!r} must be 'rmsnorm' or 'layernorm'"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(msg)
 
 
 @dataclass
