@@ -261,7 +261,8 @@ def check(text, lang, rules=CLEAN_RULES):
 # -----------------------------------------------------------------------------
 # near-duplicates: MAP-Neo's "Matrix" dedup: exact documents, then MinHash-LSH near-duplicates
 # (character n-grams, 128 permutations, 9 bands x 13 rows, connected components), then exact
-# paragraphs repeated from an earlier kept document.
+# paragraphs repeated from an earlier kept document. dedup_texts() below runs it on a list of
+# texts in memory; the dedup stage runs the same steps over shards of any size.
 
 
 _NON_WORD = re.compile(r"[\W_]+")  # \w is every unicode letter and digit, CJK included
@@ -272,8 +273,14 @@ def norm_for_dedup(text):
     return _NON_WORD.sub(" ", unicodedata.normalize("NFKC", text).lower()).strip()
 
 
+def _key128(normed):
+    return np.frombuffer(hashlib.blake2b(normed.encode(), digest_size=16).digest(), "<u8")
+
+
 def exact_key(text):
-    return hashlib.blake2b(norm_for_dedup(text).encode(), digest_size=16).digest()
+    """A 128-bit hash of norm_for_dedup(text): equal for documents that differ only in case,
+    punctuation and spacing."""
+    return _key128(norm_for_dedup(text)).tobytes()
 
 
 # -----------------------------------------------------------------------------
@@ -281,24 +288,46 @@ def exact_key(text):
 #
 # shingle size: an edit destroys every shingle that overlaps it, so small n keeps edited copies
 # similar; but small n also makes unrelated text similar, as a long document comes to hold most
-# of its language's common n-grams. n is one word in either language: 5 characters of english
+# of its language's common n-grams. n is one word in either script: 5 characters of english
 # (a word is ~4.7 letters and a space), 2 of chinese (a word is ~1.5 characters). on data/tiny,
 # Jaccard of a ~2 KB chunk and its copy with 2% / 5% of words replaced (and of two distinct
 # ~12 KB chapters of one book / two distinct chinese texts):
 #     english  n=3: 0.95 / 0.89 (0.60)   n=4: 0.94 / 0.86 (0.41)   n=5: 0.93 / 0.84 (0.26)
 #     chinese  n=2: 0.95 / 0.88 (0.12)   n=3: 0.93 / 0.85 (0.05)   n=5: 0.89 / 0.77
-# so a document that is mostly CJK (kana included; Hangul has spaces, so it counts as english)
-# uses ngram_cjk.
+# so the size is chosen per position, not per document: a shingle that starts on a CJK
+# character (kana included; Hangul has spaces, so it counts as english) is 2 characters long,
+# any other 5. Chinese technical prose full of commands and identifiers gets word-sized
+# shingles in both of its scripts. Spaces next to CJK characters (punctuation, once
+# normalised) are dropped first: chinese has none of its own.
 
-def shingles(text, ngram=5, ngram_cjk=2):
-    """Sorted unique 32-bit hashes of the character n-grams of norm_for_dedup(text)."""
-    c = np.frombuffer(norm_for_dedup(text).encode("utf-32-le"), np.uint32).astype(np.uint64)
-    cjk = ((c >= 0x2E80) & (c <= 0x9FFF)) | ((c >= 0xF900) & (c <= 0xFAFF)) | ((c >= 0x20000) & (c <= 0x3FFFF))
-    n = ngram_cjk if 2 * int(cjk.sum()) > int((c != 32).sum()) else ngram
-    m = max(len(c) - n + 1, 1)  # shorter than n: one shingle, the whole text
-    h = np.zeros(m, dtype=np.uint64)
-    for j in range(min(n, len(c))):  # polynomial hash of every window, all windows at once
+def _is_cjk(c):
+    return ((c >= 0x2E80) & (c <= 0x9FFF)) | ((c >= 0xF900) & (c <= 0xFAFF)) | ((c >= 0x20000) & (c <= 0x3FFFF))
+
+
+def _window_hashes(c, n, m):
+    # polynomial hash of each of the first m windows of n characters, all windows at once
+    h = np.zeros(max(m, 0), dtype=np.uint64)
+    for j in range(n if m > 0 else 0):
         h = h * np.uint64(0x100000001B3) + c[j:j + m]
+    return h
+
+
+def shingles(text, ngram=5, ngram_cjk=2, normed=False):
+    """Sorted unique 32-bit hashes of the character n-grams of norm_for_dedup(text) (text itself
+    when normed): ngram_cjk characters from a CJK character, ngram from any other."""
+    c = np.frombuffer((text if normed else norm_for_dedup(text)).encode("utf-32-le"), np.uint32).astype(np.uint64)
+    cjk = _is_cjk(c)
+    if cjk.any():
+        near = np.zeros(len(c), bool)
+        near[1:] |= cjk[:-1]
+        near[:-1] |= cjk[1:]
+        keep = ~((c == 32) & near)
+        c, cjk = c[keep], cjk[keep]
+    h = _window_hashes(c, ngram, len(c) - ngram + 1)
+    if cjk.any():  # a window that starts on a CJK character is ngram_cjk long
+        h = np.concatenate([h[~cjk[:len(h)]], _window_hashes(c, ngram_cjk, len(c) - ngram_cjk + 1)[cjk[:len(c) - ngram_cjk + 1]]])
+    if len(h) == 0:  # shorter than a window: one shingle, the whole text
+        h = _window_hashes(c, len(c), 1)
     x = np.sort((data.splitmix64(h) >> np.uint64(32)).astype(np.uint32))
     return x[np.concatenate(([True], x[1:] != x[:-1]))]  # np.unique, minus its per-call overhead
 
@@ -312,12 +341,12 @@ def _perm_params(num_perm, seed):
     return ab[:num_perm, None], ab[num_perm:, None]
 
 
-def minhash(text, ngram=5, ngram_cjk=2, num_perm=128, seed=0):
+def minhash(text, ngram=5, ngram_cjk=2, num_perm=128, seed=0, normed=False):
     """MinHash signature, uint32 (num_perm,), a pure function of (text, parameters).
     Permutation i is h_i(x) = ((a_i x + b_i) mod 2^64) >> 32 on 32-bit shingle hashes x:
     Dietzfelbinger's multiply-add-shift, strongly universal like (a x + b) mod p, but with no
     modulo and no overflow to guard. The shift is monotone, so only the minimum is shifted."""
-    x = shingles(text, ngram, ngram_cjk).astype(np.uint64)
+    x = shingles(text, ngram, ngram_cjk, normed).astype(np.uint64)
     a, b = _perm_params(num_perm, seed)
     sig = np.full(num_perm, np.iinfo(np.uint64).max, dtype=np.uint64)
     for i in range(0, len(x), 4096):  # blocks keep the (num_perm, block) matrix in cache
@@ -336,36 +365,69 @@ def minhash(text, ngram=5, ngram_cjk=2, num_perm=128, seed=0):
 # permutations; the other 11 are unused) that threshold is (1/9)^(1/13) = 0.845:
 #     s       0.5     0.6     0.7    0.8    0.85   0.9    0.95
 #     P    0.0011   0.012   0.084   0.40   0.69   0.93   0.998
-# the shingle size sets which edits keep s above it (see minhash above).
+# the shingle size sets which edits keep s above it (see minhash above). A band is one 64-bit
+# hash of its r rows (a collision only adds a candidate, which verification then judges).
+
+def band_hashes(signatures, bands=9, rows=13):
+    """(n, bands) uint64: a hash of each band of rows of each signature."""
+    assert bands * rows <= signatures.shape[1], "bands * rows must fit in num_perm"
+    s = signatures[:, :bands * rows].astype(np.uint64).reshape(len(signatures), bands, rows)
+    h = np.full(s.shape[:2], 0x9E3779B97F4A7C15, np.uint64)
+    for r in range(rows):
+        h = data.splitmix64(h ^ s[:, :, r])
+    return h
+
+
+def _groups(keys, docs):
+    # rows sorted by (keys, doc): the order, and which rows open a run of equal keys
+    order = np.lexsort((docs, *keys.T[::-1]))
+    k = keys[order]
+    new = np.ones(len(order), bool)
+    new[1:] = (k[1:] != k[:-1]).any(axis=1)
+    return order, new
+
+
+def first_pairs(keys, docs):
+    """(first, doc) for every doc that shares its key with an earlier one: first is the smallest
+    doc of that key. keys: (n, k) uint64 rows; docs: (n,) uint64, any order."""
+    order, new = _groups(keys, docs)
+    d = docs[order]
+    first = d[np.flatnonzero(new)[np.cumsum(new) - 1]]
+    return np.stack([first[~new], d[~new]], axis=1)
+
 
 def lsh_candidates(signatures, bands=9, rows=13):
     """Sorted pairs (i, j), i < j, that share a band: j paired with the first document in the bucket."""
-    assert bands * rows <= signatures.shape[1], "bands * rows must fit in num_perm"
-    pairs = set()
-    for band in range(bands):
-        keys = signatures[:, band * rows:(band + 1) * rows]
-        _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
-        rep = first[inverse.ravel()]
-        for j in np.flatnonzero(rep != np.arange(len(rep))).tolist():
-            pairs.add((int(rep[j]), j))
-    return sorted(pairs)
+    h, docs = band_hashes(signatures, bands, rows), np.arange(len(signatures), dtype=np.uint64)
+    pairs = np.concatenate([first_pairs(h[:, [b]], docs) for b in range(bands)])
+    return [tuple(p) for p in np.unique(pairs, axis=0).astype(np.int64).tolist()]
+
+
+def roots(pairs):
+    """(nodes, root of each): the nodes of the graph of pairs (sorted) and the smallest node of
+    each one's connected component. Min-label propagation with pointer jumping, in numpy:
+    memory in the number of pairs, not of documents."""
+    nodes, inv = np.unique(np.asarray(pairs, np.uint64).reshape(-1, 2), return_inverse=True)
+    u, v = inv.reshape(-1, 2).T
+    label = np.arange(len(nodes))
+    while True:
+        new = label.copy()
+        low = np.minimum(label[u], label[v])
+        np.minimum.at(new, u, low)
+        np.minimum.at(new, v, low)
+        new = new[new]
+        if (new == label).all():
+            return nodes, nodes[label]
+        label = new
 
 
 def components(n, pairs):
-    """Union-find over n nodes: each node's representative, the smallest index in its component."""
-    parent = list(range(n))
-
-    def find(i):
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]  # path halving
-            i = parent[i]
-        return i
-
-    for i, j in pairs:
-        ri, rj = find(i), find(j)
-        if ri != rj:
-            parent[max(ri, rj)] = min(ri, rj)  # roots stay the smallest index
-    return np.array([find(i) for i in range(n)], dtype=np.int64)
+    """Each of n nodes' representative: the smallest index in its connected component."""
+    rep = np.arange(n, dtype=np.int64)
+    if len(pairs):
+        nodes, root = roots(pairs)
+        rep[nodes.astype(np.int64)] = root.astype(np.int64)
+    return rep
 
 
 def lsh_clusters(signatures, bands=9, rows=13):
@@ -373,106 +435,229 @@ def lsh_clusters(signatures, bands=9, rows=13):
     return components(len(signatures), lsh_candidates(signatures, bands, rows))
 
 
-# -----------------------------------------------------------------------------
-# the pipeline
-
-def _minhash_args(args):
-    return minhash(*args)
-
-
-def near_pairs(texts, ngram, ngram_cjk, num_perm, bands, rows, seed, verify, workers):
-    """Pairs (p, q) of texts whose MinHash signatures share an LSH bucket, each kept only if the
-    true Jaccard of its shingle sets is >= verify (when verify > 0)."""
-    jobs = [(t, ngram, ngram_cjk, num_perm, seed) for t in texts]
-    if workers > 1 and len(jobs) > 64:
-        from multiprocessing import Pool
-        with Pool(workers) as pool:
-            sigs = np.array(pool.map(_minhash_args, jobs, chunksize=32), dtype=np.uint32)
-    else:
-        sigs = np.array([minhash(*job) for job in jobs], dtype=np.uint32)
-    pairs = lsh_candidates(sigs.reshape(-1, num_perm), bands, rows)
-    if verify <= 0:
+def verified(pairs, sig_of, verify):
+    """The pairs whose signatures agree on at least verify of their permutations (an estimate of
+    their Jaccard similarity, standard error <= 0.045 at 128 permutations). Banding alone lets
+    8% of pairs at s=0.7 and 0.1% at s=0.5 through, and one such edge can chain two clusters."""
+    if verify <= 0 or len(pairs) == 0:
         return pairs
-    sets = {}  # (each pair is a document and its bucket's first: a failed check is not retried)
-
-    def sh(p):
-        if p not in sets:
-            sets[p] = shingles(texts[p], ngram, ngram_cjk)
-        return sets[p]
-
-    def jaccard(p, q):
-        inter = len(np.intersect1d(sh(p), sh(q), assume_unique=True))
-        return inter / (len(sh(p)) + len(sh(q)) - inter)
-    return [(p, q) for p, q in pairs if jaccard(p, q) >= verify]
-
-
-def dedup_texts(docs, ngram=5, ngram_cjk=2, num_perm=128, bands=9, rows=13, seed=0, verify=0.7, min_para=50,
-                workers=1):
-    """Exact, near-duplicate and paragraph dedup of a list of texts; the first copy is kept.
-    verify: a candidate pair is joined only if the true Jaccard of its shingle sets is >= verify
-    (0 turns it off). Banding alone lets 8% of pairs at s=0.7 and 0.1% at s=0.5 through, and one
-    such edge can chain two clusters; candidates are few, so checking them is cheap.
-    min_para: paragraphs shorter than this (normalised characters) are never removed, so lines
-    like "CHAPTER I" survive; a document left with less than that is dropped.
-    Returns dict(keep=[kept indices], texts={index: new text where paragraphs went},
-    removed=[(index, "exact" | "near" | "paragraphs", kept index or None)],
-    clusters=[[indices] of every near-duplicate cluster of size > 1]). workers > 1: the MinHash
-    signatures in that many processes (the same numbers)."""
-    removed, first_of = [], {}
-    survivors = []
-    for i, d in enumerate(docs):  # (a) exact documents
-        k = exact_key(d)
-        if k in first_of:
-            removed.append((i, "exact", first_of[k]))
-        else:
-            first_of[k] = i
-            survivors.append(i)
-
-    # (b) near-duplicates among the survivors (positions p in survivors, indices i in docs)
-    pairs = near_pairs([docs[i] for i in survivors], ngram, ngram_cjk, num_perm, bands, rows, seed, verify, workers)
-    rep = components(len(survivors), pairs)
-    clusters = {}
-    for p, r in enumerate(rep.tolist()):
-        clusters.setdefault(survivors[r], []).append(survivors[p])
-        if r != p:
-            removed.append((survivors[p], "near", survivors[r]))
-    clusters = [c for c in clusters.values() if len(c) > 1]
-
-    # (c) long paragraphs already seen in an earlier kept document
-    keep, texts, seen = [], {}, set()
-    for p, i in enumerate(survivors):
-        if rep[p] != p:
-            continue
-        paras = docs[i].split("\n\n")
-        normed = [norm_for_dedup(t) for t in paras]
-        keys = [hashlib.sha256(t.encode()).digest() if len(t) >= min_para else None for t in normed]
-        kept = [t for t, k in zip(paras, keys) if k is None or k not in seen]
-        seen.update(k for k in keys if k is not None)
-        if len(kept) == len(paras):
-            keep.append(i)
-        elif len(norm_for_dedup("\n\n".join(kept))) < min_para:  # nothing worth keeping left
-            removed.append((i, "paragraphs", None))
-        else:
-            keep.append(i)
-            texts[i] = "\n\n".join(kept)
-    removed.sort()
-    return dict(keep=keep, texts=texts, removed=removed, clusters=clusters)
+    return pairs[(sig_of(pairs[:, 0]) == sig_of(pairs[:, 1])).mean(axis=1) >= verify]
 
 
 # -----------------------------------------------------------------------------
-# the stages clean and dedup: a folder of documents in, a folder out, written whole (so a
-# finished stage is never redone and an input is never overwritten), with what was removed and why
+# the dedup steps, each on arrays of one partition of the corpus, and dedup_texts() on a list
 
-def _write_stage(out_dir, kept, removed, report):
-    tmp = data.tmp_dir(out_dir)
-    for source, docs in kept.items():
-        with open(os.path.join(tmp, re.sub(r"[^A-Za-z0-9_.-]", "_", source) + ".jsonl"), "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(d, ensure_ascii=False) + "\n" for d in docs)
-    with open(os.path.join(tmp, "removed.jsonl"), "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in removed)
-    with open(os.path.join(tmp, "report.json"), "w") as f:
-        json.dump(report, f, indent=1, ensure_ascii=False)
-    data.commit_dir(tmp, out_dir)
+DEDUP = dict(ngram=5, ngram_cjk=2, num_perm=128, bands=9, rows=13, seed=0, verify=0.7, min_para=50)
+
+
+def paragraphs(text, min_para):
+    """The paragraphs of text (split at blank lines) and a 128-bit key of each normalised one of
+    at least min_para characters (None for shorter ones, which are never removed)."""
+    paras = text.split("\n\n")
+    normed = [norm_for_dedup(t) for t in paras]
+    return paras, [_key128(t) if len(t) >= min_para else None for t in normed]
+
+
+def features(text, p=DEDUP):
+    """What dedup needs of one document: its exact key (2 uint64), its MinHash signature and
+    the distinct keys of its long paragraphs ((k, 2) uint64)."""
+    normed = norm_for_dedup(text)
+    keys = {tuple(k) for k in paragraphs(text, p["min_para"])[1] if k is not None}
+    return (_key128(normed), minhash(normed, p["ngram"], p["ngram_cjk"], p["num_perm"], p["seed"], normed=True),
+            np.array(sorted(keys), np.uint64).reshape(-1, 2))
+
+
+def paragraph_drops(records, removed):
+    """(doc, key_hi, key_lo) of each long paragraph already in an earlier kept document, sorted.
+    records: (doc, key_hi, key_lo), the distinct paragraph keys of each document; removed:
+    sorted arrays of the documents that are not kept (exact and near duplicates), which own
+    nothing. A document later dropped for its paragraphs still owns those it had first."""
+    gone = np.zeros(len(records), bool)
+    for r in removed:
+        gone |= _isin(records[:, 0], r)
+    records = records[~gone]
+    order, new = _groups(records[:, 1:], records[:, 0])
+    drops = records[order][~new]  # every record of a key but the first (smallest) document's
+    return drops[np.lexsort((drops[:, 2], drops[:, 1], drops[:, 0]))]
+
+
+def without_paragraphs(text, drops, min_para):
+    """text without its paragraphs whose keys are in drops (a set of (hi, lo)); None when less
+    than min_para normalised characters would be left."""
+    if not drops:
+        return text
+    paras, keys = paragraphs(text, min_para)
+    kept = [t for t, k in zip(paras, keys) if k is None or tuple(k.tolist()) not in drops]
+    if len(kept) == len(paras):
+        return text
+    text = "\n\n".join(kept)
+    return None if len(norm_for_dedup(text)) < min_para else text
+
+
+def dedup_texts(docs, workers=1, **params):
+    """Exact, near-duplicate and paragraph dedup of a list of texts, in memory; the first copy
+    is kept. Parameters (DEDUP): shingle sizes, num_perm, bands x rows, seed; verify: a
+    candidate pair is joined only if its signatures agree on >= verify of the permutations (0
+    turns it off); min_para: paragraphs shorter than this (normalised characters) are never
+    removed, so lines like "CHAPTER I" survive; a document left with less than that is
+    dropped. Returns dict(keep=[kept indices], texts={index: new text where paragraphs went},
+    removed=[(index, "exact" | "near" | "paragraphs", kept index or None)],
+    clusters=[[indices] of every near-duplicate cluster of size > 1]). workers > 1: the
+    features in that many processes (the same numbers)."""
+    p = {**DEDUP, **params}
+    if workers > 1 and len(docs) > 64:
+        from multiprocessing import get_context
+        with get_context("spawn").Pool(workers) as pool:
+            feats = pool.starmap(features, zip(docs, repeat(p)), chunksize=32)
+    else:
+        feats = [features(t, p) for t in docs]
+    n, ids = len(docs), np.arange(len(docs), dtype=np.uint64)
+    keys = np.array([f[0] for f in feats], np.uint64).reshape(n, 2)
+    sigs = np.array([f[1] for f in feats], np.uint32).reshape(n, p["num_perm"])
+    exact = first_pairs(keys, ids)  # (kept, copy)
+    h = band_hashes(sigs, p["bands"], p["rows"])
+    cand = np.unique(np.concatenate([first_pairs(h[:, [b]], ids) for b in range(p["bands"])]), axis=0)
+    nodes, root = roots(verified(cand, lambda d: sigs[d.astype(np.int64)], p["verify"]))
+    copies = np.sort(exact[:, 1])
+    live = ~_isin(nodes, copies)  # exact copies sit in their original's cluster: left out
+    nodes, root = nodes[live], root[live]
+    near = nodes != root
+    records = np.concatenate([np.c_[np.full(len(f[2]), i, np.uint64), f[2]] for i, f in enumerate(feats)]
+                             + [np.zeros((0, 3), np.uint64)])
+    drops = paragraph_drops(records, [copies, np.sort(nodes[near])])
+    removed = [(int(c), "exact", int(k)) for k, c in exact.tolist()] + \
+              [(int(d), "near", int(r)) for d, r in zip(nodes[near].tolist(), root[near].tolist())]
+    gone, keep, texts = {i for i, _, _ in removed}, [], {}
+    per_doc = {}
+    for d, hi, lo in drops.tolist():
+        per_doc.setdefault(d, set()).add((hi, lo))
+    for i in range(n):
+        if i in gone:
+            continue
+        text = without_paragraphs(docs[i], per_doc.get(i), p["min_para"])
+        if text is None:
+            removed.append((i, "paragraphs", None))
+            continue
+        keep.append(i)
+        if text is not docs[i]:
+            texts[i] = text
+    clusters = {}
+    for d, r in zip(nodes.tolist(), root.tolist()):
+        clusters.setdefault(r, []).append(d)
+    return dict(keep=keep, texts=texts, removed=sorted(removed),
+                clusters=[sorted(c) for _, c in sorted(clusters.items()) if len(c) > 1])
+
+
+def _isin(x, sorted_arr):
+    """x in sorted_arr, elementwise (sorted_arr may be a memmap: binary search, no copy)."""
+    if len(sorted_arr) == 0:
+        return np.zeros(len(x), bool)
+    i = np.searchsorted(sorted_arr, x)
+    return sorted_arr[np.minimum(i, len(sorted_arr) - 1)] == x
+
+
+# -----------------------------------------------------------------------------
+# the stages clean and dedup (data.Stage): a folder of documents in, a folder out, with what was
+# removed and why. The output folder holds the documents kept, as shards of at most shard_mb
+# (<task>_<part>.jsonl, in the input's order), removed/ (one line per removed document),
+# problems.log (every bad line or file), report.json (counts, the same bytes for any number
+# of workers), timing.json and plan.json, then DONE.
+
+class DocWriter:
+    """Documents (dicts) as .jsonl files of at most max_bytes: name_0000.jsonl, name_0001.jsonl, ..."""
+
+    def __init__(self, folder, name, max_bytes):
+        self.folder, self.name, self.max, self.files, self.f, self.n = folder, name, max_bytes, [], None, 0
+
+    def write(self, doc):
+        line = (json.dumps(doc, ensure_ascii=False) + "\n").encode()
+        if self.f is None or self.n + len(line) > self.max and self.n:
+            self.close()
+            self.files.append(f"{self.name}_{len(self.files):04d}.jsonl")
+            self.f, self.n = open(os.path.join(self.folder, self.files[-1]), "wb"), 0
+        self.f.write(line)
+        self.n += len(line)
+
+    def close(self):
+        if self.f is not None:
+            self.f.close()
+            self.f = None
+        return self.files
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _count(report, source, size, reason=None, size_out=0):
+    r = report.setdefault(source, dict(documents=0, kept=0, bytes_in=0, bytes_out=0, removed={}))
+    r["documents"], r["bytes_in"] = r["documents"] + 1, r["bytes_in"] + size
+    if reason:
+        r["removed"][reason] = r["removed"].get(reason, 0) + 1
+    else:
+        r["kept"], r["bytes_out"] = r["kept"] + 1, r["bytes_out"] + size_out
+
+
+def _finish_docs(st, tmp, phase, report, seconds):
+    """The output folder of a stage from its last phase's tasks: their kept shards and removed
+    lines moved in, problems.log, report.json (counts summed per source) and timing.json."""
+    sources, problems, width = {}, [], len(str(len(st.tasks)))
+    with open(os.path.join(tmp, "problems.log"), "w", encoding="utf-8") as out:
+        for i in range(len(st.tasks)):
+            task = json.load(open(os.path.join(st.path(phase, i), "report.json")))
+            for k, name in enumerate(task["docs"]):
+                st.move(phase, i, name, os.path.join(tmp, f"{i:0{max(width, 6)}d}_{k:04d}.jsonl"))
+            for k, name in enumerate(task["removed"]):
+                st.move(phase, i, name, os.path.join(tmp, "removed", f"{i:0{max(width, 6)}d}_{k:04d}.jsonl"))
+            for source, r in task["sources"].items():
+                s = sources.setdefault(source, dict(documents=0, kept=0, bytes_in=0, bytes_out=0, removed={}))
+                for key in ("documents", "kept", "bytes_in", "bytes_out"):
+                    s[key] += r[key]
+                for why, n in r["removed"].items():
+                    s["removed"][why] = s["removed"].get(why, 0) + n
+            out.writelines(p + "\n" for p in task["problems"])
+            problems += task["problems"][:max(0, 21 - len(problems))]
+            report["problems"] = report.get("problems", 0) + len(task["problems"])
+        if st.skipped:
+            out.write(st.skipped + "\n")
+            problems.append(st.skipped)
+            report["problems"] += 1
+    report.update(sources=dict(sorted(sources.items())), documents=sum(s["documents"] for s in sources.values()),
+                  kept=sum(s["kept"] for s in sources.values()))
+    data._write_json(os.path.join(tmp, "report.json"), report)
+    size = sum(s["bytes_in"] for s in sources.values())
+    data._write_json(os.path.join(tmp, "timing.json"), dict(seconds=round(seconds, 3), phases=st.seconds, bytes=size,
+                                                            workers=st.workers, world=st.world, cores=os.cpu_count()))
+    report_problems(problems, st.root, report["problems"], os.path.join(st.out_dir, "problems.log"))
+    for source, r in sorted(sources.items()):
+        why = ", ".join(f"{k} {v}" for k, v in sorted(r["removed"].items(), key=lambda kv: (-kv[1], kv[0])))
+        print(f"{source:12s} kept {r['kept']:7,d} of {r['documents']:7,d} ({r['bytes_out'] / max(1, r['bytes_in']):.0%} "
+              f"of bytes){'; removed: ' + why if why else ''}")
+    print(f"{st.name}: {size / 1e6:.1f} MB in {seconds:.1f} s, {size / 1e6 / max(seconds, 1e-9) / st.workers:.1f} "
+          f"MB/s per worker, {st.workers} worker{'s' * (st.workers > 1)}" + f" x {st.world} ranks" * (st.world > 1))
+
+
+def _clean_task(st, i, out, rules, shard_bytes):
+    problems, report = [], {}
+    with DocWriter(out, "docs", shard_bytes) as kept, DocWriter(out, "removed", shard_bytes) as removed:
+        for doc in st.documents(i, problems):
+            text = normalize(doc["text"])
+            lang = doc.get("lang") if doc.get("lang") in rules else detect_lang(text)
+            verdict = check(text, lang, rules)
+            if verdict:
+                removed.write(dict(id=doc["id"], source=doc["source"], lang=lang, rule=verdict[0], value=verdict[1]))
+                _count(report, doc["source"], len(doc["text"].encode()), verdict[0])
+            else:
+                kept.write({**doc, "text": text, "lang": lang})
+                _count(report, doc["source"], len(doc["text"].encode()), size_out=len(text.encode()))
+    data._write_json(os.path.join(out, "report.json"), dict(docs=kept.files, removed=removed.files, sources=report,
+                                                            problems=problems))
+
+
+def _stage(name, src, out_dir, settings, shard_mb, workers, rank, world):
+    return data.Stage(name, src, out_dir, settings, shard_mb * 2**20, workers, rank, world)
 
 
 def _stage_done(out_dir, what):
@@ -482,117 +667,204 @@ def _stage_done(out_dir, what):
     return False
 
 
-_RULES = {}  # the rules of a clean run, set once in each worker process
-
-
-def _clean_one(args):
-    # only the verdict travels back: normalising the kept texts again in the parent is cheaper
-    text, lang = args
-    text = normalize(text)
-    lang = lang if lang in _RULES else detect_lang(text)
-    return lang, check(text, lang, _RULES)
-
-
-def clean_corpus(src, out_dir, overrides=None):
+def clean_corpus(src, out_dir, overrides=None, shard_mb=32, workers=0, rank=0, world=1):
     """Normalise every document (NFC, control characters), tell its language, apply the rules
     of that language (CLEAN_RULES, updated by overrides {lang: {rule: threshold}}) and keep
-    those that pass. Writes out_dir/{source}.jsonl, removed.jsonl (id, source, rule, value)
-    and report.json (documents and bytes in and out, removals per rule per source)."""
-    if _stage_done(out_dir, "clean"):
-        return json.load(open(os.path.join(out_dir, "report.json")))
-    from multiprocessing import Pool
+    those that pass; removed/ says which rule, with the value measured."""
     rules = {lang: {**r, **(overrides or {}).get(lang, {})} for lang, r in CLEAN_RULES.items()}
-    problems, kept, removed, report = [], {}, [], {}
-    docs = list(iter_records(src, problems))
-    t0, size = time.time(), sum(len(d["text"].encode()) for d in docs)
-    with Pool(os.cpu_count() or 1, initializer=_RULES.update, initargs=(rules,)) as pool:
-        results = list(tqdm(pool.imap(_clean_one, ((d["text"], d.get("lang")) for d in docs), chunksize=16),
-                            total=len(docs), desc=f"clean {src}", unit=" docs", disable=None))
-    for doc, (lang, verdict) in zip(docs, results):
-        r = report.setdefault(doc["source"], dict(documents=0, kept=0, bytes_in=0, bytes_out=0, removed={}))
-        r["documents"] += 1
-        r["bytes_in"] += len(doc["text"].encode())
-        if verdict:
-            r["removed"][verdict[0]] = r["removed"].get(verdict[0], 0) + 1
-            removed.append(dict(id=doc["id"], source=doc["source"], lang=lang, rule=verdict[0], value=verdict[1]))
-        else:
-            r["kept"] += 1
-            text = normalize(doc["text"])
-            r["bytes_out"] += len(text.encode())
-            kept.setdefault(doc["source"], []).append({**doc, "text": text, "lang": lang})
-    report_problems(problems, src)
-    seconds = time.time() - t0
-    _write_stage(out_dir, kept, removed, dict(sources=report, problems=problems, seconds=seconds, cores=os.cpu_count(),
-                                              mb_per_s=size / 1e6 / max(seconds, 1e-9), rules=rules))
-    for source, r in sorted(report.items()):
-        why = ", ".join(f"{k} {v}" for k, v in sorted(r["removed"].items(), key=lambda kv: -kv[1]))
-        print(f"{source:12s} kept {r['kept']:6,d} of {r['documents']:6,d} ({r['bytes_out'] / max(1, r['bytes_in']):.0%} "
-              f"of bytes){'; removed: ' + why if why else ''}")
-    print(f"clean: {size / 1e6:.1f} MB in {seconds:.1f} s, {size / 1e6 / max(seconds, 1e-9) / (os.cpu_count() or 1):.1f} "
-          f"MB/s per core on {os.cpu_count()} cores")
+    if not _stage_done(out_dir, "clean"):
+        with _stage("clean", src, out_dir, dict(rules=rules), shard_mb, workers, rank, world) as st:
+            t0 = time.time()
+            st.run("clean", len(st.tasks), _clean_task, rules, int(shard_mb * 2**20))
+            st.finish(lambda tmp: _finish_docs(st, tmp, "clean", dict(rules=rules), time.time() - t0))
     return json.load(open(os.path.join(out_dir, "report.json")))
 
 
-def dedup_corpus(src, out_dir):
-    """Exact, near-duplicate (MinHash-LSH) and paragraph-level dedup over all documents of all
-    sources together (the first occurrence wins, in source and file order). Writes
-    out_dir/{source}.jsonl, removed.jsonl (id, reason, duplicate_of) and report.json (counts,
-    and every near-duplicate cluster with the start of each member)."""
+# the dedup stage: dedup_texts() over shards of any size (datatrove's MinHash pipeline, plus the
+# exact and paragraph steps), in five phases, each a set of independent tasks:
+#   signatures  per input task: each document's exact key, signature, band hashes and
+#               paragraph keys, the records written sorted by partition (a range of key hashes)
+#   buckets     per partition: exact copies (same key), and LSH candidates (same band hash)
+#               verified on their signatures
+#   clusters    one task: the connected components of the verified pairs
+#   paragraphs  per partition: long paragraphs already in an earlier kept document
+#   filter      per input task: its documents again, minus what the decisions removed
+# A document is known by its place, task << 32 | index in its task: the fixed global order in
+# which the first occurrence wins, whatever the number of workers. Memory per task: one task's
+# documents, one partition's records, or all the verified pairs (clusters), never the corpus.
+
+PART_BYTES = 1 << 30  # input bytes per partition of the key records
+
+
+def _save_parts(out, name, records, part, n):
+    # records sorted by partition, then by their columns; name.idx.npy: where each partition starts
+    order = np.lexsort((*records.T[::-1], part))
+    np.save(os.path.join(out, name + ".npy"), records[order])
+    np.save(os.path.join(out, name + ".idx.npy"), np.searchsorted(part[order], np.arange(n + 1)))
+
+
+def _load_part(st, name, p, width):
+    parts = []
+    for i in range(len(st.tasks)):
+        d = st.path("signatures", i)
+        a, b = np.load(os.path.join(d, name + ".idx.npy"))[[p, p + 1]]
+        if b > a:
+            parts.append(np.load(os.path.join(d, name + ".npy"), mmap_mode="r")[a:b])
+    return np.concatenate(parts) if parts else np.zeros((0, width), np.uint64)
+
+
+def _signature_task(st, i, out, p, n_part):
+    feats, names = [], []
+    for doc in st.documents(i, []):  # (the filter phase reports the problems)
+        feats.append(features(doc["text"], p))
+        names.append(json.dumps([doc["id"], doc["text"][:80]], ensure_ascii=False) + "\n")
+    n, doc = len(feats), (np.uint64(i) << np.uint64(32)) + np.arange(len(feats), dtype=np.uint64)
+    keys = np.array([f[0] for f in feats], np.uint64).reshape(n, 2)
+    sigs = np.array([f[1] for f in feats], np.uint32).reshape(n, p["num_perm"])
+    np.save(os.path.join(out, "sigs.npy"), sigs)
+    _save_parts(out, "exact", np.c_[keys, doc], keys[:, 0] % np.uint64(n_part), n_part)
+    h = band_hashes(sigs, p["bands"], p["rows"])  # (n, bands)
+    band = np.repeat(np.arange(p["bands"], dtype=np.uint64)[None], n, axis=0)
+    _save_parts(out, "bands", np.c_[h.ravel(), np.repeat(doc, p["bands"])],
+                (band * np.uint64(n_part) + h % np.uint64(n_part)).ravel(), p["bands"] * n_part)
+    paras = np.concatenate([np.c_[np.full(len(f[2]), d, np.uint64), f[2]] for d, f in zip(doc, feats)]
+                           + [np.zeros((0, 3), np.uint64)])
+    _save_parts(out, "paras", paras, paras[:, 1] % np.uint64(n_part), n_part)
+    with open(os.path.join(out, "names.jsonl"), "w", encoding="utf-8") as f:
+        f.writelines(names)
+    np.save(os.path.join(out, "names.idx.npy"), np.cumsum([0] + [len(x.encode()) for x in names]))
+
+
+class _Lookup:
+    """Signatures and (id, start of text) of any document, by its place, from the signatures phase."""
+
+    def __init__(self, st):
+        self.st, self.sigs, self.idx = st, {}, {}
+
+    def sig(self, docs):
+        task, j = (docs >> np.uint64(32)).astype(np.int64), (docs & np.uint64(0xFFFFFFFF)).astype(np.int64)
+        out = None
+        for t in np.unique(task).tolist():
+            if t not in self.sigs:
+                self.sigs[t] = np.load(os.path.join(self.st.path("signatures", t), "sigs.npy"), mmap_mode="r")
+            out = np.empty((len(docs), self.sigs[t].shape[1]), np.uint32) if out is None else out
+            out[task == t] = self.sigs[t][j[task == t]]
+        return out
+
+    def name(self, doc):
+        t, j = int(doc) >> 32, int(doc) & 0xFFFFFFFF
+        if t not in self.idx:
+            self.idx[t] = np.load(os.path.join(self.st.path("signatures", t), "names.idx.npy"))
+        with open(os.path.join(self.st.path("signatures", t), "names.jsonl"), "rb") as f:
+            f.seek(int(self.idx[t][j]))
+            return json.loads(f.readline())  # [id, start of text]
+
+
+def _bucket_task(st, k, out, p, n_part):
+    if k < n_part:  # exact copies in key partition k: (copy, original)
+        rec = _load_part(st, "exact", k, 3)
+        copies = first_pairs(rec[:, :2], rec[:, 2])[:, ::-1]
+        np.save(os.path.join(out, "copies.npy"), copies[np.argsort(copies[:, 0])])
+    else:  # LSH bucket partition: candidate pairs, verified
+        rec = _load_part(st, "bands", k - n_part, 2)
+        pairs = first_pairs(rec[:, :1], rec[:, 1])
+        np.save(os.path.join(out, "pairs.npy"), verified(pairs, _Lookup(st).sig, p["verify"]))
+
+
+def _copies(st, n_part):
+    # the exact copies of every key partition, (copy, original) sorted by copy: one array each
+    return [np.load(os.path.join(st.path("buckets", k), "copies.npy"), mmap_mode="r") for k in range(n_part)]
+
+
+def _cluster_task(st, _, out, p, n_part):
+    pairs = [np.load(os.path.join(st.path("buckets", n_part + k), "pairs.npy")) for k in range(p["bands"] * n_part)]
+    nodes, root = roots(np.unique(np.concatenate(pairs + [np.zeros((0, 2), np.uint64)]), axis=0))
+    live = np.ones(len(nodes), bool)
+    for c in _copies(st, n_part):  # exact copies sit in their original's cluster: left out
+        live &= ~_isin(nodes, c[:, 0])
+    nodes, root = nodes[live], root[live]
+    near = nodes != root
+    np.save(os.path.join(out, "near.npy"), np.c_[nodes[near], root[near]])  # (doc, root), sorted by doc
+    names, order = _Lookup(st), np.lexsort((nodes, root))
+    with open(os.path.join(out, "clusters.jsonl"), "w", encoding="utf-8") as f:
+        for members in np.split(nodes[order], np.flatnonzero(np.diff(root[order])) + 1):
+            if len(members) > 1:
+                f.write(json.dumps([dict(zip(("id", "start"), names.name(d))) for d in members.tolist()],
+                                   ensure_ascii=False) + "\n")
+
+
+def _paragraph_task(st, r, out, p, n_part):
+    near = np.load(os.path.join(st.path("clusters", 0), "near.npy"), mmap_mode="r")
+    removed = [c[:, 0] for c in _copies(st, n_part)] + [near[:, 0]]
+    np.save(os.path.join(out, "drops.npy"), paragraph_drops(_load_part(st, "paras", r, 3), removed))
+
+
+def _filter_task(st, i, out, p, n_part, shard_bytes):
+    lo, hi = np.uint64(i) << np.uint64(32), np.uint64(i + 1) << np.uint64(32)
+
+    def mine(a):  # the rows of a (sorted by its first column) about this task's documents
+        return a[np.searchsorted(a[:, 0], lo):np.searchsorted(a[:, 0], hi)]
+    copy_of = {d: o for c in _copies(st, n_part) for d, o in mine(c).tolist()}
+    near_of = dict(mine(np.load(os.path.join(st.path("clusters", 0), "near.npy"), mmap_mode="r")).tolist())
+    drops = {}
+    for r in range(n_part):
+        for d, a, b in mine(np.load(os.path.join(st.path("paragraphs", r), "drops.npy"), mmap_mode="r")).tolist():
+            drops.setdefault(d, set()).add((a, b))
+    names, problems, report = _Lookup(st), [], {}
+    with DocWriter(out, "docs", shard_bytes) as kept, DocWriter(out, "removed", shard_bytes) as removed:
+        for j, doc in enumerate(st.documents(i, problems)):
+            d, size = (i << 32) | j, len(doc["text"].encode())
+            of = copy_of.get(d, near_of.get(d))
+            text = doc["text"] if of is not None else without_paragraphs(doc["text"], drops.get(d), p["min_para"])
+            reason = "exact" if d in copy_of else "near" if d in near_of else "paragraphs" if text is None else None
+            if reason:
+                removed.write(dict(id=doc["id"], source=doc["source"], reason=reason,
+                                   duplicate_of=names.name(of)[0] if of is not None else None))
+                _count(report, doc["source"], size, reason)
+            else:
+                kept.write({**doc, "text": text})
+                _count(report, doc["source"], size, size_out=len(text.encode()))
+    data._write_json(os.path.join(out, "report.json"), dict(docs=kept.files, removed=removed.files, sources=report,
+                                                            problems=problems))
+
+
+def dedup_corpus(src, out_dir, params=None, shard_mb=32, workers=0, rank=0, world=1):
+    """Exact, near-duplicate (MinHash-LSH) and paragraph dedup over all documents of all sources
+    together (the first occurrence wins, in the input's order); removed/ names the reason and
+    the document kept instead, clusters/clusters.jsonl every near-duplicate cluster (the id and
+    start of each member)."""
     if _stage_done(out_dir, "dedup"):
         return json.load(open(os.path.join(out_dir, "report.json")))
-    problems = []
-    docs = list(tqdm(iter_records(src, problems), desc=f"read {src}", unit=" docs", disable=None))
-    report_problems(problems, src)
-    t0 = time.time()
-    result = dedup_texts([d["text"] for d in docs], workers=os.cpu_count() or 1)
-    seconds = time.time() - t0
-    kept, counts = {}, {}
-    for i in result["keep"]:
-        kept.setdefault(docs[i]["source"], []).append({**docs[i], "text": result["texts"].get(i, docs[i]["text"])})
-    removed = []
-    for i, reason, of in result["removed"]:
-        removed.append(dict(id=docs[i]["id"], source=docs[i]["source"], reason=reason,
-                            duplicate_of=docs[of]["id"] if of is not None else None))
-        counts.setdefault(docs[i]["source"], {}).setdefault(reason, 0)
-        counts[docs[i]["source"]][reason] += 1
-    clusters = [[dict(id=docs[i]["id"], start=docs[i]["text"][:80]) for i in c] for c in result["clusters"]]
-    size = sum(len(d["text"].encode()) for d in docs)
-    _write_stage(out_dir, kept, removed, dict(documents=len(docs), kept=len(result["keep"]), removed=counts,
-                                              clusters=clusters, seconds=seconds, cores=os.cpu_count(),
-                                              mb_per_s=size / 1e6 / max(seconds, 1e-9)))
-    for source in sorted({d["source"] for d in docs}):
-        n = sum(d["source"] == source for d in docs)
-        print(f"{source:12s} kept {len(kept.get(source, [])):6,d} of {n:6,d}; removed {counts.get(source, {})}")
-    print(f"dedup: {len(clusters)} near-duplicate clusters; {size / 1e6:.1f} MB in {seconds:.1f} s "
-          f"({size / 1e6 / max(seconds, 1e-9):.1f} MB/s)")
-    return json.load(open(os.path.join(out_dir, "report.json")))
+    p = {**DEDUP, **(params or {})}
+    n_part = max(1, -(-sum(map(os.path.getsize, data.input_files(src)[0])) // PART_BYTES))
+    with _stage("dedup", src, out_dir, dict(p, partitions=n_part), shard_mb, workers, rank, world) as st:
+        t0, n = time.time(), len(st.tasks)
+        st.run("signatures", n, _signature_task, p, n_part)
+        st.run("buckets", n_part * (1 + p["bands"]), _bucket_task, p, n_part)
+        st.run("clusters", 1, _cluster_task, p, n_part)
+        st.run("paragraphs", n_part, _paragraph_task, p, n_part)
+        st.run("filter", n, _filter_task, p, n_part, int(shard_mb * 2**20))
 
+        def finish(tmp):
+            st.move("clusters", 0, "clusters.jsonl", os.path.join(tmp, "clusters", "clusters.jsonl"))
+            clusters = sum(1 for _ in open(os.path.join(tmp, "clusters", "clusters.jsonl"), encoding="utf-8"))
+            _finish_docs(st, tmp, "filter", dict(params=p, partitions=n_part, clusters=clusters), time.time() - t0)
+            print(f"dedup: {clusters} near-duplicate clusters ({out_dir}/clusters/clusters.jsonl)")
+        st.finish(finish)
+    return json.load(open(os.path.join(out_dir, "report.json")))
 
 
 def train_tokenizer_on(raw_data, path, vocab_size, sample_chars, seed=0):
-    """A BPE trained on a sample of raw_data: every source contributes alike (up to
-    sample_chars / sources characters, documents drawn at random), so a small source is not
-    drowned by a big one; then characters per token per source, measured on the documents
-    not in the sample (on all of them when everything was sampled)."""
-    problems, by_source = [], {}
-    for source, text in tqdm(iter_documents(raw_data, problems), desc=f"reading {raw_data}", unit=" docs", disable=None):
-        by_source.setdefault(source, []).append(text)
+    """A BPE trained on a sample of raw_data (data.sample_documents: every source alike, up to
+    sample_chars / sources characters each, never the whole corpus in memory); then characters
+    per token per source, measured on held-out documents (on the sample when a source has no
+    others). path.report.json, written last, says it is complete."""
+    sample, held, problems = data.sample_documents(raw_data, sample_chars, seed)
     report_problems(problems, raw_data)
-    if not by_source:
+    if not sample:
         raise DataError(f"{raw_data}: no documents found (looked for .jsonl, .jsonl.gz and .txt files)")
-    rng, sample, held = np.random.default_rng(seed), [], {}
-    for source in sorted(by_source):
-        docs, n = by_source[source], 0
-        order = rng.permutation(len(docs))
-        for k, i in enumerate(order):
-            if n >= sample_chars // len(by_source):
-                held[source] = [docs[j] for j in order[k:]]
-                break
-            sample.append(docs[i])
-            n += len(docs[i])
-        held[source] = held.get(source) or docs
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    print(f"training a {vocab_size}-token BPE on {sum(map(len, sample)):,} characters of {len(by_source)} sources")
+    print(f"training a {vocab_size}-token BPE on {sum(map(len, sample)):,} characters of {len(held)} sources")
     t0 = time.time()
     enc = data.train_tokenizer(sample, vocab_size, path)
     seconds = time.time() - t0
@@ -601,9 +873,8 @@ def train_tokenizer_on(raw_data, path, vocab_size, sample_chars, seed=0):
         ids = enc.encode_ordinary_batch(docs)
         report[source] = sum(map(len, docs)) / max(1, sum(map(len, ids)))
         print(f"{source:12s} {report[source]:.2f} characters per token")
-    with open(path + ".report.json", "w") as f:
-        json.dump(dict(characters_per_token=report, sample_characters=sum(map(len, sample)), seconds=seconds,
-                       bytes=sum(len(t.encode()) for t in sample)), f, indent=1)
+    data._write_json(path + ".report.json", dict(characters_per_token=report, sample_characters=sum(map(len, sample)),
+                                                 seconds=seconds, bytes=sum(len(t.encode()) for t in sample)))
     return enc, report
 
 
@@ -756,26 +1027,46 @@ def _fetch_python_docs(tmp, add, sources):
 # -----------------------------------------------------------------------------
 # command line
 
-def pipeline(cfg):
+def pipeline(cfg, rank=0, world=1):
     """clean, dedup, train-tokenizer and tokenize in turn (a finished stage is skipped), then the
-    throughput of each stage, from the reports the stages wrote."""
-    clean_corpus(cfg.source_dir, cfg.clean_dir, cfg.clean_rules)
-    dedup_corpus(cfg.clean_dir, cfg.raw_data)
-    if not os.path.exists(cfg.tokenizer + ".report.json"):
-        train_tokenizer_on(cfg.raw_data, cfg.tokenizer, cfg.tokenizer_vocab, cfg.tokenizer_sample, cfg.seed)
-    data.prepared(cfg)
-    c, d = (json.load(open(os.path.join(x, "report.json"))) for x in (cfg.clean_dir, cfg.raw_data))
-    t, m = json.load(open(cfg.tokenizer + ".report.json")), json.load(open(os.path.join(cfg.data_dir, "manifest.json")))
-    mb = lambda r: sum(x["bytes_in"] for x in r["sources"].values()) / 1e6
-    rows = [("clean", mb(c), c["seconds"], c.get("cores", 1)),
-            ("dedup", d["mb_per_s"] * d["seconds"], d["seconds"], d.get("cores", 1)),
-            ("train-tokenizer", t["bytes"] / 1e6, t["seconds"], os.cpu_count()),
-            ("tokenize", m["bytes"] / 1e6, m["seconds"], os.cpu_count())]
-    print(f"{'stage':16s} {'MB':>8s} {'seconds':>8s} {'MB/s':>7s} {'cores':>5s} {'MB/s/core':>9s}")
-    for name, size, sec, cores in rows:
-        print(f"{name:16s} {size:8.1f} {sec:8.1f} {size / sec:7.1f} {cores:5d} {size / sec / cores:9.1f}")
-    print(f"{'total':16s} {'':8s} {sum(r[2] for r in rows):8.1f}   (fetch-demo not included)")
+    throughput of each stage, from the timings the stages wrote."""
+    stages(cfg, "clean", rank, world)
+    stages(cfg, "dedup", rank, world)
+    stages(cfg, "train-tokenizer", rank, world)
+    data.tokenize(cfg, rank, world)
+    if rank:
+        return
+    t = [json.load(open(os.path.join(d, "timing.json"))) for d in (cfg.clean_dir, cfg.raw_data, cfg.data_dir)]
+    tok = json.load(open(cfg.tokenizer + ".report.json"))
+    rows = [("clean", t[0]), ("dedup", t[1]), ("train-tokenizer", dict(bytes=tok["bytes"], seconds=tok["seconds"],
+                                                                        workers=1, world=1)), ("tokenize", t[2])]
+    print(f"{'stage':16s} {'MB':>8s} {'seconds':>8s} {'MB/s':>7s} {'workers':>7s} {'MB/s/worker':>11s}")
+    for name, r in rows:
+        size, sec, n = r["bytes"] / 1e6, max(r["seconds"], 1e-9), r["workers"] * r["world"]
+        print(f"{name:16s} {size:8.1f} {r['seconds']:8.1f} {size / sec:7.1f} {n:7d} {size / sec / n:11.1f}")
+    print(f"{'total':16s} {'':8s} {sum(r['seconds'] for _, r in rows):8.1f}   (fetch-demo not included)")
 
+
+def stages(cfg, cmd, rank=0, world=1):
+    """One stage of cfg: clean (source_dir -> clean_dir), dedup (clean_dir -> raw_data) or
+    train-tokenizer (raw_data -> tokenizer; rank 0 alone, the others wait for it)."""
+    if cmd in ("clean", "dedup") and not (cfg.clean_dir and (cfg.source_dir or cmd == "dedup")):
+        raise ConfigError(f"{cmd} needs source_dir and clean_dir in the config (see config/demo_small.py)")
+    common = dict(shard_mb=cfg.shard_mb, workers=cfg.workers, rank=rank, world=world)
+    if cmd == "clean":
+        clean_corpus(cfg.source_dir, cfg.clean_dir, cfg.clean_rules, **common)
+    elif cmd == "dedup":
+        dedup_corpus(cfg.clean_dir, cfg.raw_data, **common)
+    elif os.path.exists(cfg.tokenizer + ".report.json"):
+        print(f"train-tokenizer: {cfg.tokenizer} is complete ({cfg.tokenizer}.report.json); delete it to train again")
+    elif not cfg.tokenizer.endswith(".tiktoken"):
+        raise ConfigError(f"train-tokenizer writes the file named by tokenizer, which must end in "
+                          f".tiktoken (got tokenizer={cfg.tokenizer!r})")
+    elif rank == 0:
+        train_tokenizer_on(cfg.raw_data, cfg.tokenizer, cfg.tokenizer_vocab, cfg.tokenizer_sample, cfg.seed)
+    else:
+        while not os.path.exists(cfg.tokenizer + ".report.json"):
+            time.sleep(1)
 
 
 COMMANDS = ("fetch-demo", "clean", "dedup", "train-tokenizer", "pipeline")
@@ -790,19 +1081,10 @@ def main(argv):
         fetch_demo(pop_flag(rest, "--out") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "demo", "raw"))
         return 0
     cfg, _ = load_config(rest)
-    if cmd in ("clean", "dedup", "pipeline") and not (cfg.clean_dir and (cfg.source_dir or cmd == "dedup")):
-        raise ConfigError(f"{cmd} needs source_dir and clean_dir in the config (see config/demo_small.py)")
-    if cmd == "clean":
-        clean_corpus(cfg.source_dir, cfg.clean_dir, cfg.clean_rules)
-    elif cmd == "dedup":
-        dedup_corpus(cfg.clean_dir, cfg.raw_data)
-    elif cmd == "train-tokenizer":
-        if not cfg.tokenizer.endswith(".tiktoken"):
-            raise ConfigError(f"train-tokenizer writes the file named by tokenizer, which must end in "
-                              f".tiktoken (got tokenizer={cfg.tokenizer!r})")
-        train_tokenizer_on(cfg.raw_data, cfg.tokenizer, cfg.tokenizer_vocab, cfg.tokenizer_sample, cfg.seed)
+    if cmd == "pipeline":
+        pipeline(cfg, *data.launcher())
     else:
-        pipeline(cfg)
+        stages(cfg, cmd, *data.launcher())
     return 0
 
 

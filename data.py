@@ -11,7 +11,7 @@ The order of training samples is a pure function of (manifest, mixture, seed): b
 rank, world_size) needs nothing else, so a resumed run, a run at another world size and
 `show` all see the same data at the same step.
 """
-import base64, gzip, hashlib, json, os, re, shutil, sys, time
+import base64, gzip, hashlib, heapq, json, os, re, shutil, sys, time, zlib
 
 import numpy as np
 import tiktoken
@@ -25,6 +25,7 @@ SPLIT_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}| ?[^\s
 EOT = "<|endoftext|>"
 SPECIAL_TOKENS = [EOT, "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|pad|>"]  # ids right after the BPE ranks
 MAGIC, VERSION, HEADER_BYTES = 20241124, 1, 32  # shard header: int64 magic, version, bytes per token, token count
+TASK_BYTES = 32 << 20  # input per task of a stage (config key shard_mb): curation and tokenize
 
 
 class DataError(Exception):
@@ -32,46 +33,134 @@ class DataError(Exception):
 
 
 # -----------------------------------------------------------------------------
-# documents
+# documents: files of documents (.jsonl, .jsonl.gz, .txt) and the pieces a stage's tasks read
+
+DOC_EXTS = (".jsonl", ".jsonl.gz", ".txt")
+
+
+def input_files(root):
+    """(the document files under root, sorted; {extension: [paths]} of the other files). Names
+    starting with "." (temporary folders) are passed over; so is the bookkeeping of a folder
+    written whole (one with DONE: a stage's output), whose documents are its top-level files."""
+    if os.path.isfile(root):
+        return ([root], {}) if root.lower().endswith(DOC_EXTS) else ([], {os.path.splitext(root)[1]: [root]})
+    if not os.path.isdir(root):
+        raise DataError(f"{root}: no such file or folder")
+    if is_done(root):
+        names = sorted(f for f in os.listdir(root) if not f.startswith("."))
+        return [os.path.join(root, f) for f in names if f.lower().endswith(DOC_EXTS)], {}
+    files, other = [], {}
+    for d, dirs, names in os.walk(root):
+        dirs[:] = sorted(x for x in dirs if not x.startswith("."))
+        for f in sorted(names):
+            if not f.startswith("."):
+                p = os.path.join(d, f)
+                files.append(p) if f.lower().endswith(DOC_EXTS) else other.setdefault(os.path.splitext(f)[1] or f, []).append(p)
+    return sorted(files), other
+
+
+def skipped_note(root, other):
+    """One line naming the files under root that are not documents, by extension, or None."""
+    if other:
+        return (f"{root}: skipped {sum(map(len, other.values()))} files that are not .jsonl, .jsonl.gz or .txt: "
+                + ", ".join(f"{len(v)} {k} (e.g. {v[0]})" for k, v in sorted(other.items())))
+
+
+def plan_pieces(root, files, task_bytes):
+    """The input cut into tasks of about task_bytes: each task a list of pieces [file relative to
+    root, start, end]. A .jsonl file larger than task_bytes is cut into byte ranges (a piece
+    reads the lines that start inside its range); smaller files are grouped whole (end None).
+    Depends on the files and their sizes only, never on how many workers will run the tasks."""
+    tasks, group, size = [], [], 0
+    for path in files:
+        rel, n = os.path.relpath(path, root) if path != root else "", os.path.getsize(path)
+        if path.lower().endswith(".jsonl") and n > task_bytes:
+            tasks += [[[rel, a, min(a + task_bytes, n)]] for a in range(0, n, task_bytes)]
+            continue
+        if group and size + n > task_bytes:
+            tasks.append(group)
+            group, size = [], 0
+        group.append([rel, 0, None])
+        size += n
+    return tasks + [group] * bool(group)
+
+
+def _lines_before(path, offset):
+    n = 0
+    with open(path, "rb") as f:
+        while offset > 0:
+            block = f.read(min(offset, 1 << 24))
+            if not block:
+                break
+            n, offset = n + block.count(b"\n"), offset - len(block)
+    return n
+
+
+def read_piece(root, rel, start=0, end=None, problems=None):
+    """Yield the documents of one piece of an input file as dicts (text, source, id and any other
+    fields): the whole file, or the lines of a .jsonl file that start in [start, end). A
+    document's source is its "source" field, else the first path component under root (a
+    file's name without extension, or a sub-folder's name); its id is its "id" field, else
+    file:line. Bad lines and unreadable files go to problems (file:line: why), never stop."""
+    path = os.path.join(root, rel) if rel else root
+    rel = rel or os.path.basename(root)
+    default_source = re.sub(r"(\.jsonl\.gz|\.jsonl|\.txt)$", "", rel.split(os.sep)[0], flags=re.I)
+    problems = [] if problems is None else problems
+    if path.lower().endswith(".txt"):
+        raw = open(path, "rb").read()
+        text = raw.decode("utf-8-sig", errors="replace")
+        if "\ufffd" in text and "\ufffd".encode() not in raw:
+            problems.append(f"{path}: invalid UTF-8, bad bytes replaced by U+FFFD")
+        yield dict(text=text, source=default_source, id=rel)
+        return
+    base, k = (0 if not start else None), 0  # lines before the piece: counted only if an id or a problem needs them
+
+    def lineno():
+        nonlocal base
+        if base is None:
+            base = _lines_before(path, first)
+        return base + k
+
+    where = lambda: f"{path}:{lineno()}"
+
+    try:
+        with (gzip.open if path.lower().endswith(".gz") else open)(path, "rb") as f:
+            if start:
+                f.seek(start - 1)
+                if f.read(1) != b"\n":  # the line that starts before the piece belongs to the one before
+                    f.readline()
+            first = pos = f.tell()
+            for raw in f:
+                if end is not None and pos >= end:
+                    break
+                pos, k = pos + len(raw), k + 1
+                line = raw.decode("utf-8", errors="replace").lstrip("\ufeff")
+                if not line.strip():
+                    continue
+                try:
+                    doc = json.loads(line)
+                except (ValueError, RecursionError) as e:
+                    problems.append(f"{where()}: not JSON ({getattr(e, 'msg', type(e).__name__)})")
+                    continue
+                if not isinstance(doc, dict) or not isinstance(doc.get("text"), str):
+                    problems.append(f"{where()}: no string field 'text'")
+                    continue
+                if "\ufffd" in line and b"\xef\xbf\xbd" not in raw:
+                    problems.append(f"{where()}: invalid UTF-8, bad bytes replaced by U+FFFD")
+                yield {**doc, "source": str(doc.get("source") or default_source),
+                       "id": str(doc.get("id") or f"{rel}:{lineno()}")}
+    except (OSError, EOFError, zlib.error) as e:  # a truncated .gz, a file gone: the rest goes on
+        problems.append(f"{path}: unreadable after line {k} ({type(e).__name__}: {e})")
+
 
 def iter_records(root, problems):
-    """Yield documents as dicts (text, source, id and any other fields) from a folder (or one
-    file) of .jsonl, .jsonl.gz and .txt files. A document's source is its "source" field, else
-    the first path component under root (a file's name without extension, or a sub-folder's
-    name); its id is its "id" field, else file:line. Bad lines go to problems, never stop."""
-    if os.path.isfile(root):
-        files = [root]
-    else:
-        # a stage's removed.jsonl (clean, dedup) lists what was dropped: not documents
-        files = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if f != "removed.jsonl")
+    """Every document under root (see read_piece), in file order; files that are not documents
+    are named in problems."""
+    files, other = input_files(root)
+    if skipped_note(root, other):
+        problems.append(skipped_note(root, other))
     for path in files:
-        rel = os.path.relpath(path, root) if path != root else os.path.basename(path)
-        default_source = re.sub(r"(\.jsonl\.gz|\.jsonl|\.txt)$", "", rel.split(os.sep)[0])
-        if path.endswith((".jsonl", ".jsonl.gz")):
-            opener = gzip.open if path.endswith(".gz") else open
-            with opener(path, "rb") as f:
-                for lineno, raw in enumerate(f, 1):
-                    line = raw.decode("utf-8", errors="replace")
-                    if not line.strip():
-                        continue
-                    try:
-                        doc = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        problems.append(f"{path}:{lineno}: not JSON ({e.msg})")
-                        continue
-                    if not isinstance(doc, dict) or not isinstance(doc.get("text"), str):
-                        problems.append(f"{path}:{lineno}: no string field 'text'")
-                        continue
-                    if "\ufffd" in line and b"\xef\xbf\xbd" not in raw:
-                        problems.append(f"{path}:{lineno}: invalid UTF-8, bad bytes replaced by U+FFFD")
-                    yield {**doc, "source": str(doc.get("source") or default_source),
-                           "id": str(doc.get("id") or f"{rel}:{lineno}")}
-        elif path.endswith(".txt"):
-            raw = open(path, "rb").read()
-            text = raw.decode("utf-8", errors="replace")
-            if "\ufffd" in text and "\ufffd".encode() not in raw:
-                problems.append(f"{path}: invalid UTF-8, bad bytes replaced by U+FFFD")
-            yield dict(text=text, source=default_source, id=rel)
+        yield from read_piece(root, os.path.relpath(path, root) if path != root else "", problems=problems)
 
 
 def iter_documents(root, problems):
@@ -80,11 +169,49 @@ def iter_documents(root, problems):
         yield doc["source"], doc["text"]
 
 
-def report_problems(problems, where):
+def report_problems(problems, where, total=None, path=None):
+    """Print the first 20 problems; the rest as a count and the file that has them all."""
+    total = len(problems) if total is None else total
     for p in problems[:20]:
         print(f"warning: {p}", file=sys.stderr)
-    if len(problems) > 20:
-        print(f"warning: ... and {len(problems) - 20} more problems in {where}", file=sys.stderr)
+    if total > 20:
+        print(f"warning: ... and {total - 20} more problems in {where}" + (f" (all of them: {path})" if path else ""),
+              file=sys.stderr)
+
+
+def sample_documents(root, chars, seed=0):
+    """A bounded sample of the documents under root for a tokenizer, every source alike: each
+    source's documents in a seeded random order (a hash of the text), the first ones up to
+    chars / sources characters (the one that crosses it included) as the sample, the next ones
+    up to as much again as held-out text. One pass, never much more than 2 x chars in memory.
+    Returns (sample texts in corpus order, {source: held-out texts}; a source with nothing left
+    over holds out its whole sample), problems."""
+    problems, heaps, total = [], {}, {}  # per source: a max-heap on priority of (-priority, position, text)
+
+    def trim(source, budget):
+        h = heaps[source]
+        while h and total[source] - len(h[0][2]) >= budget:  # the rest still reaches the budget
+            total[source] -= len(heapq.heappop(h)[2])
+
+    for pos, (source, text) in enumerate(tqdm(iter_documents(root, problems), desc=f"sampling {root}",
+                                              unit=" docs", disable=None)):
+        prio = int.from_bytes(hashlib.blake2b(f"{seed}:{text}".encode(), digest_size=8).digest(), "little")
+        new = source not in heaps
+        heapq.heappush(heaps.setdefault(source, []), (-prio, pos, text))
+        total[source] = total.get(source, 0) + len(text)
+        for s in (heaps if new else [source]):  # a new source shrinks every source's share
+            trim(s, 2 * chars / len(heaps))
+    sample, held = [], {}
+    for source, h in heaps.items():
+        docs, n = sorted(h, key=lambda x: (-x[0], x[1])), 0  # priority order
+        for j, (_, pos, text) in enumerate(docs):
+            if n >= chars / len(heaps):
+                held[source] = [t for _, _, t in docs[j:]]
+                break
+            sample.append((pos, text))
+            n += len(text)
+        held[source] = held.get(source) or [t for _, _, t in docs]
+    return [t for _, t in sorted(sample)], held, problems
 
 
 # -----------------------------------------------------------------------------
@@ -136,6 +263,170 @@ def read_meta(ckpt):
         return json.load(open(path))
     except (OSError, ValueError) as e:
         raise ConfigError(f"{path}: unreadable ({e})") from None
+
+
+# -----------------------------------------------------------------------------
+# stages: work over a corpus of any size as independent tasks (datatrove's model). A stage
+# plans its tasks from the input files alone (plan_pieces), runs them in phases, each task
+# writing a folder of its own whole (tmp_dir -> commit_dir), and assembles the output folder
+# from them. So the same command runs as N local processes, one worker per torchrun rank or
+# one Slurm array task (a shared filesystem holds the folders); a rerun skips every task with
+# DONE, so a stage killed halfway resumes where it stopped; and a task's output depends on
+# its inputs only, so the result is the same bytes for any number of workers.
+
+def launcher():
+    """(rank, world) of this process among a stage's workers: the RANK and WORLD_SIZE that
+    torchrun sets (any launcher may set them), else a Slurm array's task id and count, else
+    (0, 1): one machine, with local worker processes."""
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return int(env["RANK"]), int(env["WORLD_SIZE"])
+    if "SLURM_ARRAY_TASK_COUNT" in env:
+        return int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", 0)), int(env["SLURM_ARRAY_TASK_COUNT"])
+    return 0, 1
+
+
+def _write_json(path, obj):
+    with open(path + ".part", "w") as f:
+        json.dump(obj, f, indent=1, ensure_ascii=False, sort_keys=True)
+    os.replace(path + ".part", path)
+
+
+def _run_task(job):
+    """One task: fn(stage, i, folder) fills a fresh temporary folder, which becomes final whole."""
+    stage, final, fn, i, args = job
+    tmp = tmp_dir(final)
+    t0 = time.time()
+    fn(stage, i, tmp, *args)
+    commit_dir(tmp, final)
+    return time.time() - t0
+
+
+class Stage:
+    """A folder out_dir made from the documents under src by tasks; settings (anything that
+    changes the result) and the input files' names, sizes and times are its key: a rerun with
+    the same key resumes, any other starts over. workers: local processes (0: every core);
+    rank, world: this process among world workers (launcher()), each running its share."""
+
+    def __init__(self, name, src, out_dir, settings, task_bytes, workers=0, rank=0, world=1, setup=None):
+        self.name, self.root, self.out_dir, self.rank, self.world = name, src, out_dir.rstrip(os.sep), rank, world
+        self.tmp = tmp_dir(self.out_dir, create=False)
+        self.workers = 1 if world > 1 else workers or os.cpu_count() or 1
+        self.seconds, self._tasks, self._pool = {}, None, None
+        if is_done(self.out_dir):
+            return
+        files, other = input_files(src)
+        if not files:
+            raise DataError(f"{src}: no documents found (looked for .jsonl, .jsonl.gz and .txt files)")
+        self.skipped = skipped_note(src, other)
+        self._tasks = plan_pieces(src, files, max(1, int(task_bytes)))
+        plan = dict(stage=name, settings=settings, tasks=self._tasks)
+        key = dict(plan, files=[[os.path.relpath(p, src) if p != src else "", os.stat(p).st_size, os.stat(p).st_mtime_ns]
+                                for p in files])
+        key_path = os.path.join(self.tmp, "key.json")
+        if rank == 0:
+            if os.path.exists(key_path) and json.load(open(key_path)) == json.loads(json.dumps(key)):
+                print(f"{name}: resuming {self.tmp} ({self.finished()} tasks finished)")
+            else:
+                tmp_dir(self.out_dir)  # anything there was made from other inputs or settings
+                if setup:
+                    setup(self.tmp)
+                _write_json(os.path.join(self.tmp, "plan.json"), plan)
+                _write_json(key_path, key)  # last: the other workers start when it is there
+        else:
+            self._wait(lambda: os.path.exists(key_path) and json.load(open(key_path)) == json.loads(json.dumps(key)),
+                       f"rank 0 to plan {self.tmp}")
+
+    @property
+    def done(self):
+        return is_done(self.out_dir)
+
+    @property
+    def tasks(self):
+        """The pieces of every task (plan.json, read once per process)."""
+        if self._tasks is None:
+            self._tasks = json.load(open(os.path.join(self.tmp, "plan.json")))["tasks"]
+        return self._tasks
+
+    def __getstate__(self):  # what goes to a worker process: not the plan, which it reads itself
+        return {**self.__dict__, "_tasks": None, "_pool": None}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool = None
+
+    def documents(self, i, problems):
+        """The documents of task i, in order."""
+        for rel, start, end in self.tasks[i]:
+            yield from read_piece(self.root, rel, start, end, problems)
+
+    def path(self, phase, i=None):
+        """The folder of task i of phase (or of the whole phase)."""
+        return os.path.join(self.tmp, "work", phase, *([] if i is None else [f"{i:06d}"]))
+
+    def finished(self):
+        return sum(len(fs) for _, _, fs in os.walk(os.path.join(self.tmp, "work")) if DONE in fs)
+
+    def run(self, phase, n, fn, *args):
+        """Run tasks 0..n-1 of phase, fn(stage, i, folder, *args) each, and return when all n are
+        done (by any worker). A task with DONE is not run again."""
+        t0 = time.time()
+        mine = [i for i in range(n) if i % self.world == self.rank]
+        todo = [i for i in mine if not is_done(self.path(phase, i))]
+        if len(todo) < len(mine):
+            print(f"{self.name} {phase}: {len(mine) - len(todo)} of {len(mine)} tasks already done")
+        jobs = [(self, self.path(phase, i), fn, i, args) for i in todo]
+        mine = len(mine)
+        with tqdm(total=mine, initial=mine - len(todo), desc=f"{self.name} {phase}", unit=" tasks", disable=None) as bar:
+            if self.workers > 1 and len(jobs) > 1:
+                if self._pool is None:  # spawned, not forked: fresh processes, whatever threads this one has
+                    import multiprocessing
+                    self._pool = multiprocessing.get_context("spawn").Pool(self.workers)
+                for _ in self._pool.imap_unordered(_run_task, jobs):
+                    bar.update()
+            else:
+                for job in jobs:
+                    _run_task(job)
+                    bar.update()
+        left = [self.path(phase, i) for i in range(n)]
+        while left:  # the tasks of other workers
+            left = [p for p in left if not is_done(p)]
+            if left:
+                self._wait(lambda: is_done(left[0]), f"{len(left)} tasks of {phase} that other workers run")
+        self.seconds[phase] = round(time.time() - t0, 3)
+
+    def finish(self, assemble):
+        """Rank 0: assemble(folder) writes the outputs from the tasks' folders, then the work is
+        removed and the folder becomes out_dir whole. The other ranks wait for that."""
+        if self.rank == 0:
+            assemble(self.tmp)
+            shutil.rmtree(os.path.join(self.tmp, "work"), ignore_errors=True)
+            os.remove(os.path.join(self.tmp, "key.json"))
+            commit_dir(self.tmp, self.out_dir)
+        else:
+            self._wait(lambda: is_done(self.out_dir), f"rank 0 to write {self.out_dir}")
+
+    def move(self, phase, i, name, dest):
+        """Move a file of a finished task to dest (a rerun after a crash here finds it moved)."""
+        src = os.path.join(self.path(phase, i), name)
+        if os.path.exists(src):
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            os.replace(src, dest)
+        elif not os.path.exists(dest):
+            raise DataError(f"{src}: missing from a finished task")
+
+    def _wait(self, ready, what):
+        t0 = last = time.time()
+        while not ready():
+            if time.time() - last > 60:
+                print(f"{self.name}: rank {self.rank} of {self.world} waiting {time.time() - t0:.0f} s for {what}",
+                      file=sys.stderr)
+                last = time.time()
+            time.sleep(0.5)
 
 
 # -----------------------------------------------------------------------------
@@ -262,52 +553,143 @@ def load_manifest(data_dir, verify=True):
     return manifest
 
 
-def prepare(raw_data, data_dir, tokenizer="bpe", vocab_size=4096, val_frac=0.05, shard_tokens=100_000_000):
-    """Tokenize the documents under raw_data into data_dir: the tokenizer, one train and one val
-    split per source (val is the last val_frac of each source's tokens), and manifest.json."""
-    problems, by_source = [], {}
-    for source, text in tqdm(iter_documents(raw_data, problems), desc=f"reading {raw_data}", unit=" docs"):
-        by_source.setdefault(source, []).append(text)
-    report_problems(problems, raw_data)
-    if not by_source:
-        raise DataError(f"{raw_data}: no documents found (looked for .jsonl, .jsonl.gz and .txt files)")
-    tmp = tmp_dir(data_dir)
-    enc, tok_entry = _tokenizer_into(tmp, tokenizer, vocab_size, by_source)
-    dtype = np.uint16 if enc.n_vocab <= 65536 else np.uint32
-    shards, sources = [], {}
-    t0, size = time.time(), sum(len(t.encode()) for texts in by_source.values() for t in texts)
-    bar = tqdm(total=size, unit="B", unit_scale=True, desc="tokenize", disable=None)
-    for source in sorted(by_source):
-        texts, ids = by_source[source], []
-        for a in range(0, len(texts), 256):  # tiktoken encodes a batch on all cores (threads, no GIL)
-            ids += enc.encode_ordinary_batch(texts[a:a + 256], num_threads=os.cpu_count() or 1)
-            bar.update(sum(len(t.encode()) for t in texts[a:a + 256]))
-        tokens = np.fromiter((t for doc in ids for t in doc + [enc.eot_token]), dtype=dtype,
-                             count=sum(len(d) + 1 for d in ids))
-        cut = len(tokens) - max(1, int(len(tokens) * val_frac)) if val_frac > 0 else len(tokens)
-        sources[source] = dict(documents=len(texts), characters=sum(map(len, texts)),
-                               train_tokens=int(cut), val_tokens=int(len(tokens) - cut))
-        for split, part in (("train", tokens[:cut]), ("val", tokens[cut:])):
-            for k, a in enumerate(range(0, len(part), shard_tokens)):
-                name = f"{split}_{re.sub(r'[^A-Za-z0-9_.-]', '_', source)}_{k:04d}.bin"
-                write_shard(os.path.join(tmp, name), part[a:a + shard_tokens])
-                shards.append(dict(file=name, split=split, source=source, tokens=int(len(part[a:a + shard_tokens])),
-                                   sha256=sha256_file(os.path.join(tmp, name))))
-    bar.close()
-    seconds = time.time() - t0
-    print(f"tokenize: {size / 1e6:.1f} MB in {seconds:.1f} s, {size / 1e6 / max(seconds, 1e-9):.1f} MB/s "
-          f"on {os.cpu_count()} cores")
-    manifest = dict(version=VERSION, prepared_with=dict(raw_data=raw_data, tokenizer=tokenizer, tokenizer_vocab=vocab_size,
-                                                        val_frac=val_frac), tokenizer=tok_entry, n_vocab=enc.n_vocab,
-                    eot=enc.eot_token, dtype=np.dtype(dtype).name, val_frac=val_frac, sources=sources,
-                    shards=shards, problems=len(problems), seconds=round(seconds, 3), bytes=size)
-    with open(os.path.join(tmp, "manifest.json"), "w") as f:
-        json.dump(manifest, f, indent=1, ensure_ascii=False)
-    commit_dir(tmp, data_dir)
-    for source, s in sources.items():
+def _safe(source):
+    # a file name for a source; a hash keeps apart two sources that differ only where it changes
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", source)
+    return safe if safe == source else f"{safe}-{hashlib.sha256(source.encode()).hexdigest()[:8]}"
+
+
+class TokenWriter:
+    """Token shards of one source, written as documents come: name_0000.bin, name_0001.bin, ...
+    of at most shard_tokens tokens each, the header's count filled in when a shard closes."""
+
+    def __init__(self, folder, name, dtype, shard_tokens):
+        self.folder, self.name, self.dtype, self.cap = folder, name, dtype, shard_tokens
+        self.files, self.f, self.n = [], None, 0  # files: [file, tokens] of the closed shards
+
+    def write(self, tokens):
+        tokens = np.asarray(tokens, dtype=self.dtype)
+        while len(tokens):
+            if self.f is None:
+                self.files.append([f"{self.name}_{len(self.files):04d}.bin", 0])
+                self.f, self.n = open(os.path.join(self.folder, self.files[-1][0]), "wb"), 0
+                self.f.write(bytes(HEADER_BYTES))
+            part, tokens = tokens[:self.cap - self.n], tokens[self.cap - self.n:]
+            self.f.write(part.astype(part.dtype.newbyteorder("<")).tobytes())
+            self.n += len(part)
+            if self.n == self.cap:
+                self.close()
+
+    def close(self):
+        if self.f is not None:
+            self.f.seek(0)
+            self.f.write(np.array([MAGIC, VERSION, np.dtype(self.dtype).itemsize, self.n], dtype="<i8").tobytes())
+            self.f.close()
+            self.files[-1][1], self.f = self.n, None
+        return self.files
+
+
+def prepare(raw_data, data_dir, tokenizer="bpe", vocab_size=4096, val_frac=0.05, shard_tokens=100_000_000,
+            sample_chars=50_000_000, task_bytes=TASK_BYTES, workers=0, rank=0, world=1):
+    """Tokenize the documents under raw_data into data_dir, a stage (see Stage): the tokenizer
+    (tokenizer="bpe": trained on a sample of sample_chars characters, sample_documents), each
+    task's documents tokenized into shards as they come, then manifest.json, with the last
+    val_frac of each source's tokens as its val split. A complete data_dir is left as it is."""
+    settings = dict(tokenizer=tokenizer, vocab_size=vocab_size, val_frac=val_frac, shard_tokens=shard_tokens,
+                    sample_chars=sample_chars)
+    with Stage("tokenize", raw_data, data_dir, settings, task_bytes, workers, rank, world,
+               setup=lambda tmp: _tokenizer_into(tmp, tokenizer, vocab_size, raw_data, sample_chars)) as st:
+        if st.done:
+            print(f"tokenize: {data_dir} is complete ({DONE}); delete it to tokenize again")
+            return load_manifest(data_dir)
+        t0, threads = time.time(), max(1, (os.cpu_count() or 1) // st.workers)
+        st.run("tokenize", len(st.tasks), _tokenize_task, shard_tokens, threads)
+        st.finish(lambda tmp: _assemble_tokens(st, tmp, raw_data, settings, time.time() - t0))
+    for source, s in load_manifest(data_dir, verify=False)["sources"].items():
         print(f"{source}: {s['documents']} documents, {s['train_tokens']:,} train + {s['val_tokens']:,} val tokens, "
               f"{s['characters'] / (s['train_tokens'] + s['val_tokens']):.2f} characters per token")
     return load_manifest(data_dir)
+
+
+def _tokenize_task(st, i, out, shard_tokens, threads):
+    entry = json.load(open(os.path.join(st.tmp, "work", "tokenizer.json")))["tokenizer"]
+    enc = load_tokenizer(os.path.join(st.tmp, entry) if entry.endswith(".tiktoken") else entry)
+    dtype = np.uint16 if enc.n_vocab <= 65536 else np.uint32
+    problems, sources, writers, batch = [], {}, {}, []
+
+    def flush():
+        for (source, _), ids in zip(batch, enc.encode_ordinary_batch([t for _, t in batch], num_threads=threads)):
+            writers[source].write(ids + [enc.eot_token])
+        batch.clear()
+
+    for doc in st.documents(i, problems):
+        source, text = doc["source"], doc["text"]
+        if source not in writers:
+            writers[source] = TokenWriter(out, _safe(source), dtype, shard_tokens)
+            sources[source] = dict(documents=0, characters=0, bytes=0)
+        s = sources[source]
+        s["documents"], s["characters"], s["bytes"] = s["documents"] + 1, s["characters"] + len(text), s["bytes"] + len(text.encode())
+        batch.append((source, text))
+        if len(batch) == 256:  # tiktoken encodes a batch on several threads (no GIL)
+            flush()
+    flush()
+    for source, w in writers.items():
+        sources[source]["shards"] = [[f, n, sha256_file(os.path.join(out, f))] for f, n in w.close()]
+    _write_json(os.path.join(out, "task.json"), dict(sources=sources, problems=problems))
+
+
+def _assemble_tokens(st, tmp, raw_data, settings, seconds):
+    """manifest.json from the tasks' shards: per source, in task order, its first tokens train and
+    the last val_frac val; the one shard that straddles the cut is written again as two."""
+    tasks = [json.load(open(os.path.join(st.path("tokenize", i), "task.json"))) for i in range(len(st.tasks))]
+    info = json.load(open(os.path.join(tmp, "work", "tokenizer.json")))
+    val_frac, shards, sources = settings["val_frac"], [], {}
+    for source in sorted({s for t in tasks for s in t["sources"]}):
+        parts = [(i, *shard) for i, t in enumerate(tasks) for shard in t["sources"].get(source, {}).get("shards", [])]
+        total = sum(n for _, _, n, _ in parts)
+        cut = total - max(1, int(total * val_frac)) if val_frac > 0 else total
+        made = {"train": [], "val": []}
+
+        def add(split, src=None, tokens=None, digest=None):
+            name = os.path.join(tmp, f"{split}_{_safe(source)}_{len(made[split]):04d}.bin")
+            if src is not None:
+                st.move("tokenize", src[0], src[1], name)
+            elif tokens is not None:
+                write_shard(name, tokens)
+            made[split].append(dict(file=os.path.basename(name), split=split, source=source,
+                                    tokens=len(read_shard(name)), sha256=digest or sha256_file(name)))
+
+        a = 0
+        for i, f, n, digest in parts:
+            path = os.path.join(st.path("tokenize", i), f)
+            if a + n <= cut or a >= cut:
+                add("train" if a + n <= cut else "val", (i, f), digest=digest)
+            else:  # the cut falls inside: two new shards (on a rerun after a crash, already there)
+                whole = read_shard(path) if os.path.exists(path) else None
+                for split, piece in (("train", slice(0, cut - a)), ("val", slice(cut - a, None))):
+                    add(split, tokens=None if whole is None else np.array(whole[piece]))
+                if whole is not None:
+                    del whole
+                    os.remove(path)
+            a += n
+        shards += made["train"] + made["val"]
+        sources[source] = dict(documents=sum(t["sources"][source]["documents"] for t in tasks if source in t["sources"]),
+                               characters=sum(t["sources"][source]["characters"] for t in tasks if source in t["sources"]),
+                               train_tokens=int(cut), val_tokens=int(total - cut))
+    problems = [p for t in tasks for p in t["problems"]] + [st.skipped] * bool(st.skipped)
+    with open(os.path.join(tmp, "problems.log"), "w", encoding="utf-8") as f:
+        f.writelines(p + "\n" for p in problems)
+    report_problems(problems, raw_data, path=os.path.join(st.out_dir, "problems.log"))
+    size = sum(s["bytes"] for t in tasks for s in t["sources"].values())
+    manifest = dict(version=VERSION, prepared_with=dict(raw_data=raw_data, tokenizer=settings["tokenizer"],
+                                                        tokenizer_vocab=settings["vocab_size"], val_frac=val_frac),
+                    tokenizer=info["tokenizer"], n_vocab=info["n_vocab"], eot=info["eot"], dtype=info["dtype"],
+                    val_frac=val_frac, sources=sources, shards=shards, problems=len(problems), bytes=size)
+    _write_json(os.path.join(tmp, "manifest.json"), manifest)
+    _write_json(os.path.join(tmp, "timing.json"), dict(seconds=round(seconds, 3), phases=st.seconds, bytes=size,
+                                                       workers=st.workers, world=st.world, cores=os.cpu_count()))
+    print(f"tokenize: {size / 1e6:.1f} MB in {seconds:.1f} s, {size / 1e6 / max(seconds, 1e-9):.1f} MB/s "
+          f"with {st.workers * st.world} workers")
 
 
 def prepared(cfg):
@@ -317,27 +699,39 @@ def prepared(cfg):
         if not os.path.exists(cfg.raw_data):
             raise DataError(f"{cfg.data_dir} is not prepared and raw_data={cfg.raw_data!r} is not there to prepare it from")
         print(f"preparing {cfg.data_dir} from {cfg.raw_data} (once)")
-        prepare(cfg.raw_data, cfg.data_dir, cfg.tokenizer, cfg.tokenizer_vocab, cfg.val_frac)
+        tokenize(cfg)
     manifest = load_manifest(cfg.data_dir, verify=cfg.verify_data)
     stale = [f"{k}={v!r} (config: {getattr(cfg, k)!r})" for k, v in manifest["prepared_with"].items() if getattr(cfg, k) != v]
     if stale:
         print(f"warning: {cfg.data_dir}/manifest.json was prepared with {', '.join(stale)}; using it as it is "
-              "(`python data.py tokenize` rebuilds it)", file=sys.stderr)
+              "(delete it and `python data.py tokenize` rebuilds it)", file=sys.stderr)
     return manifest
 
 
-def _tokenizer_into(tmp, tokenizer, vocab_size, by_source):
-    """(Encoding, manifest entry) of the tokenizer a data_dir uses: a BPE trained on its documents,
-    a copy of a user's .tiktoken file (so data_dir is self-contained), or a tiktoken name."""
+def tokenize(cfg, rank=0, world=1):
+    """prepare() with cfg's keys: raw_data -> data_dir."""
+    return prepare(cfg.raw_data, cfg.data_dir, cfg.tokenizer, cfg.tokenizer_vocab, cfg.val_frac,
+                   sample_chars=cfg.tokenizer_sample, task_bytes=cfg.shard_mb * 2**20, workers=cfg.workers,
+                   rank=rank, world=world)
+
+
+def _tokenizer_into(tmp, tokenizer, vocab_size, raw_data, sample_chars):
+    """The tokenizer of a data_dir, into its folder tmp: a BPE trained on a sample of the
+    documents, a copy of a user's .tiktoken file (so data_dir is self-contained), or a tiktoken
+    name; what the tasks need to know of it in work/tokenizer.json."""
     path = os.path.join(tmp, "tokenizer.tiktoken")
     if tokenizer == "bpe":
-        return train_tokenizer((t for texts in by_source.values() for t in texts), vocab_size, path), "tokenizer.tiktoken"
-    if os.path.exists(tokenizer):
+        enc, entry = train_tokenizer(sample_documents(raw_data, sample_chars)[0], vocab_size, path), "tokenizer.tiktoken"
+    elif os.path.exists(tokenizer):
         for ext in ("", ".json"):
             if os.path.exists(tokenizer + ext):
                 shutil.copy(tokenizer + ext, path + ext)
-        return load_tokenizer(path), "tokenizer.tiktoken"
-    return load_tokenizer(tokenizer), tokenizer
+        enc, entry = load_tokenizer(path), "tokenizer.tiktoken"
+    else:
+        enc, entry = load_tokenizer(tokenizer), tokenizer
+    os.makedirs(os.path.join(tmp, "work"))
+    _write_json(os.path.join(tmp, "work", "tokenizer.json"), dict(tokenizer=entry, n_vocab=enc.n_vocab, eot=enc.eot_token,
+                                                                  dtype="uint16" if enc.n_vocab <= 65536 else "uint32"))
 
 
 # -----------------------------------------------------------------------------
@@ -598,7 +992,7 @@ def main(argv):
     step, ckpt = pop_flag(rest, "--step"), pop_flag(rest, "--ckpt")
     if cmd in ("prepare", "tokenize"):
         cfg, _ = load_config(rest)
-        prepare(cfg.raw_data, cfg.data_dir, cfg.tokenizer, cfg.tokenizer_vocab, cfg.val_frac)
+        tokenize(cfg, *launcher())
         return 0
     if ckpt:  # the run's own config and global batch
         meta = read_meta(ckpt)

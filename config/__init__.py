@@ -94,7 +94,9 @@ class TrainConfig:
     source_dir: str = ""         # documents as fetched
     clean_dir: str = ""          # documents that passed the cleaning rules
     clean_rules: dict = field(default_factory=dict)  # {lang: {rule: threshold}} over curate.CLEAN_RULES
-    tokenizer_sample: int = 50_000_000  # characters train-tokenizer learns from, drawn across sources
+    tokenizer_sample: int = 50_000_000  # characters a BPE learns from, drawn across sources (train-tokenizer, tokenizer="bpe")
+    workers: int = 0             # curation and tokenize: local worker processes; 0: every core (under torchrun: one per rank)
+    shard_mb: float = 32         # curation and tokenize: input megabytes per task, and the size of the output shards
     # data: raw_data is prepared into data_dir on first use
     raw_data: str = "data/tiny"
     data_dir: str = "data/tiny/tokens"
@@ -154,6 +156,7 @@ class TrainConfig:
             (self.ac in ("none", "full", "selective") or self.ac.startswith("every:") and self.ac[6:].isdigit()
              and int(self.ac[6:]) > 0, f"ac={self.ac!r} must be none, full, selective or every:N (N >= 1)"),
             (self.dtype in ("auto", "float32", "bfloat16"), f"dtype={self.dtype!r} must be auto, float32 or bfloat16"),
+            (self.workers >= 0 and self.shard_mb > 0, f"workers={self.workers} must be >= 0 and shard_mb={self.shard_mb} positive"),
             (min(self.seq_len, self.batch_size, self.max_steps, self.world_size) > 0,
              "seq_len, batch_size, max_steps and world_size must be positive"),
             (self.global_batch_size >= 0 and min(self.eval_interval, self.log_interval, self.ckpt_interval, self.keep_last) > 0,

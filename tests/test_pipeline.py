@@ -1,6 +1,7 @@
 """The data pipeline end to end on data/tiny (clean -> dedup -> train-tokenizer -> tokenize ->
-train.py), bad input on the way, and fetch-demo's errors."""
-import json, os
+train.py), as stages over shards: the same bytes for any number of workers and under torchrun,
+a stage killed mid-way and rerun, bad input on the way, and fetch-demo's errors."""
+import gzip, hashlib, json, os, signal, socket, subprocess, sys, time
 
 import pytest
 
@@ -9,61 +10,204 @@ import data
 import train
 from conftest import ROOT, small_args
 
+TINY = os.path.join(ROOT, "data", "tiny")
+
 
 def run(module, *argv):
     assert module.main(list(argv)) == 0
 
 
+def keys(d, *more):
+    return [f"--source_dir={TINY}", f"--clean_dir={d}/clean", f"--raw_data={d}/dedup", f"--tokenizer={d}/tok.tiktoken",
+            "--tokenizer_vocab=512", "--tokenizer_sample=100000000", f"--data_dir={d}/tokens", *more]
+
+
+def lines(folder):
+    """The JSON lines of every .jsonl file in folder, in file order."""
+    return [json.loads(l) for f in sorted(os.listdir(folder)) if f.endswith(".jsonl") for l in open(os.path.join(folder, f))]
+
+
+def digests(folder, root=None):
+    """sha256 of every file under folder (timing.json aside: it holds seconds), with the path
+    root (where a run keeps its folders, which its config names) written as ROOT."""
+    out, root = {}, str(root or os.path.dirname(folder)).encode()
+    for d, _, files in os.walk(folder):
+        for f in files:
+            if f != "timing.json":
+                p = os.path.join(d, f)
+                out[os.path.relpath(p, folder)] = hashlib.sha256(open(p, "rb").read().replace(root, b"ROOT")).hexdigest()
+    return out
+
+
 def test_pipeline_end_to_end_on_tiny(tmp_path):
     d = tmp_path
-    keys = [f"--source_dir={ROOT}/data/tiny", f"--clean_dir={d}/clean", f"--raw_data={d}/dedup",
-            f"--tokenizer={d}/tok.tiktoken", "--tokenizer_vocab=512", "--tokenizer_sample=100000000",
-            f"--data_dir={d}/tokens"]
     cfg = os.path.join(ROOT, "config", "toy.py")
-    run(curate, "clean", cfg, *keys)
+    run(curate, "clean", cfg, *keys(d))
     report = json.load(open(d / "clean" / "report.json"))
-    removed = [json.loads(l) for l in open(d / "clean" / "removed.jsonl")]
-    lines = sum(1 for f in ("en", "zh", "code") for _ in open(os.path.join(ROOT, "data", "tiny", f + ".jsonl")))
-    assert sum(r["documents"] for r in report["sources"].values()) == lines
-    assert len(removed) == sum(sum(r["removed"].values()) for r in report["sources"].values())
+    removed = lines(d / "clean" / "removed")
+    n_lines = sum(1 for f in ("en", "zh", "code") for _ in open(os.path.join(TINY, f + ".jsonl")))
+    assert report["documents"] == sum(r["documents"] for r in report["sources"].values()) == n_lines
+    assert len(removed) == sum(sum(r["removed"].values()) for r in report["sources"].values()) > 0
     for r in removed:  # each removal names its rule, with the value measured
         assert r["rule"] in curate.CLEAN_RULES[r["lang"]] and "value" in r and r["id"]
-    kept = [json.loads(l) for f in ("en", "zh", "code") for l in open(d / "clean" / f"{f}.jsonl")]
-    assert {k["lang"] for k in kept} == {"en", "zh", "code"} and all("source" in k for k in kept)
-    run(curate, "clean", cfg, *keys)  # done already: skipped, nothing rewritten
-    run(curate, "dedup", cfg, *keys)
+    kept = lines(d / "clean")
+    assert len(kept) == report["kept"] == n_lines - len(removed)
+    assert {k["lang"] for k in kept} == {"en", "zh", "code"} and {k["source"] for k in kept} == {"en", "zh", "code"}
+    before = digests(d / "clean")
+    run(curate, "clean", cfg, *keys(d))  # done already: skipped, nothing rewritten
+    assert digests(d / "clean") == before
+    run(curate, "dedup", cfg, *keys(d))
     dd = json.load(open(d / "dedup" / "report.json"))
-    assert dd["documents"] == len(kept) and dd["kept"] <= len(kept)
-    run(curate, "train-tokenizer", cfg, *keys)
+    assert dd["documents"] == len(kept) and dd["kept"] == len(lines(d / "dedup")) <= len(kept)
+    run(curate, "train-tokenizer", cfg, *keys(d))
     chars = json.load(open(f"{d}/tok.tiktoken.report.json"))["characters_per_token"]
     enc = data.load_tokenizer(f"{d}/tok.tiktoken")
-    zh = [json.loads(l)["text"] for l in open(d / "dedup" / "zh.jsonl")]
+    zh = [x["text"] for x in lines(d / "dedup") if x["source"] == "zh"]
     # a sample bigger than the corpus: the report is measured on every document
     assert chars["zh"] == pytest.approx(sum(map(len, zh)) / sum(len(enc.encode_ordinary(t)) for t in zh), rel=1e-12)
     assert chars["en"] > 2 * chars["zh"]  # English packs more characters into a token than Chinese
-    run(data, "tokenize", cfg, *keys)
+    run(data, "tokenize", cfg, *keys(d))
     manifest = data.load_manifest(str(d / "tokens"))
     assert set(manifest["sources"]) == {"en", "zh", "code"}
+    assert sum(s["documents"] for s in manifest["sources"].values()) == dd["kept"]
     train.main(small_args(str(d / "tokens"), str(d / "out"), "--max_steps=2", f"--tokenizer={d}/tok.tiktoken",
                           f"--raw_data={d}/dedup"))
     assert os.path.exists(d / "out" / "ckpt_0000002" / "DONE")
 
 
+@pytest.fixture(scope="module")
+def one_worker(tmp_path_factory):
+    """The whole pipeline on data/tiny cut into tasks of 50 KB (about 20), by one worker."""
+    d = tmp_path_factory.mktemp("w1")
+    run(curate, "pipeline", os.path.join(ROOT, "config", "toy.py"), *keys(d, "--shard_mb=0.05", "--workers=1"))
+    return d
+
+
+def test_every_stage_is_the_same_bytes_with_1_2_3_workers(one_worker, tmp_path):
+    assert len(json.load(open(one_worker / "clean" / "plan.json"))["tasks"]) >= 15
+    for w in (2, 3):
+        d = tmp_path / f"w{w}"
+        run(curate, "pipeline", os.path.join(ROOT, "config", "toy.py"), *keys(d, "--shard_mb=0.05", f"--workers={w}"))
+        for stage in ("clean", "dedup", "tokens"):
+            assert digests(d / stage) == digests(one_worker / stage), (w, stage)
+    # cut into tasks or not, the documents and the tokens are the same
+    whole = tmp_path / "whole"
+    run(curate, "pipeline", os.path.join(ROOT, "config", "toy.py"), *keys(whole))
+    for stage in ("clean", "dedup"):
+        assert lines(whole / stage) == lines(one_worker / stage)
+    a, b = (data.load_manifest(str(x / "tokens")) for x in (whole, one_worker))
+    assert a["sources"] == b["sources"]
+
+
+def test_the_dedup_stage_is_dedup_texts(one_worker):
+    # over ~20 shards and 5 phases, the same decisions as the in-memory reference on one list
+    docs = list(data.iter_records(str(one_worker / "clean"), []))
+    planted = docs + [{**docs[3], "id": "copy"}, {**docs[5], "text": docs[5]["text"] + "\n\nShare this article",
+                                                  "id": "near"}]
+    src = one_worker / "planted"
+    src.mkdir()
+    with open(src / "all.jsonl", "w") as f:
+        f.writelines(json.dumps(x, ensure_ascii=False) + "\n" for x in planted)
+    curate.dedup_corpus(str(src), str(one_worker / "planted_dedup"), shard_mb=0.05, workers=2)
+    r = curate.dedup_texts([x["text"] for x in planted])
+    assert lines(one_worker / "planted_dedup") == [{**planted[i], "text": r["texts"].get(i, planted[i]["text"])}
+                                                   for i in r["keep"]]
+    assert lines(one_worker / "planted_dedup" / "removed") == [
+        dict(id=planted[i]["id"], source=planted[i]["source"], reason=why,
+             duplicate_of=planted[k]["id"] if k is not None else None) for i, why, k in r["removed"]]
+    assert {(x["id"], x["reason"]) for x in lines(one_worker / "planted_dedup" / "removed")} >= {("copy", "exact"),
+                                                                                                 ("near", "near")}
+    assert [[m["id"] for m in c] for c in lines(one_worker / "planted_dedup" / "clusters")] == \
+        [[planted[i]["id"] for i in c] for c in r["clusters"]]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_ranks_share_the_tasks_and_write_the_same_bytes(one_worker, tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+           "curate.py", "pipeline", "config/toy.py", *keys(tmp_path, "--shard_mb=0.05")]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    for stage in ("clean", "dedup", "tokens"):
+        assert digests(tmp_path / stage) == digests(one_worker / stage), stage
+    timing = json.load(open(tmp_path / "dedup" / "timing.json"))
+    assert (timing["workers"], timing["world"]) == (1, 2)
+
+
+def test_a_stage_killed_mid_way_resumes_without_redoing_finished_tasks(one_worker, tmp_path):
+    # dedup over ~180 tasks of 5 KB, killed (SIGKILL, the whole process group) once a few of
+    # its signature tasks are done; the rerun skips them and writes the same bytes
+    cmd = [sys.executable, "curate.py", "dedup", "config/toy.py", f"--clean_dir={one_worker}/clean",
+           f"--raw_data={tmp_path}/dedup", "--shard_mb=0.005", "--workers=2"]
+    work = tmp_path / ".tmp_dedup" / "work" / "signatures"
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    t0 = time.time()
+    while not (work.exists() and sum(os.path.exists(work / t / "DONE") for t in os.listdir(work)) >= 3):
+        assert p.poll() is None and time.time() - t0 < 120, "the stage ended before it could be killed"
+        time.sleep(0.005)
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    done = sorted(t for t in os.listdir(work) if os.path.exists(work / t / "DONE"))
+    n = len(json.load(open(tmp_path / ".tmp_dedup" / "plan.json"))["tasks"])
+    assert 3 <= len(done) < n and not (tmp_path / "dedup").exists()
+    r = subprocess.run(cmd[:-1] + ["--workers=1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"dedup signatures: {len(done)} of {n} tasks already done" in r.stdout
+    reference = tmp_path / "reference"
+    curate.dedup_corpus(str(one_worker / "clean"), str(reference), shard_mb=0.005, workers=1)
+    assert digests(tmp_path / "dedup") == digests(reference)
+
+
 def test_bad_input_is_reported_not_fatal(tmp_path, capsys):
     src = tmp_path / "src"
     src.mkdir()
-    good = open(os.path.join(ROOT, "data", "tiny", "en.jsonl")).readline().strip()  # a real chapter
+    chapters = [json.dumps({"text": json.loads(l)["text"]}) for l in open(os.path.join(TINY, "en.jsonl"))]
+    good = chapters[0]  # a real chapter, without a source: its file names it
     (src / "a.jsonl").write_bytes(b"{not json\n" + good.encode() + b'\n{"txt": "no text field"}\n'
-                                  + b'{"text": "bad \xff\xfe bytes here"}\n')
+                                  + b'{"text": "bad \xff\xfe bytes here"}\n' + b"[" * 100_000 + b"\n"
+                                  + b"\xef\xbb\xbf" + good.encode() + b"\n")
     (src / "empty.jsonl").write_bytes(b"")
+    (src / "upper.JSONL").write_bytes(good.encode() + b"\n")
+    (src / "notes.json").write_text("{}")
+    (src / "readme.md").write_text("#")
+    whole = gzip.compress(("\n".join(chapters) + "\n").encode())
+    (src / "cut.jsonl.gz").write_bytes(whole[:len(whole) // 2])  # a truncated download
     report = curate.clean_corpus(str(src), str(tmp_path / "clean"))
-    problems = report["problems"]
-    assert any(p.endswith("a.jsonl:1: not JSON (Expecting property name enclosed in double quotes)") for p in problems)
-    assert any(p.endswith("a.jsonl:3: no string field 'text'") for p in problems)
-    assert any(p.endswith("a.jsonl:4: invalid UTF-8, bad bytes replaced by U+FFFD") for p in problems)
-    assert sum(r["documents"] for r in report["sources"].values()) == 2  # the good one and the bad bytes went on
+    problems = open(tmp_path / "clean" / "problems.log").read().splitlines()
+    assert report["problems"] == len(problems) == 6
+    assert f"{src}/a.jsonl:1: not JSON (Expecting property name enclosed in double quotes)" in problems
+    assert f"{src}/a.jsonl:3: no string field 'text'" in problems
+    assert f"{src}/a.jsonl:4: invalid UTF-8, bad bytes replaced by U+FFFD" in problems
+    assert f"{src}/a.jsonl:5: not JSON (RecursionError)" in problems
+    assert any(p.startswith(f"{src}/cut.jsonl.gz: unreadable after line ") for p in problems)
+    assert any(p.startswith(f"{src}: skipped 2 files that are not .jsonl, .jsonl.gz or .txt: 1 .json") for p in problems)
+    # the good chapter, the bad bytes, the chapter after a byte-order mark, the upper-case
+    # .JSONL and the lines of the .gz before the cut all went on
+    by_source = {s: r["documents"] for s, r in report["sources"].items()}
+    assert by_source["a"] == 3 and by_source["upper"] == 1 and 0 < by_source["cut"] < len(chapters)
     assert (src / "a.jsonl").read_bytes().startswith(b"{not json")  # the input is untouched
     assert "warning:" in capsys.readouterr().err
+
+
+def test_a_large_file_is_cut_at_line_boundaries(tmp_path):
+    # pieces of a file read the lines that start inside them: every line once, ids and
+    # problems with the file's own line numbers
+    rows = [json.dumps({"text": f"document {i} " + "x" * (i % 37)}) for i in range(500)]
+    rows[123] = "not json"
+    (tmp_path / "big.jsonl").write_text("\n".join(rows) + "\n")
+    files, _ = data.input_files(str(tmp_path))
+    tasks = data.plan_pieces(str(tmp_path), files, 1000)
+    assert len(tasks) > 10 and all(len(t) == 1 for t in tasks)
+    problems, docs = [], []
+    for t in tasks:
+        docs += [d for rel, a, b in t for d in data.read_piece(str(tmp_path), rel, a, b, problems)]
+    assert [d["text"] for d in docs] == [json.loads(r)["text"] for k, r in enumerate(rows) if k != 123]
+    assert [d["id"] for d in docs][:3] == ["big.jsonl:1", "big.jsonl:2", "big.jsonl:3"]
+    assert docs[200]["id"] == "big.jsonl:202" and problems == [f"{tmp_path}/big.jsonl:124: not JSON (Expecting value)"]
 
 
 def test_fetch_demo_names_the_missing_tool(tmp_path, monkeypatch):
