@@ -44,31 +44,85 @@ def normalize(text):
     return unicodedata.normalize("NFC", text)
 
 # -----------------------------------------------------------------------------
-# language: script statistics only
+# language: code, then Chinese or English by the words of the prose. A source file is code
+# even when its comments and strings are Chinese, so what a reader of source skips (comments,
+# strings, docstrings) goes before its lines are judged; a document that shows code (markdown
+# fences, reST literal blocks, doctest and shell sessions, man-page references) is prose, so
+# those go before its words are counted; and a Chinese page full of commands, paths and
+# identifiers stays Chinese because only plain words count as English. On data/langid (real
+# passages, benchmarks/langid_bench.py) this beats fastText's lid.176 (BENCHMARKS.md).
 
 CJK = "\u4e00-\u9fff\u3400-\u4dbf\uf900-\ufaff"
 _CJK_RUN = re.compile(f"[{CJK}]+")
-_NOT_LETTER = re.compile(r"[\W\d_]+")  # what survives is letters and ideographs
-# a line that looks like code: indented, opens with a keyword, or ends in an opener/closer/separator
-_CODE_LINE = re.compile(r"^(?:[ \t]+\S|(?:def|class|import|from|return|if|for|while|#include|function"
-                        r"|var|const|let|public)\b|.*[:;{}()\[\],][ \t]*$)", re.M)
 _LINE = re.compile(r"^[ \t]*\S", re.M)
+_FENCE = re.compile(r"^[ \t]*(```|~~~)[\s\S]*?(?:^[ \t]*\1[^\n]*$|\Z)", re.M)
+_MARKUP = re.compile(r"!?\[([^\]\n]*)\]\([^)\n]*\)|<[^>\n]+>|(?<!\S)\S*://\S*")  # markdown links, html tags, urls
+# whichever starts first: block comments and multi-line strings, a line's strings and inline
+# code (a quote right after a letter is an apostrophe), line comments
+_SKIP = re.compile(r'(?=["\'/<`#;-])(?:"""[\s\S]*?(?:"""|\Z)|\'\'\'[\s\S]*?(?:\'\'\'|\Z)|/\*[\s\S]*?(?:\*/|\Z)|<!--[\s\S]*?(?:-->|\Z)'
+                   r'|(?<![A-Za-z])"(?:[^"\\\n]|\\.)*"|(?<![A-Za-z])\'(?:[^\'\\\n]|\\.)*\'|`[^`\n]*`'
+                   r'|(?:^|(?<=\s))(?:#|//|--|;;)[^\n]*)', re.M)
+_EXAMPLE = re.compile(r"^[ \t]*(?:>>>|\.\.\.|\$|#\s*\$)(?: .*)?$", re.M)  # doctest and shell sessions
+_LITERAL = re.compile(r"::[ \t]*\n(?:[ \t]*\n)+(?:(?:[ \t]+\S.*)?\n)+")  # reST literal blocks
+_COMMENT_LINE = re.compile(r"^[ \t]*(?:#|//|/?\*)", re.M)
+_KEYWORD = re.compile(r"^[ \t]*(?:def|class|import|from|return|if|elif|else|for|while|try|except|finally|with|raise|"
+                      r"yield|function|var|let|const|export|async|await|public|private|protected|static|package|"
+                      r"func|fn|use|struct|enum|impl|switch|case|break|continue|#include|#define|@\w+)\b")
+# assignment, comparison, a call (not a man-page reference like ls(1)), a method call
+_OPERATOR_CHAR = re.compile(r"[=(>&|]")
+_OPERATOR = re.compile(r"[\w\])]\s*(?:[-+*/%&|^]?=|==|!=|<=|>=|=>|->|&&|\|\|)\s*\S|\w\((?![0-9]+[a-z]*\))|\)\.|\w\.\w+\(")
+# a plain english word: letters, lower case after the first, not part of a path, option,
+# identifier or call
+_WORD = re.compile(r"(?=[A-Za-z])(?<![\w./\\@$%=<>-])[A-Za-z][a-z]+(?:'[a-z]+)?(?![\w/\\@$%=<>(-])")
+
+
+def _markup_out(text, repl):
+    return _MARKUP.sub(repl, text) if "<" in text or "](" in text or "://" in text else text
+
+
+def is_code(text):
+    """Source code: its lines, comments and strings set aside, look like code (a statement,
+    an operator, a keyword, an opening or closing bracket) more than twice as often as like
+    prose (4+ plain words, or 6+ CJK characters), on at least 30% of them. A text that is
+    only comments (a licence header) is code; one with markdown fences is not. Judged on the
+    first 10,000 characters."""
+    text = text[:10_000]
+    if _FENCE.search(text):
+        return False
+    s = _markup_out(text, r" \1 ")
+    lines = len(_LINE.findall(s))
+    if lines >= 3 and len(_COMMENT_LINE.findall(s)) >= 0.8 * lines:
+        return True
+    code = prose = lines = 0
+    for line in _LITERAL.sub("::\n", _EXAMPLE.sub("", _SKIP.sub("", s))).split("\n"):
+        t = line.strip()
+        if not t:
+            continue
+        lines += 1
+        keyword, end = _KEYWORD.match(line), t[-1] in "{};()[],:\\" or t.endswith(("=>", "->"))
+        if _OPERATOR_CHAR.search(t) and _OPERATOR.search(t) or t[-1] in "{};" or keyword and end:
+            code += 1  # a statement, whatever its words
+        elif len(_WORD.findall(t)) >= max(4, 0.6 * len(t.split())) or not t.isascii() and len(t) - len(_CJK_RUN.sub("", t)) >= 6:
+            prose += 1
+        elif keyword or end:
+            code += 1
+    return code > 2 * prose and code >= 0.3 * lines
+
 
 def detect_lang(text):
-    """"zh" if CJK ideographs are >= 30% of letters+ideographs, else "code" if the symbols
-    {}()[]=<>;:#_ are >= 2% of the characters AND >= 50% of the non-empty lines look like code,
-    else "en". On data/tiny, hard-wrapped prose has up to 43% code-like lines (lines end in
-    commas, start with "for"/"if") but <= 0.6% symbols, parentheses included; the Python
-    modules have >= 70% code-like lines and >= 3.2% symbols. Both tests are needed."""
-    if not text.isascii():  # (ascii text has no ideographs: skip the scans)
-        cjk = len(text) - len(_CJK_RUN.sub("", text))
-        if cjk and cjk >= 0.3 * len(_NOT_LETTER.sub("", text)):
-            return "zh"
-    if sum(map(text.count, "{}()[]=<>;:#_")) >= 0.02 * len(text):
-        lines = len(_LINE.findall(text))
-        if lines and len(_CODE_LINE.findall(text)) >= 0.5 * lines:
-            return "code"
-    return "en"
+    """"code" (is_code), else "zh" when the CJK characters of its prose (code blocks, inline
+    code and urls set aside) are at least 3/4 of its plain English words, else "en". A Chinese
+    word is ~1.5 characters, so that is Chinese words >= half the English ones: on data/langid,
+    English quoting Chinese has at most 0.4 CJK characters per English word, Chinese quoting
+    English at least 1.4. Judged on the first 10,000 characters."""
+    if is_code(text):
+        return "code"
+    text = text[:10_000]
+    if text.isascii():
+        return "en"
+    prose = _markup_out(re.sub(r"`[^`\n]*`", " ", _FENCE.sub(" ", text)), " ")
+    cjk = len(prose) - len(_CJK_RUN.sub("", prose))
+    return "zh" if cjk and cjk >= 0.75 * len(_WORD.findall(prose)) else "en"
 
 # -----------------------------------------------------------------------------
 # rules: MAP-Neo's thresholds. A tuple is an inclusive (min, max) range, a number is a maximum,
@@ -296,9 +350,10 @@ def exact_key(text):
 #     chinese  n=2: 0.95 / 0.88 (0.12)   n=3: 0.93 / 0.85 (0.05)   n=5: 0.89 / 0.77
 # so the size is chosen per position, not per document: a shingle that starts on a CJK
 # character (kana included; Hangul has spaces, so it counts as english) is 2 characters long,
-# any other 5. Chinese technical prose full of commands and identifiers gets word-sized
-# shingles in both of its scripts. Spaces next to CJK characters (punctuation, once
-# normalised) are dropped first: chinese has none of its own.
+# any other 5, and so is one that starts on the space before a CJK character (punctuation,
+# once normalised). Chinese technical prose full of commands and identifiers gets word-sized
+# shingles in both of its scripts; all-Chinese and all-English text get what they had when
+# the size was chosen per document.
 
 def _is_cjk(c):
     return ((c >= 0x2E80) & (c <= 0x9FFF)) | ((c >= 0xF900) & (c <= 0xFAFF)) | ((c >= 0x20000) & (c <= 0x3FFFF))
@@ -317,12 +372,8 @@ def shingles(text, ngram=5, ngram_cjk=2, normed=False):
     when normed): ngram_cjk characters from a CJK character, ngram from any other."""
     c = np.frombuffer((text if normed else norm_for_dedup(text)).encode("utf-32-le"), np.uint32).astype(np.uint64)
     cjk = _is_cjk(c)
-    if cjk.any():
-        near = np.zeros(len(c), bool)
-        near[1:] |= cjk[:-1]
-        near[:-1] |= cjk[1:]
-        keep = ~((c == 32) & near)
-        c, cjk = c[keep], cjk[keep]
+    if cjk.any():  # a space before a CJK character (punctuation, once normalised) starts a CJK window too
+        cjk[:-1] |= (c[:-1] == 32) & cjk[1:]
     h = _window_hashes(c, ngram, len(c) - ngram + 1)
     if cjk.any():  # a window that starts on a CJK character is ngram_cjk long
         h = np.concatenate([h[~cjk[:len(h)]], _window_hashes(c, ngram_cjk, len(c) - ngram_cjk + 1)[cjk[:len(c) - ngram_cjk + 1]]])
