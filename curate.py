@@ -718,7 +718,7 @@ def _stage_done(out_dir, what):
     return False
 
 
-def clean_corpus(src, out_dir, overrides=None, shard_mb=32, workers=0, rank=0, world=1):
+def clean_corpus(src, out_dir, overrides=None, shard_mb=data.TASK_BYTES / 2**20, workers=0, rank=0, world=1):
     """Normalise every document (NFC, control characters), tell its language, apply the rules
     of that language (CLEAN_RULES, updated by overrides {lang: {rule: threshold}}) and keep
     those that pass; removed/ says which rule, with the value measured."""
@@ -787,28 +787,32 @@ def _signature_task(st, i, out, p, n_part):
 
 
 class _Lookup:
-    """Signatures and (id, start of text) of any document, by its place, from the signatures phase."""
+    """Signatures and (id, start of text) of any document, by its place, from the signatures phase
+    (files opened as needed, a few indexes kept: never one open file per task of the corpus)."""
 
     def __init__(self, st):
-        self.st, self.sigs, self.idx = st, {}, {}
+        self.st = st
 
     def sig(self, docs):
         task, j = (docs >> np.uint64(32)).astype(np.int64), (docs & np.uint64(0xFFFFFFFF)).astype(np.int64)
         out = None
         for t in np.unique(task).tolist():
-            if t not in self.sigs:
-                self.sigs[t] = np.load(os.path.join(self.st.path("signatures", t), "sigs.npy"), mmap_mode="r")
-            out = np.empty((len(docs), self.sigs[t].shape[1]), np.uint32) if out is None else out
-            out[task == t] = self.sigs[t][j[task == t]]
+            sigs = np.load(os.path.join(self.st.path("signatures", t), "sigs.npy"), mmap_mode="r")
+            out = np.empty((len(docs), sigs.shape[1]), np.uint32) if out is None else out
+            out[task == t] = sigs[j[task == t]]
+            del sigs
         return out
 
     def name(self, doc):
-        t, j = int(doc) >> 32, int(doc) & 0xFFFFFFFF
-        if t not in self.idx:
-            self.idx[t] = np.load(os.path.join(self.st.path("signatures", t), "names.idx.npy"))
-        with open(os.path.join(self.st.path("signatures", t), "names.jsonl"), "rb") as f:
-            f.seek(int(self.idx[t][j]))
+        folder = self.st.path("signatures", int(doc) >> 32)
+        with open(os.path.join(folder, "names.jsonl"), "rb") as f:
+            f.seek(int(_names_index(folder)[int(doc) & 0xFFFFFFFF]))
             return json.loads(f.readline())  # [id, start of text]
+
+
+@functools.lru_cache(maxsize=64)
+def _names_index(folder):
+    return np.load(os.path.join(folder, "names.idx.npy"))
 
 
 def _bucket_task(st, k, out, p, n_part):
@@ -879,7 +883,7 @@ def _filter_task(st, i, out, p, n_part, shard_bytes):
                                                             problems=problems))
 
 
-def dedup_corpus(src, out_dir, params=None, shard_mb=32, workers=0, rank=0, world=1):
+def dedup_corpus(src, out_dir, params=None, shard_mb=data.TASK_BYTES / 2**20, workers=0, rank=0, world=1):
     """Exact, near-duplicate (MinHash-LSH) and paragraph dedup over all documents of all sources
     together (the first occurrence wins, in the input's order); removed/ names the reason and
     the document kept instead, clusters/clusters.jsonl every near-duplicate cluster (the id and

@@ -17,7 +17,7 @@ import numpy as np
 import tiktoken
 from tqdm import tqdm
 
-from config import ConfigError, config_from_dict, global_batch, load_config, pop_flag, run_command
+from config import ConfigError, TrainConfig, config_from_dict, global_batch, load_config, pop_flag, run_command
 
 
 # gpt-4's split pattern, but digits one at a time, as MAP-Neo's tokenizer splits them
@@ -25,7 +25,7 @@ SPLIT_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}| ?[^\s
 EOT = "<|endoftext|>"
 SPECIAL_TOKENS = [EOT, "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|pad|>"]  # ids right after the BPE ranks
 MAGIC, VERSION, HEADER_BYTES = 20241124, 1, 32  # shard header: int64 magic, version, bytes per token, token count
-TASK_BYTES = 32 << 20  # input per task of a stage (config key shard_mb): curation and tokenize
+TASK_BYTES = int(TrainConfig.shard_mb * 2**20)  # input per task of a stage: curation and tokenize
 
 
 class DataError(Exception):
@@ -312,7 +312,7 @@ class Stage:
         self.name, self.root, self.out_dir, self.rank, self.world = name, src, out_dir.rstrip(os.sep), rank, world
         self.tmp = tmp_dir(self.out_dir, create=False)
         self.workers = 1 if world > 1 else workers or os.cpu_count() or 1
-        self.seconds, self._tasks, self._pool = {}, None, None
+        self.seconds, self._tasks, self._pool, self.sizes = {}, None, None, []
         if is_done(self.out_dir):
             return
         files, other = input_files(src)
@@ -320,6 +320,8 @@ class Stage:
             raise DataError(f"{src}: no documents found (looked for .jsonl, .jsonl.gz and .txt files)")
         self.skipped = skipped_note(src, other)
         self._tasks = plan_pieces(src, files, max(1, int(task_bytes)))
+        size = {os.path.relpath(p, src) if p != src else "": os.path.getsize(p) for p in files}
+        self.sizes = [sum((b if b is not None else size[f]) - a for f, a, b in t) for t in self._tasks]
         plan = dict(stage=name, settings=settings, tasks=self._tasks)
         key = dict(plan, files=[[os.path.relpath(p, src) if p != src else "", os.stat(p).st_size, os.stat(p).st_mtime_ns]
                                 for p in files])
@@ -349,7 +351,7 @@ class Stage:
         return self._tasks
 
     def __getstate__(self):  # what goes to a worker process: not the plan, which it reads itself
-        return {**self.__dict__, "_tasks": None, "_pool": None}
+        return {**self.__dict__, "_tasks": None, "_pool": None, "sizes": []}
 
     def __enter__(self):
         return self
@@ -379,6 +381,8 @@ class Stage:
         todo = [i for i in mine if not is_done(self.path(phase, i))]
         if len(todo) < len(mine):
             print(f"{self.name} {phase}: {len(mine) - len(todo)} of {len(mine)} tasks already done")
+        if n == len(self.sizes):  # tasks over the input: the largest first, so that none is left to run alone
+            todo.sort(key=lambda i: -self.sizes[i])
         jobs = [(self, self.path(phase, i), fn, i, args) for i in todo]
         mine = len(mine)
         with tqdm(total=mine, initial=mine - len(todo), desc=f"{self.name} {phase}", unit=" tasks", disable=None) as bar:
@@ -641,12 +645,28 @@ def _tokenize_task(st, i, out, shard_tokens, threads):
 def _assemble_tokens(st, tmp, raw_data, settings, seconds):
     """manifest.json from the tasks' shards: per source, in task order, its first tokens train and
     the last val_frac val; the one shard that straddles the cut is written again as two."""
-    tasks = [json.load(open(os.path.join(st.path("tokenize", i), "task.json"))) for i in range(len(st.tasks))]
-    info = json.load(open(os.path.join(tmp, "work", "tokenizer.json")))
-    val_frac, shards, sources = settings["val_frac"], [], {}
-    for source in sorted({s for t in tasks for s in t["sources"]}):
-        parts = [(i, *shard) for i, t in enumerate(tasks) for shard in t["sources"].get(source, {}).get("shards", [])]
-        total = sum(n for _, _, n, _ in parts)
+    n, info = len(st.tasks), json.load(open(os.path.join(tmp, "work", "tokenizer.json")))
+    task = lambda i: json.load(open(os.path.join(st.path("tokenize", i), "task.json")))
+    parts, sources, problems = {}, {}, []  # per source: its shards in task order
+    with open(os.path.join(tmp, "problems.log"), "w", encoding="utf-8") as log:  # (one task's problems at a time)
+        for i in range(n):
+            t = task(i)
+            for source, s in t["sources"].items():
+                parts.setdefault(source, []).extend((i, *shard) for shard in s["shards"])
+                c = sources.setdefault(source, dict(documents=0, characters=0, bytes=0))
+                for k in c:
+                    c[k] += s[k]
+            log.writelines(p + "\n" for p in t["problems"])
+            problems += t["problems"][:max(0, 21 - len(problems))]
+            info["problems"] = info.get("problems", 0) + len(t["problems"])
+        if st.skipped:
+            log.write(st.skipped + "\n")
+            problems.append(st.skipped)
+            info["problems"] = info.get("problems", 0) + 1
+    report_problems(problems, raw_data, info.get("problems", 0), os.path.join(st.out_dir, "problems.log"))
+    val_frac, shards, size = settings["val_frac"], [], sum(s["bytes"] for s in sources.values())
+    for source in sorted(parts):
+        total = sum(n for _, _, n, _ in parts[source])
         cut = total - max(1, int(total * val_frac)) if val_frac > 0 else total
         made = {"train": [], "val": []}
 
@@ -660,10 +680,10 @@ def _assemble_tokens(st, tmp, raw_data, settings, seconds):
                                     tokens=len(read_shard(name)), sha256=digest or sha256_file(name)))
 
         a = 0
-        for i, f, n, digest in parts:
+        for i, f, k, digest in parts[source]:
             path = os.path.join(st.path("tokenize", i), f)
-            if a + n <= cut or a >= cut:
-                add("train" if a + n <= cut else "val", (i, f), digest=digest)
+            if a + k <= cut or a >= cut:
+                add("train" if a + k <= cut else "val", (i, f), digest=digest)
             else:  # the cut falls inside: two new shards (on a rerun after a crash, already there)
                 whole = read_shard(path) if os.path.exists(path) else None
                 for split, piece in (("train", slice(0, cut - a)), ("val", slice(cut - a, None))):
@@ -671,25 +691,20 @@ def _assemble_tokens(st, tmp, raw_data, settings, seconds):
                 if whole is not None:
                     del whole
                     os.remove(path)
-            a += n
+            a += k
         shards += made["train"] + made["val"]
-        sources[source] = dict(documents=sum(t["sources"][source]["documents"] for t in tasks if source in t["sources"]),
-                               characters=sum(t["sources"][source]["characters"] for t in tasks if source in t["sources"]),
-                               train_tokens=int(cut), val_tokens=int(total - cut))
-    problems = [p for t in tasks for p in t["problems"]] + [st.skipped] * bool(st.skipped)
-    with open(os.path.join(tmp, "problems.log"), "w", encoding="utf-8") as f:
-        f.writelines(p + "\n" for p in problems)
-    report_problems(problems, raw_data, path=os.path.join(st.out_dir, "problems.log"))
-    size = sum(s["bytes"] for t in tasks for s in t["sources"].values())
+        s = sources[source]
+        sources[source] = dict(documents=s["documents"], characters=s["characters"], train_tokens=int(cut),
+                               val_tokens=int(total - cut))
     manifest = dict(version=VERSION, prepared_with=dict(raw_data=raw_data, tokenizer=settings["tokenizer"],
                                                         tokenizer_vocab=settings["vocab_size"], val_frac=val_frac),
                     tokenizer=info["tokenizer"], n_vocab=info["n_vocab"], eot=info["eot"], dtype=info["dtype"],
-                    val_frac=val_frac, sources=sources, shards=shards, problems=len(problems), bytes=size)
+                    val_frac=val_frac, sources=sources, shards=shards, problems=info.get("problems", 0))
     _write_json(os.path.join(tmp, "manifest.json"), manifest)
     _write_json(os.path.join(tmp, "timing.json"), dict(seconds=round(seconds, 3), phases=st.seconds, bytes=size,
                                                        workers=st.workers, world=st.world, cores=os.cpu_count()))
-    print(f"tokenize: {size / 1e6:.1f} MB in {seconds:.1f} s, {size / 1e6 / max(seconds, 1e-9):.1f} MB/s "
-          f"with {st.workers * st.world} workers")
+    print(f"tokenize: {size / 1e6:.1f} MB in {seconds:.1f} s, {size / 1e6 / max(seconds, 1e-9) / st.workers:.1f} MB/s "
+          f"per worker, {st.workers} worker{'s' * (st.workers > 1)}" + f" x {st.world} ranks" * (st.world > 1))
 
 
 def prepared(cfg):

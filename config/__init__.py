@@ -96,7 +96,7 @@ class TrainConfig:
     clean_rules: dict = field(default_factory=dict)  # {lang: {rule: threshold}} over curate.CLEAN_RULES
     tokenizer_sample: int = 50_000_000  # characters a BPE learns from, drawn across sources (train-tokenizer, tokenizer="bpe")
     workers: int = 0             # curation and tokenize: local worker processes; 0: every core (under torchrun: one per rank)
-    shard_mb: float = 32         # curation and tokenize: input megabytes per task, and the size of the output shards
+    shard_mb: float = 16         # curation and tokenize: input megabytes per task and per output shard (terabytes: ~256)
     # data: raw_data is prepared into data_dir on first use
     raw_data: str = "data/tiny"
     data_dir: str = "data/tiny/tokens"
