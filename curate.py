@@ -4,13 +4,16 @@ pinned archives to the deduplicated documents that data.py tokenizes, each stage
 that says what it removed and why. A config names the folders (config/demo_small.py):
 
     python curate.py fetch-demo [--out=data/demo/raw]   the ~70 MB bilingual demo corpus, pinned archives
-    python curate.py clean CONFIG            source_dir -> clean_dir: quality rules per language, removed.jsonl
+    python curate.py clean CONFIG            source_dir -> clean_dir: language, quality rules per language
     python curate.py dedup CONFIG            clean_dir -> raw_data: exact, MinHash-LSH and paragraph dedup
     python curate.py train-tokenizer CONFIG  raw_data -> tokenizer (a .tiktoken path): BPE, chars/token per source
     python curate.py pipeline CONFIG         the three above, then `python data.py tokenize`, with a throughput table
 
-Each stage writes its folder whole (data.tmp_dir, then DONE and a rename): a finished stage is
-skipped when run again, and no stage writes over its input.
+clean and dedup are stages over shards (data.Stage): independent tasks over pieces of the
+input, on --workers local processes, one worker per torchrun rank, or one Slurm array task;
+killed, they resume where they stopped; their output is the same bytes for any number of
+workers. A finished stage is skipped when run again, and no stage writes over its input.
+Curation never imports torch.
 """
 import functools, hashlib, json, math, os, re, shutil, sys, time, unicodedata
 from collections import Counter
@@ -518,15 +521,11 @@ def features(text, p=DEDUP):
             np.array(sorted(keys), np.uint64).reshape(-1, 2))
 
 
-def paragraph_drops(records, removed):
-    """(doc, key_hi, key_lo) of each long paragraph already in an earlier kept document, sorted.
-    records: (doc, key_hi, key_lo), the distinct paragraph keys of each document; removed:
-    sorted arrays of the documents that are not kept (exact and near duplicates), which own
-    nothing. A document later dropped for its paragraphs still owns those it had first."""
-    gone = np.zeros(len(records), bool)
-    for r in removed:
-        gone |= _isin(records[:, 0], r)
-    records = records[~gone]
+def paragraph_drops(records):
+    """(doc, key_hi, key_lo) of each long paragraph already in an earlier document, sorted.
+    records: (doc, key_hi, key_lo), the distinct paragraph keys of each kept document (exact
+    and near duplicates own nothing; a document later dropped for its paragraphs still owns
+    those it had first)."""
     order, new = _groups(records[:, 1:], records[:, 0])
     drops = records[order][~new]  # every record of a key but the first (smallest) document's
     return drops[np.lexsort((drops[:, 2], drops[:, 1], drops[:, 0]))]
@@ -575,7 +574,8 @@ def dedup_texts(docs, workers=1, **params):
     near = nodes != root
     records = np.concatenate([np.c_[np.full(len(f[2]), i, np.uint64), f[2]] for i, f in enumerate(feats)]
                              + [np.zeros((0, 3), np.uint64)])
-    drops = paragraph_drops(records, [copies, np.sort(nodes[near])])
+    gone = np.sort(np.concatenate([copies, nodes[near]]))
+    drops = paragraph_drops(records[~_isin(records[:, 0], gone)])
     removed = [(int(c), "exact", int(k)) for k, c in exact.tolist()] + \
               [(int(d), "near", int(r)) for d, r in zip(nodes[near].tolist(), root[near].tolist())]
     gone, keep, texts = {i for i, _, _ in removed}, [], {}
@@ -654,34 +654,29 @@ def _count(report, source, size, reason=None, size_out=0):
 def _finish_docs(st, tmp, phase, report, seconds):
     """The output folder of a stage from its last phase's tasks: their kept shards and removed
     lines moved in, problems.log, report.json (counts summed per source) and timing.json."""
-    sources, problems, width = {}, [], len(str(len(st.tasks)))
-    with open(os.path.join(tmp, "problems.log"), "w", encoding="utf-8") as out:
+    sources, width = {}, max(6, len(str(len(st.tasks))))
+
+    def each_task():
         for i in range(len(st.tasks)):
             task = json.load(open(os.path.join(st.path(phase, i), "report.json")))
             for k, name in enumerate(task["docs"]):
-                st.move(phase, i, name, os.path.join(tmp, f"{i:0{max(width, 6)}d}_{k:04d}.jsonl"))
+                st.move(phase, i, name, os.path.join(tmp, f"{i:0{width}d}_{k:04d}.jsonl"))
             for k, name in enumerate(task["removed"]):
-                st.move(phase, i, name, os.path.join(tmp, "removed", f"{i:0{max(width, 6)}d}_{k:04d}.jsonl"))
+                st.move(phase, i, name, os.path.join(tmp, "removed", f"{i:0{width}d}_{k:04d}.jsonl"))
             for source, r in task["sources"].items():
                 s = sources.setdefault(source, dict(documents=0, kept=0, bytes_in=0, bytes_out=0, removed={}))
                 for key in ("documents", "kept", "bytes_in", "bytes_out"):
                     s[key] += r[key]
                 for why, n in r["removed"].items():
                     s["removed"][why] = s["removed"].get(why, 0) + n
-            out.writelines(p + "\n" for p in task["problems"])
-            problems += task["problems"][:max(0, 21 - len(problems))]
-            report["problems"] = report.get("problems", 0) + len(task["problems"])
-        if st.skipped:
-            out.write(st.skipped + "\n")
-            problems.append(st.skipped)
-            report["problems"] += 1
+            yield task["problems"]
+    report["problems"] = st.write_problems(tmp, each_task())
     report.update(sources=dict(sorted(sources.items())), documents=sum(s["documents"] for s in sources.values()),
                   kept=sum(s["kept"] for s in sources.values()))
     data._write_json(os.path.join(tmp, "report.json"), report)
     size = sum(s["bytes_in"] for s in sources.values())
     data._write_json(os.path.join(tmp, "timing.json"), dict(seconds=round(seconds, 3), phases=st.seconds, bytes=size,
                                                             workers=st.workers, world=st.world, cores=os.cpu_count()))
-    report_problems(problems, st.root, report["problems"], os.path.join(st.out_dir, "problems.log"))
     for source, r in sorted(sources.items()):
         why = ", ".join(f"{k} {v}" for k, v in sorted(r["removed"].items(), key=lambda kv: (-kv[1], kv[0])))
         print(f"{source:12s} kept {r['kept']:7,d} of {r['documents']:7,d} ({r['bytes_out'] / max(1, r['bytes_in']):.0%} "
@@ -732,19 +727,24 @@ def clean_corpus(src, out_dir, overrides=None, shard_mb=data.TASK_BYTES / 2**20,
 
 
 # the dedup stage: dedup_texts() over shards of any size (datatrove's MinHash pipeline, plus the
-# exact and paragraph steps), in five phases, each a set of independent tasks:
-#   signatures  per input task: each document's exact key, signature, band hashes and
-#               paragraph keys, the records written sorted by partition (a range of key hashes)
+# exact and paragraph steps), in six phases, each a set of independent tasks:
+#   signatures  per input task: each document's exact key, signature and band hashes, written
+#               sorted by partition (a class of key hashes); its paragraph keys, by document
 #   buckets     per partition: exact copies (same key), and LSH candidates (same band hash)
 #               verified on their signatures
 #   clusters    one task: the connected components of the verified pairs
+#   keys        per input task: the paragraph keys of its documents that are kept, by partition
 #   paragraphs  per partition: long paragraphs already in an earlier kept document
 #   filter      per input task: its documents again, minus what the decisions removed
 # A document is known by its place, task << 32 | index in its task: the fixed global order in
-# which the first occurrence wins, whatever the number of workers. Memory per task: one task's
-# documents, one partition's records, or all the verified pairs (clusters), never the corpus.
+# which the first occurrence wins, whatever the number of workers. A partition task holds at
+# most PART_RECORDS key records at a time (a larger partition is read in ranges of its key
+# hashes), a filter task one task's decisions: memory per worker does not grow with the corpus,
+# except in the clusters phase, which holds the verified pairs (near-duplicates, not documents).
 
-PART_BYTES = 1 << 30  # input bytes per partition of the key records
+PART_BYTES = 1 << 30  # input bytes per partition (for parallelism; at most MAX_PARTS of them)
+MAX_PARTS = 256       # (each filter task reads every partition's decisions about its documents)
+PART_RECORDS = 1 << 21  # key records (24 bytes) a task holds at once; ~150 MB with their sorting
 
 
 def _save_parts(out, name, records, part, n):
@@ -754,14 +754,35 @@ def _save_parts(out, name, records, part, n):
     np.save(os.path.join(out, name + ".idx.npy"), np.searchsorted(part[order], np.arange(n + 1)))
 
 
-def _load_part(st, name, p, width):
-    parts = []
+def _ranges(st, phase, name, p, width):
+    """The records of partition p that every task of phase wrote (_save_parts), at most about
+    PART_RECORDS at a time: the partition cut into ranges of its first column, a hash (ranges
+    of equal width hold about as many records, and a run of equal keys is never cut), each
+    range read from every task's sorted records by binary search, one file open at a time."""
+    spans = []
     for i in range(len(st.tasks)):
-        d = st.path("signatures", i)
-        a, b = np.load(os.path.join(d, name + ".idx.npy"))[[p, p + 1]]
+        a, b = np.load(os.path.join(st.path(phase, i), name + ".idx.npy"))[[p, p + 1]].tolist()
         if b > a:
-            parts.append(np.load(os.path.join(d, name + ".npy"), mmap_mode="r")[a:b])
-    return np.concatenate(parts) if parts else np.zeros((0, width), np.uint64)
+            spans.append((os.path.join(st.path(phase, i), name + ".npy"), a, b))
+    ranges = max(1, -(-sum(b - a for _, a, b in spans) // PART_RECORDS))
+    edges = np.array([(k << 64) // ranges for k in range(1, ranges)], np.uint64)
+    cuts = []
+    for path, a, b in spans:
+        inner = a + np.searchsorted(np.load(path, mmap_mode="r")[a:b, 0], edges) if ranges > 1 else []
+        cuts.append([a, *inner, b])
+    for k in range(ranges):
+        parts = [np.array(np.load(path, mmap_mode="r")[c[k]:c[k + 1]]) for (path, _, _), c in zip(spans, cuts)
+                 if c[k + 1] > c[k]]
+        yield np.concatenate(parts) if parts else np.zeros((0, width), np.uint64)
+
+
+def _each(st, phase, tasks, prefix):
+    """The arrays prefix_*.npy that tasks of phase wrote, one at a time (memory-mapped)."""
+    for k in tasks:
+        folder = st.path(phase, k)
+        for f in sorted(os.listdir(folder)):
+            if f.startswith(prefix) and f.endswith(".npy"):
+                yield np.load(os.path.join(folder, f), mmap_mode="r")
 
 
 def _signature_task(st, i, out, p, n_part):
@@ -778,9 +799,8 @@ def _signature_task(st, i, out, p, n_part):
     band = np.repeat(np.arange(p["bands"], dtype=np.uint64)[None], n, axis=0)
     _save_parts(out, "bands", np.c_[h.ravel(), np.repeat(doc, p["bands"])],
                 (band * np.uint64(n_part) + h % np.uint64(n_part)).ravel(), p["bands"] * n_part)
-    paras = np.concatenate([np.c_[np.full(len(f[2]), d, np.uint64), f[2]] for d, f in zip(doc, feats)]
-                           + [np.zeros((0, 3), np.uint64)])
-    _save_parts(out, "paras", paras, paras[:, 1] % np.uint64(n_part), n_part)
+    np.save(os.path.join(out, "paras.npy"), np.concatenate(  # (doc, key_hi, key_lo), sorted by doc
+        [np.c_[np.full(len(f[2]), d, np.uint64), f[2]] for d, f in zip(doc, feats)] + [np.zeros((0, 3), np.uint64)]))
     with open(os.path.join(out, "names.jsonl"), "w", encoding="utf-8") as f:
         f.writelines(names)
     np.save(os.path.join(out, "names.idx.npy"), np.cumsum([0] + [len(x.encode()) for x in names]))
@@ -816,28 +836,29 @@ def _names_index(folder):
 
 
 def _bucket_task(st, k, out, p, n_part):
-    if k < n_part:  # exact copies in key partition k: (copy, original)
-        rec = _load_part(st, "exact", k, 3)
-        copies = first_pairs(rec[:, :2], rec[:, 2])[:, ::-1]
-        np.save(os.path.join(out, "copies.npy"), copies[np.argsort(copies[:, 0])])
-    else:  # LSH bucket partition: candidate pairs, verified
-        rec = _load_part(st, "bands", k - n_part, 2)
-        pairs = first_pairs(rec[:, :1], rec[:, 1])
-        np.save(os.path.join(out, "pairs.npy"), verified(pairs, _Lookup(st).sig, p["verify"]))
-
-
-def _copies(st, n_part):
-    # the exact copies of every key partition, (copy, original) sorted by copy: one array each
-    return [np.load(os.path.join(st.path("buckets", k), "copies.npy"), mmap_mode="r") for k in range(n_part)]
+    exact = k < n_part  # the tasks: the exact key partitions, then the band partitions
+    name, part, width = ("exact", k, 3) if exact else ("bands", k - n_part, 2)
+    for r, rec in enumerate(_ranges(st, "signatures", name, part, width)):
+        if exact:  # exact copies: (copy, original), sorted by copy
+            copies = first_pairs(rec[:, :2], rec[:, 2])[:, ::-1]
+            np.save(os.path.join(out, f"copies_{r:05d}.npy"), copies[np.argsort(copies[:, 0])])
+        else:  # LSH candidates, verified a block at a time (a block's signatures in memory)
+            pairs, lookup = first_pairs(rec[:, :1], rec[:, 1]), _Lookup(st)
+            np.save(os.path.join(out, f"pairs_{r:05d}.npy"), np.concatenate(
+                [verified(pairs[a:a + 8192], lookup.sig, p["verify"]) for a in range(0, len(pairs), 8192)]
+                + [np.zeros((0, 2), np.uint64)]))
 
 
 def _cluster_task(st, _, out, p, n_part):
-    pairs = [np.load(os.path.join(st.path("buckets", n_part + k), "pairs.npy")) for k in range(p["bands"] * n_part)]
+    # an exact copy has its original's signature, so it sits in its original's buckets and
+    # joins nothing the original does not: its pairs are left out (it is removed as a copy)
+    pairs = []
+    for a in _each(st, "buckets", range(n_part, n_part * (1 + p["bands"])), "pairs"):
+        a = np.array(a)
+        for c in _each(st, "buckets", range(n_part), "copies"):
+            a = a[~_isin(a[:, 1], c[:, 0])]
+        pairs.append(a)
     nodes, root = roots(np.unique(np.concatenate(pairs + [np.zeros((0, 2), np.uint64)]), axis=0))
-    live = np.ones(len(nodes), bool)
-    for c in _copies(st, n_part):  # exact copies sit in their original's cluster: left out
-        live &= ~_isin(nodes, c[:, 0])
-    nodes, root = nodes[live], root[live]
     near = nodes != root
     np.save(os.path.join(out, "near.npy"), np.c_[nodes[near], root[near]])  # (doc, root), sorted by doc
     names, order = _Lookup(st), np.lexsort((nodes, root))
@@ -848,23 +869,35 @@ def _cluster_task(st, _, out, p, n_part):
                                    ensure_ascii=False) + "\n")
 
 
+def _decided(st, i, n_part):
+    """What exact and near dedup decided about the documents of task i: {doc: kept doc} each."""
+    lo, hi = np.uint64(i) << np.uint64(32), np.uint64(i + 1) << np.uint64(32)
+    mine = lambda a: a[np.searchsorted(a[:, 0], lo):np.searchsorted(a[:, 0], hi)].tolist()
+    copies = {d: o for c in _each(st, "buckets", range(n_part), "copies") for d, o in mine(c)}
+    return copies, dict(mine(np.load(os.path.join(st.path("clusters", 0), "near.npy"), mmap_mode="r")))
+
+
+def _keys_task(st, i, out, p, n_part):
+    # the paragraph keys of the documents kept: those of a copy or a near-duplicate own nothing
+    copies, near = _decided(st, i, n_part)
+    paras = np.load(os.path.join(st.path("signatures", i), "paras.npy"))
+    gone = np.array(sorted(set(copies) | set(near)), np.uint64)
+    rec = paras[~_isin(paras[:, 0], gone)][:, [1, 2, 0]]  # (key_hi, key_lo, doc)
+    _save_parts(out, "paras", rec, rec[:, 0] % np.uint64(n_part), n_part)
+
+
 def _paragraph_task(st, r, out, p, n_part):
-    near = np.load(os.path.join(st.path("clusters", 0), "near.npy"), mmap_mode="r")
-    removed = [c[:, 0] for c in _copies(st, n_part)] + [near[:, 0]]
-    np.save(os.path.join(out, "drops.npy"), paragraph_drops(_load_part(st, "paras", r, 3), removed))
+    for k, rec in enumerate(_ranges(st, "keys", "paras", r, 3)):
+        np.save(os.path.join(out, f"drops_{k:05d}.npy"), paragraph_drops(rec[:, [2, 0, 1]]))
 
 
 def _filter_task(st, i, out, p, n_part, shard_bytes):
+    copy_of, near_of = _decided(st, i, n_part)
     lo, hi = np.uint64(i) << np.uint64(32), np.uint64(i + 1) << np.uint64(32)
-
-    def mine(a):  # the rows of a (sorted by its first column) about this task's documents
-        return a[np.searchsorted(a[:, 0], lo):np.searchsorted(a[:, 0], hi)]
-    copy_of = {d: o for c in _copies(st, n_part) for d, o in mine(c).tolist()}
-    near_of = dict(mine(np.load(os.path.join(st.path("clusters", 0), "near.npy"), mmap_mode="r")).tolist())
     drops = {}
-    for r in range(n_part):
-        for d, a, b in mine(np.load(os.path.join(st.path("paragraphs", r), "drops.npy"), mmap_mode="r")).tolist():
-            drops.setdefault(d, set()).add((a, b))
+    for a in _each(st, "paragraphs", range(n_part), "drops"):
+        for d, x, y in a[np.searchsorted(a[:, 0], lo):np.searchsorted(a[:, 0], hi)].tolist():
+            drops.setdefault(d, set()).add((x, y))
     names, problems, report = _Lookup(st), [], {}
     with DocWriter(out, "docs", shard_bytes) as kept, DocWriter(out, "removed", shard_bytes) as removed:
         for j, doc in enumerate(st.documents(i, problems)):
@@ -891,12 +924,13 @@ def dedup_corpus(src, out_dir, params=None, shard_mb=data.TASK_BYTES / 2**20, wo
     if _stage_done(out_dir, "dedup"):
         return json.load(open(os.path.join(out_dir, "report.json")))
     p = {**DEDUP, **(params or {})}
-    n_part = max(1, -(-sum(map(os.path.getsize, data.input_files(src)[0])) // PART_BYTES))
+    n_part = min(MAX_PARTS, max(1, -(-sum(map(os.path.getsize, data.input_files(src)[0])) // PART_BYTES)))
     with _stage("dedup", src, out_dir, dict(p, partitions=n_part), shard_mb, workers, rank, world) as st:
         t0, n = time.time(), len(st.tasks)
         st.run("signatures", n, _signature_task, p, n_part)
         st.run("buckets", n_part * (1 + p["bands"]), _bucket_task, p, n_part)
         st.run("clusters", 1, _cluster_task, p, n_part)
+        st.run("keys", n, _keys_task, p, n_part)
         st.run("paragraphs", n_part, _paragraph_task, p, n_part)
         st.run("filter", n, _filter_task, p, n_part, int(shard_mb * 2**20))
 

@@ -7,11 +7,15 @@ of every step. Corpus curation (cleaning, dedup, the demo corpus) is curate.py.
     python data.py show --step S [CONFIG] [--key=value ...]  the text step S trains on, sequence by sequence
     python data.py show --ckpt out/toy/ckpt_0000100 [--step S]  the text of the step that checkpoint saved
 
+tokenize is a stage over shards (Stage, below: the same for corpus curation): independent
+tasks over pieces of the input, on --workers local processes, one worker per torchrun rank,
+or one Slurm array task; resumable; the same bytes for any number of workers.
+
 The order of training samples is a pure function of (manifest, mixture, seed): batch(step,
 rank, world_size) needs nothing else, so a resumed run, a run at another world size and
 `show` all see the same data at the same step.
 """
-import base64, gzip, hashlib, heapq, json, os, re, shutil, sys, time, zlib
+import base64, gzip, hashlib, heapq, itertools, json, os, re, shutil, sys, time, zlib
 
 import numpy as np
 import tiktoken
@@ -292,6 +296,14 @@ def _write_json(path, obj):
     os.replace(path + ".part", path)
 
 
+def _read_json(path):
+    """The JSON in path, or None when it is not there (yet, or any more) or half written."""
+    try:
+        return json.load(open(path))
+    except (OSError, ValueError):
+        return None
+
+
 def _run_task(job):
     """One task: fn(stage, i, folder) fills a fresh temporary folder, which becomes final whole."""
     stage, final, fn, i, args = job
@@ -325,9 +337,9 @@ class Stage:
         plan = dict(stage=name, settings=settings, tasks=self._tasks)
         key = dict(plan, files=[[os.path.relpath(p, src) if p != src else "", os.stat(p).st_size, os.stat(p).st_mtime_ns]
                                 for p in files])
-        key_path = os.path.join(self.tmp, "key.json")
+        key_path, key = os.path.join(self.tmp, "key.json"), json.loads(json.dumps(key))
         if rank == 0:
-            if os.path.exists(key_path) and json.load(open(key_path)) == json.loads(json.dumps(key)):
+            if _read_json(key_path) == key:
                 print(f"{name}: resuming {self.tmp} ({self.finished()} tasks finished)")
             else:
                 tmp_dir(self.out_dir)  # anything there was made from other inputs or settings
@@ -336,8 +348,7 @@ class Stage:
                 _write_json(os.path.join(self.tmp, "plan.json"), plan)
                 _write_json(key_path, key)  # last: the other workers start when it is there
         else:
-            self._wait(lambda: os.path.exists(key_path) and json.load(open(key_path)) == json.loads(json.dumps(key)),
-                       f"rank 0 to plan {self.tmp}")
+            self._wait(lambda: self.done or _read_json(key_path) == key, f"rank 0 to plan {self.tmp}")
 
     @property
     def done(self):
@@ -375,8 +386,11 @@ class Stage:
 
     def run(self, phase, n, fn, *args):
         """Run tasks 0..n-1 of phase, fn(stage, i, folder, *args) each, and return when all n are
-        done (by any worker). A task with DONE is not run again."""
+        done (by any worker). A task with DONE is not run again; nothing runs once the whole
+        stage is (the other workers may have finished it while this one was on its way)."""
         t0 = time.time()
+        if self.done:
+            return
         mine = [i for i in range(n) if i % self.world == self.rank]
         todo = [i for i in mine if not is_done(self.path(phase, i))]
         if len(todo) < len(mine):
@@ -397,10 +411,10 @@ class Stage:
                     _run_task(job)
                     bar.update()
         left = [self.path(phase, i) for i in range(n)]
-        while left:  # the tasks of other workers
+        while left and not self.done:  # the tasks of other workers
             left = [p for p in left if not is_done(p)]
             if left:
-                self._wait(lambda: is_done(left[0]), f"{len(left)} tasks of {phase} that other workers run")
+                self._wait(lambda: self.done or is_done(left[0]), f"{len(left)} tasks of {phase} that other workers run")
         self.seconds[phase] = round(time.time() - t0, 3)
 
     def finish(self, assemble):
@@ -413,6 +427,18 @@ class Stage:
             commit_dir(self.tmp, self.out_dir)
         else:
             self._wait(lambda: is_done(self.out_dir), f"rank 0 to write {self.out_dir}")
+
+    def write_problems(self, folder, problems_of_tasks):
+        """folder/problems.log: the problems of each task (an iterable of lists, read one task at
+        a time), then the files that are not documents; the first 20 printed. Returns the count."""
+        shown, count = [], 0
+        with open(os.path.join(folder, "problems.log"), "w", encoding="utf-8") as log:
+            for problems in itertools.chain(problems_of_tasks, [[self.skipped] if self.skipped else []]):
+                log.writelines(p + "\n" for p in problems)
+                shown += problems[:max(0, 21 - len(shown))]
+                count += len(problems)
+        report_problems(shown, self.root, count, os.path.join(self.out_dir, "problems.log"))
+        return count
 
     def move(self, phase, i, name, dest):
         """Move a file of a finished task to dest (a rerun after a crash here finds it moved)."""
@@ -647,8 +673,9 @@ def _assemble_tokens(st, tmp, raw_data, settings, seconds):
     the last val_frac val; the one shard that straddles the cut is written again as two."""
     n, info = len(st.tasks), json.load(open(os.path.join(tmp, "work", "tokenizer.json")))
     task = lambda i: json.load(open(os.path.join(st.path("tokenize", i), "task.json")))
-    parts, sources, problems = {}, {}, []  # per source: its shards in task order
-    with open(os.path.join(tmp, "problems.log"), "w", encoding="utf-8") as log:  # (one task's problems at a time)
+    parts, sources = {}, {}  # per source: its shards in task order, its counts
+
+    def each_task():
         for i in range(n):
             t = task(i)
             for source, s in t["sources"].items():
@@ -656,14 +683,8 @@ def _assemble_tokens(st, tmp, raw_data, settings, seconds):
                 c = sources.setdefault(source, dict(documents=0, characters=0, bytes=0))
                 for k in c:
                     c[k] += s[k]
-            log.writelines(p + "\n" for p in t["problems"])
-            problems += t["problems"][:max(0, 21 - len(problems))]
-            info["problems"] = info.get("problems", 0) + len(t["problems"])
-        if st.skipped:
-            log.write(st.skipped + "\n")
-            problems.append(st.skipped)
-            info["problems"] = info.get("problems", 0) + 1
-    report_problems(problems, raw_data, info.get("problems", 0), os.path.join(st.out_dir, "problems.log"))
+            yield t["problems"]
+    problems = st.write_problems(tmp, each_task())
     val_frac, shards, size = settings["val_frac"], [], sum(s["bytes"] for s in sources.values())
     for source in sorted(parts):
         total = sum(n for _, _, n, _ in parts[source])
@@ -699,7 +720,7 @@ def _assemble_tokens(st, tmp, raw_data, settings, seconds):
     manifest = dict(version=VERSION, prepared_with=dict(raw_data=raw_data, tokenizer=settings["tokenizer"],
                                                         tokenizer_vocab=settings["vocab_size"], val_frac=val_frac),
                     tokenizer=info["tokenizer"], n_vocab=info["n_vocab"], eot=info["eot"], dtype=info["dtype"],
-                    val_frac=val_frac, sources=sources, shards=shards, problems=info.get("problems", 0))
+                    val_frac=val_frac, sources=sources, shards=shards, problems=problems)
     _write_json(os.path.join(tmp, "manifest.json"), manifest)
     _write_json(os.path.join(tmp, "timing.json"), dict(seconds=round(seconds, 3), phases=st.seconds, bytes=size,
                                                        workers=st.workers, world=st.world, cores=os.cpu_count()))

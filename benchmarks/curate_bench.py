@@ -55,7 +55,8 @@ def ours(module, *argv, workers=2):
     if r.returncode:
         raise SystemExit(f"{' '.join(argv[:2])} failed:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}")
     m = json.loads(r.stdout.strip().splitlines()[-1])
-    m["worker_mb"] = m["main_mb"] if workers == 1 else m["children_mb"]  # 1 worker: the tasks run in the main process
+    # 1 worker (or a command with no worker processes, train-tokenizer): the tasks run in the main process
+    m["worker_mb"] = m["children_mb"] if workers > 1 and m["children_mb"] > 0 else m["main_mb"]
     return m
 
 
@@ -196,7 +197,7 @@ def table(rows, scales):
         for stage in sorted({r["stage"] for r in rows if r["who"] == who}):
             got = {r["scale"]: r["worker_mb"] for r in rows if r["who"] == who and r["stage"] == stage}
             lo, hi = min(got), max(got)
-            if hi > lo:
+            if hi > lo and got[lo] > 0:
                 print(f"{who} {stage}: peak RSS per worker {hi}x / {lo}x = {got[hi] / got[lo]:.2f}")
 
 
@@ -227,6 +228,7 @@ def main():
             tj = tj or export_tokenizer_json(tokenizer, os.path.join(args.work, "tokenizer_json"))
             rows += datatrove_at(python, args.work, k, d, en, tj)
         print(f"scale {k}x done", file=sys.stderr)
+        json.dump(rows, open(os.path.join(args.work, "rows.json"), "w"), indent=1)  # (a crash later loses nothing)
     print("## stages\n")
     table(rows, scales)
     one, _, _ = pipeline_at(args.work, args.speedup_scale, raw, raw, tokenizer, workers=1, suffix="_w1")

@@ -50,19 +50,8 @@ BOILER_BOTTOM = {
 
 
 def change_words(text, lang, rng, vocab):
-    """Replace 2-5% of the words. Chinese has no spaces: replace characters, 1 per 1.5 characters
-    of that rate, a chinese word being ~1.5 characters."""
-    frac = rng.uniform(0.02, 0.05)
-    if lang == "en":
-        words = text.split(" ")
-        for i in rng.sample(range(len(words)), max(1, round(frac * len(words)))):
-            words[i] = rng.choice(vocab)
-        return " ".join(words)
-    chars = list(text)
-    pos = [i for i, ch in enumerate(chars) if is_cjk(ch)]
-    for i in rng.sample(pos, max(1, round(frac * len(pos) / 1.5))):
-        chars[i] = rng.choice(vocab)
-    return "".join(chars)
+    """Replace 2-5% of the words (edit_words, below)."""
+    return edit_words(text, lang, rng.uniform(0.02, 0.05), rng, vocab)
 
 
 def variant(kind, text, sep, lang, rng, vocab):

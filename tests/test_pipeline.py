@@ -121,6 +121,30 @@ def test_the_dedup_stage_is_dedup_texts(one_worker):
         [[planted[i]["id"] for i in c] for c in r["clusters"]]
 
 
+def test_dedup_in_many_partitions_and_key_ranges_decides_the_same(one_worker, tmp_path, monkeypatch):
+    # partitions of 200 KB of input (5 of them) read 64 records at a time: the memory bound of a
+    # terabyte corpus, on data/tiny (in this process: spawned workers would not see the patch)
+    monkeypatch.setattr(curate, "PART_BYTES", 200_000)
+    monkeypatch.setattr(curate, "PART_RECORDS", 64)
+    src = tmp_path / "planted"
+    src.mkdir()
+    docs = lines(one_worker / "clean")
+    docs += [{**docs[3], "id": "copy"}, {**docs[5], "text": docs[5]["text"] + "\n\nShare this article", "id": "near"},
+             {"text": docs[7]["text"].split("\n\n")[2] + "\n\nOne more paragraph, long enough to be kept here.",
+              "id": "para", "source": "en"}]
+    with open(src / "all.jsonl", "w") as f:
+        f.writelines(json.dumps(x, ensure_ascii=False) + "\n" for x in docs)
+    report = curate.dedup_corpus(str(src), str(tmp_path / "small"), shard_mb=0.05, workers=1)
+    assert report["partitions"] == 5
+    monkeypatch.undo()
+    reference = curate.dedup_corpus(str(src), str(tmp_path / "reference"), shard_mb=0.05, workers=1)
+    assert reference["partitions"] == 1
+    for sub in ("", "removed", "clusters"):
+        assert lines(tmp_path / "small" / sub) == lines(tmp_path / "reference" / sub), sub
+    reasons = {x["id"]: x["reason"] for x in lines(tmp_path / "small" / "removed")}
+    assert (reasons["copy"], reasons["near"], reasons["para"]) == ("exact", "near", "paragraphs")
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("", 0))
@@ -136,6 +160,20 @@ def test_torchrun_ranks_share_the_tasks_and_write_the_same_bytes(one_worker, tmp
         assert digests(tmp_path / stage) == digests(one_worker / stage), stage
     timing = json.load(open(tmp_path / "dedup" / "timing.json"))
     assert (timing["workers"], timing["world"]) == (1, 2)
+
+
+def test_a_slurm_array_writes_the_same_bytes(one_worker, tmp_path):
+    # three array tasks started at once, each one worker: the same files as one local worker
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    env.update(SLURM_ARRAY_TASK_COUNT="3", SLURM_ARRAY_TASK_MIN="4")
+    cmd = [sys.executable, "curate.py", "pipeline", "config/toy.py", *keys(tmp_path, "--shard_mb=0.05")]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env={**env, "SLURM_ARRAY_TASK_ID": str(4 + i)}, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for i in range(3)]
+    for p in procs:
+        assert p.wait(timeout=300) == 0, p.stderr.read()[-3000:]
+    for stage in ("clean", "dedup", "tokens"):
+        assert digests(tmp_path / stage) == digests(one_worker / stage), stage
+    assert json.load(open(tmp_path / "clean" / "timing.json"))["world"] == 3
 
 
 def test_a_stage_killed_mid_way_resumes_without_redoing_finished_tasks(one_worker, tmp_path):
