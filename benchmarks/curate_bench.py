@@ -18,7 +18,7 @@ the venv it measures nano360 alone. Prints markdown:
       tokenize         vs datatrove's DocumentTokenizer with the same BPE as a tokenizer.json,
                        on the clean output (the copies make it grow with the scale; dedup would
                        remove them)
- 2. 1 worker against 2 at --speedup_scale: wall-clock ratio per stage
+ 2. 1 worker against 2 at --speedup_scale: wall-clock ratio per stage, the best of --repeat runs
  3. near-duplicate recall on tests/test_dedup.py's planted edits (real English, Chinese and
     Chinese technical text; 1/3/5% of words changed, a paragraph moved, a boilerplate line,
     all three at 1%), and false merges, for nano360 and datatrove's default MinHash
@@ -206,6 +206,7 @@ def main():
     ap.add_argument("--scales", default="1,4,16")
     ap.add_argument("--peer_scales", default="1,4")
     ap.add_argument("--speedup_scale", type=int, default=4)
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each worker count for the speed-up")
     ap.add_argument("--work", default="/tmp/curate_bench")
     ap.add_argument("--peer", default="/work/peers/venv/bin/python", help="datatrove's venv python")
     ap.add_argument("--json", default=None, help="also write every figure to this file")
@@ -231,11 +232,20 @@ def main():
         json.dump(rows, open(os.path.join(args.work, "rows.json"), "w"), indent=1)  # (a crash later loses nothing)
     print("## stages\n")
     table(rows, scales)
-    one, _, _ = pipeline_at(args.work, args.speedup_scale, raw, raw, tokenizer, workers=1, suffix="_w1")
-    two = {r["stage"]: r for r in rows if r["who"] == "nano360" and r["scale"] == args.speedup_scale}
-    print(f"\n## 1 worker against 2 ({args.speedup_scale}x)\n\n| stage | 1 worker s | 2 workers s | speed-up |\n|---|--:|--:|--:|")
-    for r in one:
-        print(f"| {r['stage']} | {r['seconds']} | {two[r['stage']]['seconds']} | {r['seconds'] / two[r['stage']]['seconds']:.2f}x |")
+    print(f"\n## 1 worker against 2 ({args.speedup_scale}x, the best of {args.repeat} runs each)\n\n"
+          "| stage | 1 worker s | 2 workers s | speed-up |\n|---|--:|--:|--:|")
+    best = {}
+    for r in range(args.repeat):  # alternately, so that a slow spell of this shared machine hits both
+        for w in (1, 2):
+            got, d, en = pipeline_at(args.work, args.speedup_scale, raw, raw, tokenizer, workers=w, suffix=f"_w{w}_{r}")
+            shutil.rmtree(d)
+            shutil.rmtree(os.path.dirname(en))
+            for x in got:
+                best[x["stage"], w] = min(best.get((x["stage"], w), 1e9), x["seconds"])
+    one = [dict(stage=stage, one=best[stage, 1], two=best[stage, 2]) for stage, w in best if w == 1]
+    for x in one:
+        note = " (1 worker: tiktoken on 2 threads)" if x["stage"] == "tokenize" else ""
+        print(f"| {x['stage']}{note} | {x['one']} | {x['two']} | {x['one'] / x['two']:.2f}x |")
     rec = recall(python, args.work)
     import test_dedup as T
     print("\n## near-duplicate recall (planted edits, tests/test_dedup.py)\n")
@@ -247,7 +257,7 @@ def main():
     print(f"\n## start-up\n\n`import curate` loads torch: {s['imports_torch']}; import {s['import_seconds']} s; "
           f"`python curate.py` (its usage) {s['command_seconds']} s")
     if args.json:
-        json.dump(dict(rows=rows, one_worker=one, recall=rec, startup=s), open(args.json, "w"), indent=1)
+        json.dump(dict(rows=rows, speedup=one, recall=rec, startup=s), open(args.json, "w"), indent=1)
 
 
 if __name__ == "__main__":
