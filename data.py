@@ -78,14 +78,15 @@ def plan_pieces(root, files, task_bytes):
     tasks, group, size = [], [], 0
     for path in files:
         rel, n = os.path.relpath(path, root) if path != root else "", os.path.getsize(path)
-        if path.lower().endswith(".jsonl") and n > task_bytes:
-            tasks += [[[rel, a, min(a + task_bytes, n)]] for a in range(0, n, task_bytes)]
-            continue
-        if group and size + n > task_bytes:
+        split = path.lower().endswith(".jsonl") and n > task_bytes
+        if group and (split or size + n > task_bytes):
             tasks.append(group)
             group, size = [], 0
-        group.append([rel, 0, None])
-        size += n
+        if split:
+            tasks += [[[rel, a, min(a + task_bytes, n)]] for a in range(0, n, task_bytes)]
+        else:
+            group.append([rel, 0, None])
+            size += n
     return tasks + [group] * bool(group)
 
 

@@ -238,13 +238,16 @@ def test_a_large_file_is_cut_at_line_boundaries(tmp_path):
     rows = [json.dumps({"text": f"document {i} " + "x" * (i % 37)}) for i in range(500)]
     rows[123] = "not json"
     (tmp_path / "big.jsonl").write_text("\n".join(rows) + "\n")
+    (tmp_path / "a.jsonl").write_text('{"text": "first"}\n')  # small files before and after: grouped, in order
+    (tmp_path / "c.jsonl").write_text('{"text": "last"}\n')
     files, _ = data.input_files(str(tmp_path))
     tasks = data.plan_pieces(str(tmp_path), files, 1000)
-    assert len(tasks) > 10 and all(len(t) == 1 for t in tasks)
+    assert len(tasks) > 10 and tasks[0] == [["a.jsonl", 0, None]] and tasks[-1] == [["c.jsonl", 0, None]]
     problems, docs = [], []
     for t in tasks:
         docs += [d for rel, a, b in t for d in data.read_piece(str(tmp_path), rel, a, b, problems)]
-    assert [d["text"] for d in docs] == [json.loads(r)["text"] for k, r in enumerate(rows) if k != 123]
+    assert [d["text"] for d in docs] == ["first"] + [json.loads(r)["text"] for k, r in enumerate(rows) if k != 123] + ["last"]
+    docs = docs[1:-1]
     assert [d["id"] for d in docs][:3] == ["big.jsonl:1", "big.jsonl:2", "big.jsonl:3"]
     assert docs[200]["id"] == "big.jsonl:202" and problems == [f"{tmp_path}/big.jsonl:124: not JSON (Expecting value)"]
 
