@@ -45,7 +45,8 @@ DOC_EXTS = (".jsonl", ".jsonl.gz", ".txt")
 def input_files(root):
     """(the document files under root, sorted; {extension: [paths]} of the other files). Names
     starting with "." (temporary folders) are passed over; so is the bookkeeping of a folder
-    written whole (one with DONE: a stage's output), whose documents are its top-level files."""
+    written whole (one with DONE: a stage's output, or data_dir inside raw_data), whose
+    documents are its top-level files."""
     if os.path.isfile(root):
         return ([root], {}) if root.lower().endswith(DOC_EXTS) else ([], {os.path.splitext(root)[1]: [root]})
     if not os.path.isdir(root):
@@ -56,6 +57,10 @@ def input_files(root):
     files, other = [], {}
     for d, dirs, names in os.walk(root):
         dirs[:] = sorted(x for x in dirs if not x.startswith("."))
+        if d != root and is_done(d):  # a folder written whole inside root (token shards, say): its documents only
+            files += input_files(d)[0]
+            dirs[:] = []
+            continue
         for f in sorted(names):
             if not f.startswith("."):
                 p = os.path.join(d, f)
@@ -238,17 +243,24 @@ def tmp_dir(final, create=True):
     return tmp
 
 
-def commit_dir(tmp, final):
+def commit_dir(tmp, final, done=""):
     """Complete a folder written in tmp: its files on disk (so a power cut cannot reorder them),
-    then DONE, then tmp renamed to final, replacing an older final."""
+    then DONE (holding done), then tmp renamed to final. An older final is renamed away first
+    and removed after, so no crash leaves a complete-looking folder without its files."""
     for d, _, files in os.walk(tmp):
         for name in files:
             with open(os.path.join(d, name), "rb+") as f:
                 os.fsync(f.fileno())
-    open(os.path.join(tmp, DONE), "w").close()
+    with open(os.path.join(tmp, DONE), "w") as f:
+        f.write(done)
+        os.fsync(f.fileno())
     final = final.rstrip(os.sep)
-    shutil.rmtree(final, ignore_errors=True)
+    old = os.path.join(os.path.dirname(final), ".del_" + os.path.basename(final))
+    shutil.rmtree(old, ignore_errors=True)
+    if os.path.exists(final):
+        os.replace(final, old)
     os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
     return final
 
 
@@ -258,16 +270,29 @@ def is_done(path):
 
 def read_meta(ckpt):
     """meta.json of a complete checkpoint (train.py writes it): the run's config, the step, the
-    data position, the manifest's sha256."""
+    data position, the manifest's sha256, the sums of the other files; checked against the
+    sha256 that DONE holds (older checkpoints have an empty DONE)."""
     if not os.path.isdir(ckpt):
         raise ConfigError(f"checkpoint not found: {ckpt}")
     if not is_done(ckpt):
         raise ConfigError(f"{ckpt}: not a complete checkpoint (no {DONE} marker)")
     path = os.path.join(ckpt, "meta.json")
     try:
-        return json.load(open(path))
+        done = open(os.path.join(ckpt, DONE)).read().strip()
+        want = json.loads(done)["meta.json"] if done else None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{os.path.join(ckpt, DONE)}: unreadable ({e}): the checkpoint is damaged") from None
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: missing: the checkpoint is damaged")
+    if want and sha256_file(path) != want:
+        raise DataError(f"{path}: sha256 differs from the one {DONE} recorded (the file is damaged or was edited)")
+    try:
+        meta = json.load(open(path))
     except (OSError, ValueError) as e:
-        raise ConfigError(f"{path}: unreadable ({e})") from None
+        raise DataError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
+    if not isinstance(meta, dict) or not {"step", "config"} <= meta.keys():
+        raise DataError(f"{path}: not a checkpoint's meta.json (no step and config)")
+    return meta
 
 
 # -----------------------------------------------------------------------------

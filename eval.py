@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 import data
 import train
+from checkpoint import Checkpointer, CheckpointError
 from config import ConfigError, run_command
 from model import ModelConfig, sample_text
 
@@ -33,7 +34,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def load(ckpt, device="cpu"):
     """(model, train config, tokenizer, meta) of a checkpoint written at any world size."""
-    model, cfg, meta = train.Checkpointer.load_model(ckpt, device)
+    model, cfg, meta = train.load_model(ckpt, device)
     enc = data.tokenizer_of(cfg.data_dir, data.load_manifest(cfg.data_dir, verify=False))
     return model, cfg, enc, meta
 
@@ -42,7 +43,7 @@ def checkpoints(path):
     """Every complete checkpoint of a run (oldest first), or the one given."""
     if data.is_done(path):
         return [path]
-    found = train.Checkpointer.complete(path)
+    found = Checkpointer.complete(path)
     if not found:
         raise ConfigError(f"{path}: no complete checkpoint (a ckpt_* folder with DONE) there")
     return found
@@ -216,7 +217,13 @@ def sweep(path, tasks_dir, shots=0, seqs=0, device="cpu"):
     for ckpt in ckpts:
         if os.path.basename(ckpt) in done:  # evaluated before: kept, not redone
             continue
-        row = evaluate_checkpoint(ckpt, tasks_dir, shots, seqs, device)
+        try:
+            row = evaluate_checkpoint(ckpt, tasks_dir, shots, seqs, device)
+        except CheckpointError as e:  # one damaged checkpoint does not stop a sweep over hundreds
+            if len(ckpts) == 1:
+                raise
+            print(f"skipped {ckpt}: {e}", file=sys.stderr)
+            continue
         print(" | ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
         with open(log, "a") as f:
             f.write(json.dumps(row) + "\n")

@@ -10,27 +10,28 @@ Train a nano360 model: setup -> model -> FSDP2 -> the loop (train_step, log, val
 A config file is plain Python assignments; --key=value overrides it. Every field of
 config.TrainConfig and of model.ModelConfig is a key.
 """
-import datetime, functools, json, math, os, pickle, random, shutil, signal, subprocess, sys, time, warnings
+import datetime, functools, json, math, os, random, signal, subprocess, sys, time
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from tqdm import tqdm
 
 import data
+from checkpoint import Checkpointer, CheckpointError, RunLock, barrier, verify
 from config import ConfigError, TrainConfig, config_from_dict, global_batch, load_config, pop_flag, resolve_vocab, run_command
 from model import GPT, HAVE_TRITON, sample_text
 
-# one process saves and loads checkpoints through torch.distributed.checkpoint too, as intended
-warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
 
 
 class TrainingError(Exception):
     """A run that cannot go on (too many NaN losses): the message names the step."""
+
+
+# keys the batch of every step depends on (with the manifest and the global batch): resume refuses a change
+ORDER_KEYS = ("seq_len", "seed", "mixture", "fim_rate", "fim_spm_rate", "fim_sources")
 
 
 def print0(msg, file=None):
@@ -39,9 +40,23 @@ def print0(msg, file=None):
         tqdm.write(msg, file=file)
 
 
-def barrier():
+def on_rank0(fn):
+    """fn() on rank 0 alone. An error there is raised on every rank (the others would wait for
+    rank 0 until dist_timeout); the others get None."""
+    out, err = None, None
+    if int(os.environ.get("RANK", 0)) == 0:
+        try:
+            out = fn()
+        except (ConfigError, data.DataError) as e:
+            err = e
     if dist.is_initialized():
-        dist.barrier()
+        box = [None if err is None else str(err)]
+        dist.broadcast_object_list(box, src=0)
+        if box[0] is not None and err is None:
+            raise ConfigError(f"on rank 0: {box[0]}")
+    if err:
+        raise err
+    return out
 
 
 def lr_at(step, cfg):
@@ -63,126 +78,22 @@ def lr_at(step, cfg):
 # -----------------------------------------------------------------------------
 # checkpoints
 
-class SafeMetadata(pickle.Unpickler):
-    """DCP's .metadata is a pickle, which can run code: allow only the classes DCP writes."""
-    def find_class(self, module, name):
-        if module in ("torch.distributed.checkpoint.metadata", "torch.distributed.checkpoint.filesystem") or \
-                (module, name) in (("pathlib", "PosixPath"), ("pathlib", "WindowsPath"), ("torch", "Size"),
-                                   ("torch.serialization", "_get_layout"), ("collections", "OrderedDict")) or \
-                module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a checkpoint's .metadata")
+def load_model(path, device="cpu"):
+    """(model in eval mode, TrainConfig, meta) of a checkpoint, in one process: only the model's
+    entries are read (eval.py, --consolidate)."""
+    cfg, mcfg = config_from_dict(data.read_meta(path)["config"])
+    model = build_model(mcfg, device, 0)
+    meta = Checkpointer(os.path.dirname(path)).load(path, model)
+    return model.eval(), cfg, meta
 
 
-def rng_state():
-    np_state = np.random.get_state()
-    return dict(torch=torch.get_rng_state(), python=random.getstate(),
-                numpy=[np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
-
-
-def set_rng_state(s):
-    torch.set_rng_state(s["torch"])
-    random.setstate(s["python"])
-    np.random.set_state((s["numpy"][0], s["numpy"][1].numpy().astype(np.uint32), *s["numpy"][2:]))
-    if s["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
-
-
-class Checkpointer:
-    """out_dir/ckpt_{step:07d}/: model and optimizer state through torch.distributed.checkpoint
-    (one file per rank, loadable at any world size), rng_{rank}.pt, meta.json, then DONE, the
-    folder written whole (data.tmp_dir, data.commit_dir). The newest keep_last complete
-    checkpoints stay, and every keep_every-th. Loading runs no code from the files:
-    torch.load(weights_only=True), and DCP's pickled .metadata passes SafeMetadata first."""
-
-    def __init__(self, out_dir, rank=0, keep_last=2, keep_every=0, async_save=False):
-        self.out_dir, self.rank, self.keep_last, self.keep_every = out_dir, rank, keep_last, keep_every
-        self.async_save, self.pending = async_save, None
-
-    @staticmethod
-    def complete(out_dir):
-        """The complete checkpoints in out_dir, oldest first."""
-        return sorted(os.path.join(out_dir, d) for d in os.listdir(out_dir) if d.startswith("ckpt_") and
-                      data.is_done(os.path.join(out_dir, d))) if os.path.isdir(out_dir) else []
-
-    @staticmethod
-    def newest(out_dir):
-        done = Checkpointer.complete(out_dir)
-        return done[-1] if done else None
-
-    def save(self, step, model, optimizer, meta):
-        """Every rank writes its shards and its RNG; rank 0 then adds meta.json, DONE and the
-        rename. With async_save the shards are written in the background and wait() completes
-        the save (the next save and the end of the run call it)."""
-        self.wait()
-        final = os.path.join(self.out_dir, f"ckpt_{step:07d}")
-        tmp = data.tmp_dir(final, create=self.rank == 0)
-        barrier()
-        msd, osd = get_state_dict(model, optimizer)
-        torch.save(rng_state(), os.path.join(tmp, f"rng_{self.rank}.pt"))
-        if self.async_save:
-            self.pending = dcp.async_save(dict(model=msd, optim=osd), checkpoint_id=tmp), tmp, final, meta
-        else:
-            dcp.save(dict(model=msd, optim=osd), checkpoint_id=tmp)
-            self._finish(tmp, final, meta)
-        return final
-
-    def wait(self):
-        if self.pending:
-            (future, *rest), self.pending = self.pending, None
-            future.result()
-            self._finish(*rest)
-
-    def _finish(self, tmp, final, meta):
-        barrier()  # every rank's files are written
-        if self.rank == 0:
-            with open(os.path.join(tmp, "meta.json"), "w") as f:
-                json.dump(meta, f, indent=1)
-            data.commit_dir(tmp, final)
-            for d in sorted(d for d in os.listdir(self.out_dir) if d.startswith("ckpt_"))[:-self.keep_last]:
-                if not (self.keep_every and int(d[5:]) % self.keep_every == 0):
-                    shutil.rmtree(os.path.join(self.out_dir, d))
-            for d in os.listdir(self.out_dir):  # leftovers of saves that were killed
-                if d.startswith(".tmp_ckpt_"):
-                    shutil.rmtree(os.path.join(self.out_dir, d), ignore_errors=True)
-        barrier()
-
-    def load(self, path, model, optimizer=None):
-        """The model's (and optimizer's) state from path, at any world size (DCP reshards); with an
-        optimizer also this rank's RNG, when the checkpoint has one (a rank that is new after a
-        change of world size keeps its seed). The one way checkpoints are read."""
-        meta = data.read_meta(path)
-        with open(os.path.join(path, ".metadata"), "rb") as f:  # before DCP unpickles it for real
-            SafeMetadata(f).load()
-        state = dict(zip(("model", "optim"), get_state_dict(model, optimizer))) if optimizer else {"model": model.state_dict()}
-        dcp.load(state, checkpoint_id=path)
-        if optimizer is None:
-            model.load_state_dict(state["model"])
-            return meta
-        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
-        rng = os.path.join(path, f"rng_{self.rank}.pt")
-        if os.path.exists(rng):
-            set_rng_state(torch.load(rng, weights_only=True))
-        return meta
-
-    @staticmethod
-    def load_model(path, device="cpu"):
-        """(model in eval mode, TrainConfig, meta) of a checkpoint, in one process: only the model's
-        entries are read."""
-        cfg, mcfg = config_from_dict(data.read_meta(path)["config"])
-        model = build_model(mcfg, device, 0)
-        meta = Checkpointer(os.path.dirname(path)).load(path, model)
-        return model.eval(), cfg, meta
-
-    @staticmethod
-    def consolidate(path, out=None):
-        """One ordinary state dict file of the model (for evaluation and export)."""
-        model, _, _ = Checkpointer.load_model(path)
-        out = out or os.path.join(path, "model_consolidated.pt")
-        torch.save(model.state_dict(), out)
-        print(f"wrote {out}: {model.num_params():,} parameters in {len(model.state_dict())} tensors")
-        return out
+def consolidate(path, out=None):
+    """One ordinary state dict file of the model (for evaluation and export)."""
+    model, _, _ = load_model(path)
+    out = out or os.path.join(path, "model_consolidated.pt")
+    torch.save(model.state_dict(), out)
+    print(f"wrote {out}: {model.num_params():,} parameters in {len(model.state_dict())} tensors")
+    return out
 
 
 def git_revision():
@@ -198,10 +109,26 @@ def git_revision():
 # -----------------------------------------------------------------------------
 # the pieces of a run: devices, the model, the optimizer, the data
 
+def check_device(name, local=0):
+    """A one-line error for a device this machine does not have (the format is checked with the config)."""
+    if name.startswith("cuda"):
+        n = int(name[5:]) if ":" in name else local
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}"
+            raise ConfigError(f"device={name!r}, but torch {torch.__version__} ({build}) sees no GPU here: "
+                              "use --device=cpu or --device=auto")
+        if n >= torch.cuda.device_count():
+            raise ConfigError(f"device={name!r}, but this machine has {torch.cuda.device_count()} GPU(s): cuda:0 to "
+                              f"cuda:{torch.cuda.device_count() - 1}")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device='mps', but torch sees no Apple GPU here: use --device=cpu or --device=auto")
+
+
 def setup_distributed(cfg):
     """(rank, world_size, device, mesh): torchrun's environment, or one process without it."""
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local = int(os.environ.get("LOCAL_RANK", 0))
+    check_device(cfg.device, local)
     cuda = cfg.device.startswith("cuda") or cfg.device == "auto" and torch.cuda.is_available()
     device = torch.device(f"cuda:{local}" if cuda and world_size > 1 else "cuda" if cuda else cfg.device if
                           cfg.device != "auto" else "cpu")
@@ -380,6 +307,7 @@ class Trainer:
         self.model = build_model(mcfg, device, cfg.seed, cfg, mesh, self.bf16)
         self.optimizer = make_optimizer(self.model, cfg, device)
         self.ckpt = Checkpointer(cfg.out_dir, rank, cfg.keep_last, cfg.keep_every, cfg.async_ckpt)
+        self.metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
         self.start = self.resume()
         self.metrics = self.open_metrics()
         self.tokens_per_step = self.gb * cfg.seq_len
@@ -392,9 +320,7 @@ class Trainer:
 
     def setup_data(self):
         cfg, ws = self.cfg, self.world_size
-        if self.rank == 0:
-            self.manifest = data.prepared(cfg)
-        barrier()  # rank 0 prepares the data once; the others read it
+        self.manifest = on_rank0(lambda: data.prepared(cfg))  # rank 0 prepares the data once; the others read it
         if self.rank != 0:
             self.manifest = data.load_manifest(cfg.data_dir, verify=False)
         self.enc = data.tokenizer_of(cfg.data_dir, self.manifest)
@@ -414,56 +340,87 @@ class Trainer:
 
     def resume(self):
         """The first step: that of the checkpoint resumed (after checking that it trained this
-        model on this data with this global batch), or 0 (from --init_from's weights if given)."""
+        model on this data in this order), or 0 (from --init_from's weights if given). A
+        resumed run sets aside the checkpoints newer than the one it resumed from."""
         cfg = self.cfg
-        if self.rank == 0:
-            os.makedirs(cfg.out_dir, exist_ok=True)
-        barrier()
-        newest = Checkpointer.newest(cfg.out_dir)
-        if cfg.resume == "" and newest:
+        if cfg.resume == "" and Checkpointer.newest(cfg.out_dir):
             raise ConfigError(f"{cfg.out_dir} already holds checkpoints: pass --resume=auto to continue that run, "
                               "or choose another out_dir")
-        path = newest if cfg.resume == "auto" else cfg.resume or None
+        path = self.ckpt.good_newest() if cfg.resume == "auto" else cfg.resume or None
         if path:
+            if cfg.resume != "auto" and (problem := verify(path)):
+                raise CheckpointError(f"{problem}; --resume=auto would take the newest good checkpoint")
+            self.check_same_run(path, data.read_meta(path))
+            start = self.ckpt.load(path, self.model, self.optimizer, verified=True)["step"]
             meta = data.read_meta(path)
-            if meta["manifest_sha256"] != self.manifest["sha256"]:
-                raise data.DataError(f"{cfg.data_dir}/manifest.json has sha256 {self.manifest['sha256']}, but {path} was "
-                                     f"trained on data whose manifest has sha256 {meta['manifest_sha256']}")
-            theirs = asdict(config_from_dict(meta["config"])[1])
-            diff = {k: (v, getattr(self.mcfg, k)) for k, v in theirs.items() if getattr(self.mcfg, k) != v}
-            if diff:
-                raise ConfigError(f"{path} holds a different model: " +
-                                  ", ".join(f"{k}={a!r} there, {b!r} here" for k, (a, b) in diff.items()))
-            if meta["data_position"]["global_batch"] != self.gb:
-                raise ConfigError(f"{path} was trained with a global batch of {meta['data_position']['global_batch']} "
-                                  f"sequences, this run has {self.gb}: set --global_batch_size="
-                                  f"{meta['data_position']['global_batch']}")
-            start = self.ckpt.load(path, self.model, self.optimizer)["step"]
             print0(f"resuming from {path} at step {start} (saved by {meta['world_size']} ranks, now {self.world_size})")
+            newer = [p for p in Checkpointer.complete(cfg.out_dir) if int(os.path.basename(p)[5:]) > start]
+            self.ckpt.set_aside(newer, f"newer than step {start}, which this run goes on from")
+            barrier()
             return start
         if cfg.init_from:  # full weights into this (possibly sharded) model
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-            weights = torch.load(cfg.init_from, map_location="cpu", weights_only=True)
+            try:
+                weights = torch.load(cfg.init_from, map_location="cpu", weights_only=True)
+            except Exception as e:  # noqa: BLE001: a pickle weights_only refuses, a truncated file, no file
+                raise ConfigError(f"--init_from={cfg.init_from}: not a file of tensors ({type(e).__name__}: "
+                                  f"{' '.join(str(e).split())[:200]})") from None
             try:
                 set_model_state_dict(self.model, weights.get("model", weights), options=StateDictOptions(full_state_dict=True))
-            except (RuntimeError, KeyError, ValueError) as e:  # another shape: say which, in one line
+            except (RuntimeError, KeyError, ValueError, AttributeError) as e:  # another shape: say which, in one line
                 raise ConfigError(f"--init_from={cfg.init_from} does not fit this model config: {' '.join(str(e).split())[:300]}")
             print0(f"initialised from {cfg.init_from}")
         return 0
 
+    def check_same_run(self, path, meta):
+        """Refuse a checkpoint of other data, another model, or another data order."""
+        if meta["manifest_sha256"] != self.manifest["sha256"]:
+            raise data.DataError(f"{self.cfg.data_dir}/manifest.json has sha256 {self.manifest['sha256']}, but {path} was "
+                                 f"trained on data whose manifest has sha256 {meta['manifest_sha256']}")
+        theirs = asdict(config_from_dict(meta["config"])[1])
+        diff = {k: (v, getattr(self.mcfg, k)) for k, v in theirs.items() if getattr(self.mcfg, k) != v}
+        if diff:
+            raise ConfigError(f"{path} holds a different model: " +
+                              ", ".join(f"{k}={a!r} there, {b!r} here" for k, (a, b) in diff.items()))
+        if meta["data_position"]["global_batch"] != self.gb:
+            raise ConfigError(f"{path} was trained with a global batch of {meta['data_position']['global_batch']} "
+                              f"sequences, this run has {self.gb}: set --global_batch_size="
+                              f"{meta['data_position']['global_batch']}")
+        run, fim = meta["config"]["train"], meta["config"]["train"].get("fim_rate") or self.cfg.fim_rate
+        for key in ORDER_KEYS:  # the batch of every step is a function of these (data.Batches)
+            there, here = run.get(key), json.loads(json.dumps(getattr(self.cfg, key)))
+            if key in run and there != here and (fim or not key.startswith("fim_")):
+                raise ConfigError(f"{path} was trained with {key}={there!r}, this run has {here!r}: resuming would "
+                                  f"change the data order; set --{key}={there!r} or choose another out_dir")
+
     def open_metrics(self):
-        """metrics.jsonl in out_dir (rank 0), without the lines of steps after the one resumed."""
-        path = os.path.join(self.cfg.out_dir, "metrics.jsonl")
+        """metrics.jsonl in out_dir (rank 0), without the lines of steps after the one resumed
+        and without torn lines (a crash or a full disk mid-write), replaced whole."""
+        path = self.metrics_path
         if self.rank != 0:
             return open(os.devnull, "w")
-        kept = [l for l in open(path)] if os.path.exists(path) and self.start else []
-        with open(path, "w") as f:
-            f.writelines(l for l in kept if json.loads(l)["step"] <= self.start)
+        kept, torn = [], 0
+        for line in open(path, encoding="utf-8", errors="replace") if os.path.exists(path) and self.start else []:
+            try:
+                row = json.loads(line)
+                if row["step"] <= self.start:
+                    kept.append(json.dumps(row) + "\n")
+            except (ValueError, KeyError, TypeError):
+                torn += 1
+        if torn:
+            print0(f"{path}: {torn} unreadable line{'s' * (torn > 1)} left out (written when a run was killed or its disk full)")
+        with open(path + ".tmp", "w") as f:
+            f.writelines(kept)
+        os.replace(path + ".tmp", path)
         return open(path, "a")
 
     def log(self, **row):
-        self.metrics.write(json.dumps(row) + "\n")
-        self.metrics.flush()
+        try:
+            self.metrics.write(json.dumps(row) + "\n")
+            self.metrics.flush()
+        except OSError as e:
+            raise TrainingError(f"writing {self.metrics_path} failed: {e.strerror or e}; the newest checkpoint is "
+                                f"{Checkpointer.newest(self.cfg.out_dir)}") from None
 
     def fit(self):
         cfg = self.cfg
@@ -570,18 +527,22 @@ class Trainer:
 
 
 def train(cfg, mcfg):
-    """Run cfg (one process, or one rank of torchrun); the trained model."""
+    """Run cfg (one process, or one rank of torchrun) with out_dir locked; the trained model."""
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     rank, world_size, device, mesh = setup_distributed(cfg)
+    lock = None
     try:
+        lock = on_rank0(lambda: RunLock(cfg.out_dir))
         trainer = Trainer(cfg, mcfg, rank, world_size, device, mesh)
         trainer.fit()
         if cfg.sample_tokens:
             trainer.sample()
         return trainer.model
     finally:
+        if lock:
+            lock.release()
         if dist.is_initialized():
             dist.destroy_process_group()
 
@@ -620,10 +581,10 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     ckpt = pop_flag(argv, "--consolidate")
     if ckpt:  # python train.py --consolidate CKPT [OUT.pt]
-        return Checkpointer.consolidate(ckpt, argv[0] if argv else None)
+        return consolidate(ckpt, argv[0] if argv else None)
     cfg, mcfg = load_config(argv)
     return dry_run(cfg, mcfg) if cfg.dry_run else train(cfg, mcfg)
 
 
 if __name__ == "__main__":
-    run_command(main, data.DataError, TrainingError)
+    run_command(main, data.DataError, TrainingError)  # CheckpointError is a DataError

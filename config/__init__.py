@@ -8,7 +8,7 @@ read from a file of plain Python assignments and --key=value overrides.
 Every field of TrainConfig and of ModelConfig below is a key. A mistake is a ConfigError
 of one line naming the file and line (or the flag), the key and what was expected.
 """
-import ast, difflib, importlib.util, math, os, sys, typing
+import ast, difflib, importlib.util, math, os, re, sys, typing
 from dataclasses import dataclass, field, fields
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "toy.py")
@@ -65,6 +65,10 @@ class ModelConfig:
             (self.rotary_dim % 2 == 0 and self.rotary_dim <= self.head_dim,
              f"rotary_dim={self.rotary_dim} must be even and at most head_dim={self.head_dim}"),
             (self.norm in ("rmsnorm", "layernorm"), f"norm={self.norm!r} must be 'rmsnorm' or 'layernorm'"),
+            *[(v > 0, f"{k}={v} must be positive") for k, v in (("norm_eps", self.norm_eps), ("rope_theta", self.rope_theta),
+              ("init_std", self.init_std), ("embed_mult", self.embed_mult), ("logit_mult", self.logit_mult),
+              ("hidden_lr_mult", self.hidden_lr_mult))],
+            (self.init_truncate >= 0, f"init_truncate={self.init_truncate} must be >= 0"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -161,6 +165,24 @@ class TrainConfig:
              "seq_len, batch_size, max_steps and world_size must be positive"),
             (self.global_batch_size >= 0 and min(self.eval_interval, self.log_interval, self.ckpt_interval, self.keep_last) > 0,
              "global_batch_size must be >= 0 and eval_interval, log_interval, ckpt_interval, keep_last positive"),
+            (re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device) is not None,
+             f"device={self.device!r} must be auto, cpu, cuda, cuda:N or mps"),
+            (self.lr > 0, f"lr={self.lr} must be positive"),
+            (0 <= self.min_lr <= self.lr, f"min_lr={self.min_lr} must be between 0 and lr={self.lr}"),
+            (0 <= self.warmup_steps <= self.max_steps, f"warmup_steps={self.warmup_steps} must be between 0 and "
+             f"max_steps={self.max_steps} (the run would end before its warmup does)"),
+            *[(v >= 0, f"{k}={v} must be >= 0") for k, v in (("schedule_steps", self.schedule_steps),
+              ("decay_steps", self.decay_steps), ("grad_clip", self.grad_clip), ("weight_decay", self.weight_decay),
+              ("eval_seqs", self.eval_seqs), ("keep_every", self.keep_every), ("sample_tokens", self.sample_tokens))],
+            (self.eps > 0, f"eps={self.eps} must be positive (AdamW divides by sqrt(v) + eps)"),
+            *[(0 <= v < 1, f"{k}={v} must be in [0, 1)") for k, v in (("beta1", self.beta1), ("beta2", self.beta2))],
+            (0 < self.val_frac < 1, f"val_frac={self.val_frac} must be between 0 and 1 (the held-out share of each source)"),
+            *[(0 <= v <= 1, f"{k}={v} must be in [0, 1]") for k, v in (("fim_rate", self.fim_rate),
+              ("fim_spm_rate", self.fim_spm_rate))],
+            (self.max_bad_steps > 0 and self.dist_timeout > 0, f"max_bad_steps={self.max_bad_steps} and "
+             f"dist_timeout={self.dist_timeout} must be positive"),
+            (self.tokenizer_vocab >= 256 and self.tokenizer_sample > 0, f"tokenizer_vocab={self.tokenizer_vocab} must be "
+             f">= 256 (the bytes) and tokenizer_sample={self.tokenizer_sample} positive"),
         ]
         for ok, msg in checks:
             if not ok:

@@ -155,7 +155,7 @@ def test_export_import_commands_and_init_from(run3, tiny_data, tmp_path):
     # back in: the imported weights start a new run that begins where the checkpoint stood
     assert ev.main(["import", str(tmp_path / "hf"), str(tmp_path / "llama.pt")]) == 0
     out = tmp_path / "continued"
-    train.main(small_args(tiny_data, str(out), "--max_steps=1", "--seq_len=64", "--max_seq_len=64",
+    train.main(small_args(tiny_data, str(out), "--max_steps=1", "--warmup_steps=1", "--seq_len=64", "--max_seq_len=64",
                           f"--init_from={tmp_path / 'llama.pt'}"))
     first = json.loads(open(out / "metrics.jsonl").readline())["val"]["all"]
     original = [json.loads(l) for l in open(run3 / "metrics.jsonl") if '"val"' in l][-1]["val"]["all"]
@@ -165,7 +165,7 @@ def test_export_import_commands_and_init_from(run3, tiny_data, tmp_path):
 def test_init_from_weights_of_another_shape_is_a_config_error(tiny_data, tmp_path):
     torch.save({"model": {"embed.weight": torch.zeros(3, 3)}}, tmp_path / "w.pt")
     with pytest.raises(train.ConfigError, match=r"--init_from=.*w.pt does not fit this model config: .*embed.weight"):
-        train.main(small_args(tiny_data, str(tmp_path / "out"), "--max_steps=1", f"--init_from={tmp_path / 'w.pt'}"))
+        train.main(small_args(tiny_data, str(tmp_path / "out"), "--max_steps=1", "--warmup_steps=1", f"--init_from={tmp_path / 'w.pt'}"))
 
 
 def test_eval_loss_is_the_runs_own_validation_loss_with_document_masking(tiny_data, tmp_path):

@@ -213,7 +213,7 @@ def test_train_with_triton_attention_and_document_masking(tiny_data, tmp_path):
 def test_triton_on_cpu_without_interpreter_is_a_config_error(tiny_data, tmp_path, monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(ConfigError, match="attn_impl='triton' runs on CUDA, not cpu"):
-        train.main(small_args(tiny_data, str(tmp_path), "--max_steps=1", "--attn_impl=triton"))
+        train.main(small_args(tiny_data, str(tmp_path), "--max_steps=1", "--warmup_steps=1", "--attn_impl=triton"))
 
 
 def test_auto_picks_sdpa_on_cpu():

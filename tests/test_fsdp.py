@@ -5,6 +5,8 @@ import json, os, signal, socket, subprocess, sys, time
 import pytest
 import torch
 
+import checkpoint
+import data
 import train
 from config import load_config
 from conftest import ROOT, small_args
@@ -101,11 +103,15 @@ def test_checkpoint_contents_and_consolidated_file(tiny_data, tmp_path):
     names = set(os.listdir(ckpt))
     assert {"DONE", "meta.json", ".metadata", "rng_0.pt", "rng_1.pt", "__0_0.distcp", "__1_0.distcp"} <= names
     with open(ckpt / ".metadata", "rb") as f:
-        keys = set(train.SafeMetadata(f).load().state_dict_metadata)
-    assert "model.embed.weight" in keys and "optim.state.blocks.0.attn.qkv.weight.exp_avg_sq" in keys
-    assert "optim.param_groups.0.lr" in keys and "optim.param_groups.0.params" in keys
+        entries = checkpoint.SafeUnpickler(f).load().state_dict_metadata
+    assert "model.embed.weight" in entries and "optim.state.blocks.0.attn.qkv.weight.exp_avg_sq" in entries
+    # tensors only: nothing DCP would pickle (the optimizer's param_groups come from the config)
+    assert {type(e).__name__ for e in entries.values()} == {"TensorStorageMetadata"}
     meta = json.load(open(ckpt / "meta.json"))
-    assert {"step", "config", "git", "manifest_sha256", "data_position", "world_size"} <= set(meta)
+    assert {"step", "config", "git", "manifest_sha256", "data_position", "world_size", "files"} <= set(meta)
+    assert sorted(meta["files"]) == sorted(names - {"DONE", "meta.json"})  # both ranks' files, summed
+    assert all(meta["files"][n]["sha256"] == data.sha256_file(ckpt / n) for n in meta["files"])
+    assert json.load(open(ckpt / "DONE")) == {"meta.json": data.sha256_file(ckpt / "meta.json")}
     # the consolidated single file: a plain state dict that a fresh model loads
     r = subprocess.run([sys.executable, "train.py", "--consolidate", str(ckpt), str(tmp_path / "full.pt")], cwd=ROOT,
                        capture_output=True, text=True)

