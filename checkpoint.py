@@ -400,6 +400,8 @@ class Checkpointer:
         if problem:
             raise CheckpointError(problem)
         meta = data.read_meta(path)
+        if "files" not in meta and self.rank == 0:
+            print(f"warning: {path} was written before checkpoints recorded checksums: loaded unverified")
         if optimizer is None:
             state = {"model": model.state_dict()}
             dcp_load(state, path)

@@ -150,6 +150,14 @@ def test_flipped_bytes_are_detected_in_every_position(copy, tiny_data):
         assert result.startswith("error: ") and "__0_0.distcp" in result and "damaged" in result, (pos, result)
 
 
+def test_a_sweep_skips_a_damaged_checkpoint_and_says_so(copy, capsys):
+    shard = copy / "ckpt_0000002" / "__0_0.distcp"
+    shard.write_bytes(shard.read_bytes()[:-1] + b"x")
+    rows = evaluate.sweep(str(copy), "", seqs=2)
+    assert [r["ckpt"] for r in rows] == ["ckpt_0000001"]
+    assert f"skipped {copy / 'ckpt_0000002'}: {shard}: sha256 differs" in capsys.readouterr().err
+
+
 def test_an_edited_meta_json_is_detected(copy, tiny_data):
     ckpt = copy / "ckpt_0000002"
     meta = json.load(open(ckpt / "meta.json"))
@@ -306,3 +314,28 @@ def test_a_device_this_machine_lacks_is_a_one_line_error(tiny_data, tmp_path):
     device = f"cuda:{torch.cuda.device_count()}"  # one past the last GPU, or a GPU where there is none
     result = outcome(lambda: train.main(small_args(tiny_data, tmp_path / "run", f"--device={device}")))
     assert result.startswith(f"error: device='{device}', but"), result
+
+
+# --------------------------------------------------------------------------------------------
+# 7. data input (the rest is in test_pipeline.py::test_bad_input_is_reported_not_fatal)
+
+def test_sources_that_differ_only_in_unsafe_characters_stay_apart_and_a_good_data_dir_stays(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    chapters = [json.loads(line)["text"] for line in open(os.path.join(ROOT, "data", "tiny", "en.jsonl"))]
+    with open(raw / "web.jsonl", "w") as f:
+        for i, source in enumerate(["web a", "web_a", "web a", "web_a"]):
+            f.write(json.dumps({"text": chapters[i], "source": source}) + "\n")
+    out = str(tmp_path / "tokens")
+    data.prepare(str(raw), out, "bpe", 300, 0.25)
+    manifest = data.load_manifest(out, verify=True)
+    files = {s["file"]: s["source"] for s in manifest["shards"]}
+    assert sorted(set(files.values())) == ["web a", "web_a"] and len(files) == 4  # train + val of each, none shared
+    enc = data.tokenizer_of(out, manifest)
+    for source in ("web a", "web_a"):  # every token of each source's two chapters is in that source's shards
+        want = sum(len(enc.encode_ordinary(chapters[i])) + 1 for i in range(4) if i % 2 == (source == "web_a"))
+        assert sum(s["tokens"] for s in manifest["shards"] if s["source"] == source) == want
+    before = {n: sha(os.path.join(out, n)) for n in os.listdir(out)}
+    (raw / "more.jsonl").write_text(json.dumps({"text": chapters[5]}) + "\n{broken\n")
+    data.prepare(str(raw), out, "bpe", 300, 0.25)  # other input: the complete data_dir is not replaced
+    assert {n: sha(os.path.join(out, n)) for n in os.listdir(out)} == before
