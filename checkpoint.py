@@ -223,8 +223,10 @@ class RunLock:
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             alive = holder and self._alive(holder)  # a filesystem where flock does not reach
-        except OSError:
+        except BlockingIOError:
             alive = True
+        except OSError:  # no locks on this filesystem (ENOLCK): the holder's pid is all there is
+            alive = holder and self._alive(holder)
         if alive:
             os.close(self.fd)
             raise CheckpointError(f"{out_dir} is in use by another run ({holder or 'holder unknown'}; {self.path}): "

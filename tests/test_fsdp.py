@@ -70,6 +70,23 @@ def test_resume_at_another_world_size(tiny_data, tmp_path, first, second):
     assert meta["world_size"] == second and meta["data_position"]["samples"] == 48
 
 
+def test_two_ranks_share_the_checksums_and_fall_back_together(tiny_data, tmp_path):
+    # ckpt_4's first shard is hashed by rank 1 (files sorted, dealt round-robin): both ranks must
+    # skip ckpt_4 and resume from ckpt_2, and the run must follow the straight one
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    run(2, tiny_data, straight, "--max_steps=6")
+    run(2, tiny_data, split, "--max_steps=4")
+    shard = split / "ckpt_0000004" / "__0_0.distcp"
+    shard.write_bytes(shard.read_bytes()[:-1] + b"x")
+    r = torchrun(2, small_args(tiny_data, str(split), "--global_batch_size=8", "--schedule_steps=6", "--ckpt_interval=2",
+                               "--eval_interval=3", "--keep_last=10", "--max_steps=6"))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert f"ckpt_0000004 is damaged ({shard}: sha256 differs" in r.stdout and "ckpt_0000002" in r.stdout
+    assert (split / "superseded" / "ckpt_0000004").is_dir()
+    (a, va), (b, vb) = losses(straight), losses(split)
+    assert close(a, b) and close(va, vb), (a, b)
+
+
 def test_a_killed_rank_stops_the_job_and_resume_loses_nothing(tiny_data, tmp_path):
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
     run(2, tiny_data, straight, "--max_steps=6")
