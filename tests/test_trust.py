@@ -209,20 +209,36 @@ def test_folders_without_done_do_not_count_toward_keep_last(tiny_data, tmp_path)
 KILLER = """
 import os, signal, sys
 sys.path.insert(0, {root!r})
-count, at = [0], int(os.environ["KILL_AT"])
+count, at, match = [0], int(os.environ["KILL_AT"]), os.environ.get("KILL_MATCH", "")
 def counted(f):
     def g(*a, **k):
-        count[0] += 1
-        if count[0] == at:
+        result = f(*a, **k)
+        count[0] += match in str(a[0]) if a else not match
+        if count[0] == at:  # right after the at-th call
             os.kill(os.getpid(), signal.SIGKILL)
-        return f(*a, **k)
+        return result
     return g
-for name in ("replace", "rename", "unlink", "rmdir", "fsync"):  # every step of a save and of pruning
+for name in os.environ.get("KILL_IN", "replace rename unlink rmdir fsync").split():  # every step of a save and a prune
     setattr(os, name, counted(getattr(os, name)))
 import train
 train.main(sys.argv[1:])
 print("EVENTS", count[0])
 """
+
+
+def test_sigkill_while_pruning_leaves_no_complete_looking_folder_without_its_data(tiny_data, tmp_path):
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER.format(root=ROOT))
+    out = tmp_path / "run"
+    args = small_args(tiny_data, out, "--max_steps=4", "--ckpt_interval=2", "--eval_interval=100", "--keep_last=1")
+    p = subprocess.run([sys.executable, str(script), *args], env={**os.environ, "KILL_AT": "1", "KILL_IN": "unlink",
+                       "KILL_MATCH": "__0_0.distcp"}, capture_output=True, text=True, timeout=300)  # pruning ckpt_2, a file gone
+    assert not (out / "ckpt_0000002" / "__0_0.distcp").exists() or not data.is_done(str(out / "ckpt_0000002"))
+    assert p.returncode == -signal.SIGKILL, p.stderr[-2000:]
+    for d in sorted(os.listdir(out)):
+        if d.startswith("ckpt_") and data.is_done(str(out / d)):
+            assert outcome(lambda: evaluate.load(str(out / d))) == "ok", d
+    assert outcome(lambda: train.main(args)) == "ok"
 
 
 def test_sigkill_at_random_points_of_saving_and_pruning(tiny_data, tmp_path):
