@@ -3,22 +3,26 @@ Everything done with a checkpoint: loss and bits per byte per source, multiple-c
 memorization of the training data, a sweep over every checkpoint of a run, sampling, and the
 Hugging Face Llama format both ways.
 
-    python eval.py [OUT_DIR | CKPT] [--tasks=DIR] [--shots=0] [--seqs=N]   sweep: evals.jsonl, .md, .csv, .png
+    python eval.py [OUT_DIR | CKPT] [--tasks=DIR] [--shots=K] [--seqs=N]   sweep: evals.jsonl, .md, .csv, .png
     python eval.py sample CKPT --prompt="子曰：" [--temperature=0.8 --top_k=50 --top_p=0.95 --seed=0 --tokens=128]
     python eval.py export CKPT OUT_DIR        Hugging Face Llama: config.json, model.safetensors, tokenizer
     python eval.py import HF_DIR OUT.pt       a Llama checkpoint as our state dict (train.py --init_from=OUT.pt)
 
 Tasks are JSONL files in the public formats, one task per file, named after it: hellaswag*,
-arc_easy*, arc_challenge*, mmlu*, ceval*, cmmlu* (data/evals/ holds a few hand-made items of
-each; put the real files in a folder and pass --tasks=FOLDER). Each item is scored by the
-log-likelihood of each answer after the question, as lm-evaluation-harness does: acc takes the
-most likely answer, acc_norm the most likely per character of answer.
+arc_easy*, arc_challenge*, mmlu*, ceval*, cmmlu*; beside X.jsonl, X.dev.jsonl (MMLU, C-Eval,
+CMMLU) or X.train.jsonl (ARC, HellaSwag) gives the shots. data/evals/ holds a few hand-made
+items of each; put the real files in a folder and pass --tasks=FOLDER. Items are scored as
+lm-evaluation-harness 0.4 scores them: its prompts, description and shots (the published
+counts by default: ARC 25, HellaSwag 10, MMLU / C-Eval / CMMLU 5), the log-likelihood of
+" " + answer after the prompt, acc, acc_norm (per character of answer) and standard errors.
 """
-import argparse, csv, json, math, os, sys
+import argparse, csv, json, math, os, random, re, sys, typing
+from contextlib import nullcontext
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 import data
 import train
@@ -75,7 +79,26 @@ def loss_and_bpb(model, cfg, enc, max_seqs=0):
 
 
 # -----------------------------------------------------------------------------
-# multiple-choice tasks: (query, [choices], gold index) from the public formats
+# multiple-choice tasks, as lm-evaluation-harness 0.4 scores them (its task configs hellaswag,
+# arc_easy, arc_challenge, mmlu, ceval-valid, cmmlu): the same prompts, description, shots,
+# continuation boundary, acc_norm and standard errors, so scores compare with published ones
+
+TASKS = ("hellaswag", "arc_easy", "arc_challenge", "mmlu", "ceval", "cmmlu")
+# the shots published numbers use (Open LLM Leaderboard: ARC 25, HellaSwag 10, MMLU 5; the
+# C-Eval and CMMLU papers: 5), and where lm-eval draws them: the first n of the dev split, or a
+# seeded random draw (fewshot_seed 1234) from the train split
+SHOTS = dict(hellaswag=10, arc_easy=25, arc_challenge=25, mmlu=5, ceval=5, cmmlu=5)
+SHOT_SPLIT = dict(hellaswag="train", arc_easy="train", arc_challenge="train", mmlu="dev", ceval="dev", cmmlu="dev")
+FEWSHOT_SEED = 1234
+LETTERS = "ABCDEFGH"
+
+
+class Item(typing.NamedTuple):
+    prompt: str        # lm-eval's doc_to_text
+    choices: list      # doc_to_choice: the answers, without the space put before them
+    gold: int
+    subject: str = ""  # mmlu, ceval, cmmlu: the description's subject, and the shots' pool
+
 
 def _need(doc, keys, path, lineno):
     for k in keys:
@@ -87,17 +110,47 @@ def _need(doc, keys, path, lineno):
 
 def task_of(path):
     name = os.path.basename(path).lower()
-    for task in ("hellaswag", "arc_easy", "arc_challenge", "mmlu", "ceval", "cmmlu"):
+    for task in TASKS:
         if name.startswith(task):
             return task
     raise data.DataError(f"{path}: unknown task (file names start with hellaswag, arc_easy, arc_challenge, "
                          "mmlu, ceval or cmmlu)")
 
 
+def hellaswag_text(text):
+    # lm-eval's hellaswag preprocess: WikiHow's [title]/[header]/[step] markers out
+    text = text.strip().replace(" [title]", ". ")
+    return re.sub("\\[.*?\\]", "", text).replace("  ", " ")
+
+
+def read_item(task, doc, path, lineno):
+    if task == "hellaswag":  # Rowan/hellaswag: {"activity_label", "ctx_a", "ctx_b", "endings", "label"}
+        endings, label = _need(doc, ("endings", "label"), path, lineno)
+        ctx = doc["ctx_a"] + " " + doc.get("ctx_b", "").capitalize() if "ctx_a" in doc else _need(doc, ("ctx",), path, lineno)[0]
+        return Item(hellaswag_text(doc.get("activity_label", "") + ": " + ctx), [hellaswag_text(e) for e in endings],
+                    int(label))
+    if task.startswith("arc"):  # allenai's {"question": {"stem", "choices"}, "answerKey"} or HF's flat one
+        q, key = _need(doc, ("question", "answerKey"), path, lineno)
+        stem, ch = (q["stem"], q["choices"]) if isinstance(q, dict) else (q, _need(doc, ("choices",), path, lineno)[0])
+        texts, labels = ([c["text"] for c in ch], [c["label"] for c in ch]) if isinstance(ch, list) else (ch["text"], ch["label"])
+        if key not in labels:
+            raise data.DataError(f"{path}:{lineno}: answerKey {key!r} is not one of the labels {labels}")
+        return Item(f"Question: {stem}\nAnswer:", list(texts), labels.index(key))
+    if task == "mmlu":  # cais/mmlu: {"question", "choices", "answer": 0-3, "subject"}
+        q, ch, answer = _need(doc, ("question", "choices", "answer"), path, lineno)
+        gold = int(answer) if str(answer).isdigit() else LETTERS.index(str(answer))
+        return Item(q.strip() + "".join(f"\n{LETTERS[i]}. {c}" for i, c in enumerate(ch)) + "\nAnswer:",
+                    list(LETTERS[:len(ch)]), gold, doc.get("subject", "").replace("_", " "))
+    # ceval {"question", "A".."D", "answer"}, cmmlu {"Question", "A".."D", "Answer"}; "subject" optional
+    qk, ak = ("question", "answer") if task == "ceval" else ("Question", "Answer")
+    q, *opts, answer = _need(doc, (qk, "A", "B", "C", "D", ak), path, lineno)
+    return Item(q.strip() + "".join(f"\n{LETTERS[i]}. {o}" for i, o in enumerate(opts)) + "\n答案：", list("ABCD"),
+                "ABCD".index(answer.strip()), doc.get("subject", ""))
+
+
 def read_task(path):
-    """[(query, choices, gold, shot_text)] where shot_text is the item with its answer (few-shot)."""
+    """The items of a task file, in file order."""
     task, items = task_of(path), []
-    letters = "ABCDEFGH"
     for lineno, line in enumerate(open(path, encoding="utf-8"), 1):
         if not line.strip():
             continue
@@ -105,57 +158,120 @@ def read_task(path):
             doc = json.loads(line)
         except json.JSONDecodeError as e:
             raise data.DataError(f"{path}:{lineno}: not JSON ({e.msg})")
-        if task == "hellaswag":  # {"ctx", "endings", "label"} (Hugging Face's hellaswag)
-            ctx, endings, label = _need(doc, ("ctx", "endings", "label"), path, lineno)
-            query = (doc["activity_label"] + ": " if doc.get("activity_label") else "") + ctx
-            choices, gold = [" " + e for e in endings], int(label)
-        elif task.startswith("arc"):  # allenai's {"question": {"stem", "choices"}, "answerKey"} or HF's flat one
-            q, key = _need(doc, ("question", "answerKey"), path, lineno)
-            stem, ch = (q["stem"], q["choices"]) if isinstance(q, dict) else (q, _need(doc, ("choices",), path, lineno)[0])
-            texts, labels = ([c["text"] for c in ch], [c["label"] for c in ch]) if isinstance(ch, list) else (ch["text"], ch["label"])
-            query, choices, gold = f"Question: {stem}\nAnswer:", [" " + t for t in texts], labels.index(key)
-        elif task == "mmlu":  # {"question", "choices", "answer": int, "subject"} (cais/mmlu)
-            q, ch, answer = _need(doc, ("question", "choices", "answer"), path, lineno)
-            subject = doc.get("subject", "").replace("_", " ")
-            query = (f"The following are multiple choice questions (with answers) about {subject}.\n\n" if subject else "") \
-                + q + "".join(f"\n{letters[i]}. {c}" for i, c in enumerate(ch)) + "\nAnswer:"
-            choices, gold = [f" {letters[i]}" for i in range(len(ch))], int(answer) if str(answer).isdigit() \
-                else letters.index(str(answer))
-        else:  # ceval {"question", "A".."D", "answer"}, cmmlu {"Question", "A".."D", "Answer"}
-            qk, ak = ("question", "answer") if task == "ceval" else ("Question", "Answer")
-            q, *opts, answer = _need(doc, (qk, "A", "B", "C", "D", ak), path, lineno)
-            query = q + "".join(f"\n{letters[i]}. {o}" for i, o in enumerate(opts)) + "\n答案："
-            choices, gold = list("ABCD"), "ABCD".index(answer.strip())
-        if not 0 <= gold < len(choices):
-            raise data.DataError(f"{path}:{lineno}: the answer {gold} is not one of {len(choices)} choices")
-        items.append((query, choices, gold, query + choices[gold]))
+        item = read_item(task, doc, path, lineno)
+        if not 0 <= item.gold < len(item.choices):
+            raise data.DataError(f"{path}:{lineno}: the answer {item.gold} is not one of {len(item.choices)} choices")
+        items.append(item)
     return items
 
 
-@torch.no_grad()
-def loglikelihoods(model, enc, context, continuations):
-    """log P(continuation | context) of each continuation, summed over its tokens."""
-    device, limit = next(model.parameters()).device, model.cfg.max_seq_len
-    ctx = enc.encode_ordinary(context)
+def description(task, subject):
+    if not subject:
+        return ""
+    return {"mmlu": f"The following are multiple choice questions (with answers) about {subject}.\n\n",
+            "ceval": f"以下是中国关于{subject}的单项选择题，请选出其中的正确答案。\n\n",
+            "cmmlu": f"以下是关于{subject}的单项选择题，请直接给出正确答案的选项。\n\n"}.get(task, "")
+
+
+def shots_file(path):
+    """X.jsonl's few-shot file: X.dev.jsonl or X.train.jsonl, the split lm-eval draws from."""
+    return path[:-len(".jsonl")] + f".{SHOT_SPLIT[task_of(path)]}.jsonl"
+
+
+def contexts(path, items, shots):
+    """The prompt of every item as lm-eval builds it: description, then `shots` solved items
+    (prompt, " ", answer, each followed by a blank line), then the item's prompt."""
+    task = task_of(path)
+    pool = read_task(shots_file(path)) if shots else []
+    if shots and len(pool) < shots:
+        raise data.DataError(f"{shots_file(path)}: {len(pool)} items, fewer than the {shots} shots asked")
+    rnd = random.Random(FEWSHOT_SEED)  # one draw after another, in item order, as lm-eval does
     out = []
-    for cont in continuations:
-        c = enc.encode_ordinary(cont)
-        ids = (ctx + c)[-(limit + 1):]  # the question is cut from the left if too long
-        x = torch.tensor([ids], device=device)
-        logp = F.log_softmax(model(x[:, :-1]).float(), -1)[0, -len(c):]
-        out.append(logp.gather(1, x[0, -len(c):, None]).sum().item())
+    for item in items:
+        if SHOT_SPLIT[task] == "dev":  # the first n of the item's own subject
+            same = [p for p in pool if p.subject == item.subject] or pool
+            chosen = same[:shots]
+        else:
+            chosen = rnd.sample(pool, shots) if shots else []
+        out.append(description(task, item.subject) +
+                   "".join(f"{p.prompt} {p.choices[p.gold]}\n\n" for p in chosen) + item.prompt)
     return out
 
 
-def run_task(model, enc, path, shots=0):
-    items, hits, hits_norm = read_task(path), 0, 0
-    for i, (query, choices, gold, _) in enumerate(items):
-        # k other items of the file, with their answers, before the question
-        context = "".join(items[j][3] + "\n\n" for j in [j for j in range(len(items)) if j != i][:shots]) + query
-        ll = loglikelihoods(model, enc, context, choices)
-        hits += int(np.argmax(ll) == gold)
-        hits_norm += int(np.argmax([v / len(c) for v, c in zip(ll, choices)]) == gold)
-    return dict(acc=hits / len(items), acc_norm=hits_norm / len(items), n=len(items))
+def encode_pair(enc, context, continuation):
+    """(context tokens, continuation tokens) by lm-eval's rule: the context's trailing
+    whitespace moves to the continuation, and the continuation is what encoding the whole adds
+    after the context's tokens."""
+    n = len(context) - len(context.rstrip())
+    if n:
+        context, continuation = context[:-n], context[-n:] + continuation
+    if not context:
+        return [enc.eot_token], enc.encode_ordinary(continuation)
+    ctx = enc.encode_ordinary(context)
+    return ctx, enc.encode_ordinary(context + continuation)[len(ctx):]
+
+
+@torch.no_grad()
+def loglikelihoods(model, requests, batch_size=16, max_tokens=32768, desc="loglikelihood"):
+    """log P(continuation | context) of each (context tokens, continuation tokens), summed over
+    the continuation: longest first, in batches of at most batch_size rows and max_tokens
+    tokens, each row one forward of context + continuation (cut from the left to the model's
+    length). Rows that are the same input (single-token answers after one context: letters)
+    are one forward."""
+    device, limit = next(model.parameters()).device, model.cfg.max_seq_len
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    rows = {}  # input -> [(request index, continuation)]
+    for i, (ctx, cont) in enumerate(requests):
+        ids = (ctx + cont)[-(limit + 1):]
+        rows.setdefault(tuple(ids[:-1]), []).append((i, cont))
+    order = sorted(rows, key=len, reverse=True)
+    out = [0.0] * len(requests)
+    batches, start = [], 0
+    while start < len(order):
+        n = max(1, min(batch_size, max_tokens // len(order[start])))
+        batches.append(order[start:start + n])
+        start += n
+    for batch in tqdm(batches, desc=desc, disable=len(batches) < 4, leave=False):
+        T = len(batch[0])
+        x = torch.zeros(len(batch), T, dtype=torch.long)
+        for r, ids in enumerate(batch):
+            x[r, :len(ids)] = torch.tensor(ids)  # padded on the right: causal attention never sees it
+        with autocast:
+            logits = model(x.to(device))
+        for r, ids in enumerate(batch):
+            for i, cont in rows[ids]:  # the continuation's tokens are the targets of the last positions
+                pos = torch.arange(max(0, len(ids) - len(cont)), len(ids))
+                logp = F.log_softmax(logits[r, pos].double(), -1)
+                out[i] = logp.gather(1, torch.tensor(cont[-len(pos):], device=logp.device)[:, None]).sum().item()
+    return out
+
+
+def stderr(hits):
+    """lm-eval's standard error of a mean: the sample standard deviation over sqrt(n)."""
+    n = len(hits)
+    return float(np.std(hits, ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+
+
+def run_task(model, enc, path, shots=None, batch_size=16):
+    """acc and acc_norm (log-likelihood over the answer's length in characters, without the
+    space before it) with their standard errors, n and the shots used. shots=None: the
+    published count when path has its few-shot file, else 0."""
+    items = read_task(path)
+    task = task_of(path)
+    if shots is None:
+        shots = SHOTS[task] if os.path.exists(shots_file(path)) else 0
+    requests, spans = [], []
+    for context, item in zip(contexts(path, items, shots), items):
+        spans.append((len(requests), len(item.choices)))
+        requests += [encode_pair(enc, context, " " + c) for c in item.choices]
+    ll = loglikelihoods(model, requests, batch_size, desc=os.path.basename(path))
+    hits, hits_norm = [], []
+    for (a, n), item in zip(spans, items):
+        scores = ll[a:a + n]
+        hits.append(float(np.argmax(scores) == item.gold))
+        hits_norm.append(float(np.argmax([v / len(c) for v, c in zip(scores, item.choices)]) == item.gold))
+    return dict(acc=float(np.mean(hits)), acc_stderr=stderr(hits), acc_norm=float(np.mean(hits_norm)),
+                acc_norm_stderr=stderr(hits_norm), n=len(items), shots=shots)
 
 
 # -----------------------------------------------------------------------------
@@ -194,28 +310,51 @@ def memorization(model, cfg, meta, n=64, prompt=32, gen=32):
 # -----------------------------------------------------------------------------
 # the sweep: every checkpoint of a run, appended to evals.jsonl, then a table and plots
 
+def task_files(tasks_dir):
+    """The task files of a folder (not their few-shot files)."""
+    if not tasks_dir:
+        return []
+    if not os.path.isdir(tasks_dir):
+        raise ConfigError(f"--tasks={tasks_dir}: no such folder")
+    return [os.path.join(tasks_dir, f) for f in sorted(os.listdir(tasks_dir))
+            if f.endswith(".jsonl") and not f.endswith((".dev.jsonl", ".train.jsonl"))]
+
+
+def settings(tasks_dir, shots):
+    """What a sweep row depends on besides the checkpoint: {task file: shots}."""
+    return {os.path.basename(p)[:-6]: (shots if shots is not None else
+                                       SHOTS[task_of(p)] if os.path.exists(shots_file(p)) else 0)
+            for p in task_files(tasks_dir)}
+
+
 def evaluate_checkpoint(ckpt, tasks_dir, shots, seqs, device):
-    """One row of the sweep: loss and bits per byte, tasks, memorization."""
+    """One row of the sweep: loss and bits per byte, tasks (with their shots), memorization."""
     model, cfg, enc, meta = load(ckpt, device)
-    row = dict(ckpt=os.path.basename(ckpt), step=meta["step"], tokens=meta["data_position"]["tokens"])
+    row = dict(ckpt=os.path.basename(ckpt), step=meta["step"], tokens=meta["data_position"]["tokens"],
+               tasks=settings(tasks_dir, shots))
     row.update(loss_and_bpb(model, cfg, enc, seqs))
-    for path in sorted(os.listdir(tasks_dir)) if tasks_dir and os.path.isdir(tasks_dir) else []:
-        if path.endswith(".jsonl"):
-            r = run_task(model, enc, os.path.join(tasks_dir, path), shots)
-            name = path[:-6]
-            row.update({f"{name}/acc": r["acc"], f"{name}/acc_norm": r["acc_norm"]})
+    for path in task_files(tasks_dir):
+        name = os.path.basename(path)[:-6]
+        r = run_task(model, enc, path, row["tasks"][name])
+        row.update({f"{name}/{k}": r[k] for k in ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr")})
     row.update(memorization(model, cfg, meta, seqs or 64))
     return row
 
 
-def sweep(path, tasks_dir, shots=0, seqs=0, device="cpu"):
+def sweep(path, tasks_dir, shots=None, seqs=0, device="cpu"):
+    """Every checkpoint of a run (or the one given), each evaluated once per setting: a row of
+    evals.jsonl is kept when its checkpoint, tasks and shots are the ones asked."""
     ckpts = checkpoints(path)
     run_dir = os.path.dirname(ckpts[0]) if len(ckpts) == 1 and path == ckpts[0] else path
+    if not tasks_dir:
+        print("no --tasks: loss, bits per byte and memorization only. Task files (HellaSwag, ARC, MMLU, C-Eval, "
+              "CMMLU in their public formats, data/evals/README.md) go in a folder: --tasks=FOLDER", file=sys.stderr)
+    want = settings(tasks_dir, shots)
     log = os.path.join(run_dir, "evals.jsonl")
-    rows = [json.loads(l) for l in open(log)] if os.path.exists(log) else []
+    rows = [r for r in map(json.loads, open(log)) if r.get("tasks") == want] if os.path.exists(log) else []
     done = {r["ckpt"] for r in rows}
     for ckpt in ckpts:
-        if os.path.basename(ckpt) in done:  # evaluated before: kept, not redone
+        if os.path.basename(ckpt) in done:  # evaluated before with these settings: kept, not redone
             continue
         try:
             row = evaluate_checkpoint(ckpt, tasks_dir, shots, seqs, device)
@@ -224,7 +363,7 @@ def sweep(path, tasks_dir, shots=0, seqs=0, device="cpu"):
                 raise
             print(f"skipped {ckpt}: {e}", file=sys.stderr)
             continue
-        print(" | ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+        print(" | ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if k != "tasks"))
         with open(log, "a") as f:
             f.write(json.dumps(row) + "\n")
         rows.append(row)
@@ -234,13 +373,15 @@ def sweep(path, tasks_dir, shots=0, seqs=0, device="cpu"):
 
 
 def write_table(rows, run_dir):
-    keys = list(dict.fromkeys(k for r in rows for k in r))
+    keys = list(dict.fromkeys(k for r in rows for k in r if k != "tasks"))  # tasks: the shots, said above the table
     with open(os.path.join(run_dir, "evals.csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, keys)
+        w = csv.DictWriter(f, keys, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
     fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    shots = rows[0].get("tasks") if rows else None
+    lines = ([f"shots per task: {', '.join(f'{k} {v}' for k, v in shots.items())}", ""] if shots else []) + \
+        ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(fmt(r.get(k, "")) for k in keys) + " |" for r in rows]
     open(os.path.join(run_dir, "evals.md"), "w").write("\n".join(lines) + "\n")
     print(f"wrote {run_dir}/evals.md and evals.csv ({len(rows)} checkpoints)")
@@ -251,7 +392,7 @@ def write_table(rows, run_dir):
     except ImportError:
         print("(pip install matplotlib for evals.png: each metric against tokens trained)")
         return
-    metrics = [k for k in keys if k not in ("ckpt", "step", "tokens")]
+    metrics = [k for k in keys if k not in ("ckpt", "step", "tokens") and not k.endswith("_stderr")]
     cols = 4
     fig, axes = plt.subplots(math.ceil(len(metrics) / cols), cols, figsize=(4 * cols, 3 * math.ceil(len(metrics) / cols)),
                              squeeze=False)
@@ -474,8 +615,9 @@ def main(argv=None):
     ap.add_argument("path", nargs="?", default=os.path.join("out", "toy"))
     ap.add_argument("out", nargs="?")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--tasks", default=os.path.join(HERE, "data", "evals"))
-    ap.add_argument("--shots", type=int, default=0)
+    ap.add_argument("--tasks", default="", help="a folder of task files (data/evals/ has a few hand-made items)")
+    ap.add_argument("--shots", type=int, default=None, help="shots per task (default: the published count where "
+                    "the task's few-shot file exists, else 0)")
     ap.add_argument("--seqs", type=int, default=0, help="held-out sequences per source (default: the run's eval_seqs) "
                     "and memorization sequences (default 64)")
     ap.add_argument("--prompt", default="Alice was beginning to")

@@ -1,6 +1,6 @@
 """eval.py: bits per byte on a hand-checked case, every task format, memorization, the sweep,
 sampling."""
-import json, math, os
+import json, math, os, random, shutil
 
 import numpy as np
 import pytest
@@ -53,33 +53,132 @@ class Oracle(torch.nn.Module):
 
     def forward(self, x):
         logits = torch.zeros(*x.shape, self.cfg.vocab_size)
-        for t in range(x.size(1)):
-            nxt = self.next.get(tuple(x[0, :t + 1].tolist()))
-            if nxt is not None:
-                logits[0, t, nxt] = 30.0
+        for b in range(x.size(0)):
+            for t in range(x.size(1)):
+                nxt = self.next.get(tuple(x[b, :t + 1].tolist()))
+                if nxt is not None:
+                    logits[b, t, nxt] = 30.0
         return logits
 
 
-@pytest.mark.parametrize("task", ["hellaswag", "arc_easy", "arc_challenge", "mmlu", "ceval", "cmmlu"])
+def task_copy(tmp_path, task, shots):
+    """data/evals' task file in tmp_path, with its own items as the few-shot file when shots > 0."""
+    path = tmp_path / f"{task}.jsonl"
+    shutil.copy(os.path.join(ROOT, "data", "evals", task + ".jsonl"), path)
+    if shots:
+        shutil.copy(path, ev.shots_file(str(path)))
+    return str(path)
+
+
+@pytest.mark.parametrize("task", ev.TASKS)
 @pytest.mark.parametrize("shots", [0, 1])
-def test_every_task_format_is_read_and_scored(task, shots, tiny_data):
-    path = os.path.join(ROOT, "data", "evals", task + ".jsonl")
+def test_every_task_format_is_read_and_scored(task, shots, tiny_data, tmp_path):
+    path = task_copy(tmp_path, task, shots)
     items = ev.read_task(path)
-    assert len(items) >= 2 and all(0 <= g < len(c) for _, c, g, _ in items)
+    assert len(items) >= 2 and all(0 <= it.gold < len(it.choices) for it in items)
     enc = data.tokenizer_of(tiny_data, data.load_manifest(tiny_data, verify=False))
-    golds = []
-    for i, (q, choices, g, _) in enumerate(items):
-        context = "".join(items[j][3] + "\n\n" for j in [j for j in range(len(items)) if j != i][:shots]) + q
-        golds.append(enc.encode_ordinary(context) + enc.encode_ordinary(choices[g]))
-    right = ev.run_task(Oracle(golds, enc.n_vocab), enc, path, shots)
-    assert right["acc"] == right["acc_norm"] == 1.0 and right["n"] == len(items)
+    ctxs = ev.contexts(path, items, shots)
+    golds = [sum(ev.encode_pair(enc, c, " " + it.choices[it.gold]), []) for c, it in zip(ctxs, items)]
+    right = ev.run_task(Oracle(golds, enc.n_vocab), enc, path, shots, batch_size=3)
+    assert right["acc"] == right["acc_norm"] == 1.0 and right["n"] == len(items) and right["shots"] == shots
+    assert right["acc_stderr"] == 0.0
     # no preference: each token costs ln V, so acc picks the answer of fewest tokens and acc_norm
-    # the fewest tokens per character
+    # the fewest tokens per character of answer (without the space before it)
     flat = ev.run_task(Oracle([], enc.n_vocab), enc, path, shots)
-    ntok = [[len(enc.encode_ordinary(c)) for c in choices] for _, choices, _, _ in items]
-    per_char = [[-n / len(c) for n, c in zip(ns, choices)] for ns, (_, choices, _, _) in zip(ntok, items)]
-    assert flat["acc"] == np.mean([int(np.argmin(ns)) == g for ns, (_, _, g, _) in zip(ntok, items)])
-    assert flat["acc_norm"] == np.mean([int(np.argmax(pc)) == g for pc, (_, _, g, _) in zip(per_char, items)])
+    ntok = [[len(ev.encode_pair(enc, c, " " + ch)[1]) for ch in it.choices] for c, it in zip(ctxs, items)]
+    assert flat["acc"] == np.mean([int(np.argmin(ns)) == it.gold for ns, it in zip(ntok, items)])
+    per_char = [[-n / len(ch) for n, ch in zip(ns, it.choices)] for ns, it in zip(ntok, items)]
+    assert flat["acc_norm"] == np.mean([int(np.argmax(pc)) == it.gold for pc, it in zip(per_char, items)])
+
+
+def test_prompts_are_lm_eval_s_by_hand(tmp_path):
+    # written out from lm-evaluation-harness 0.4's task configs, one item of each format
+    rows = {
+        "hellaswag": {"activity_label": "Health", "ctx_a": "[header] How to stay calm [title] Breathe deeply.",
+                      "ctx_b": "then count", "endings": ["to ten. [step] Slowly.", "the sheep."], "label": "0"},
+        "arc_easy": {"question": "Which is a metal?", "choices": {"text": ["iron", "wood"], "label": ["A", "B"]},
+                     "answerKey": "A"},
+        "mmlu": {"question": " What is 2+2? ", "choices": ["3", "4", "5", "6"], "answer": 1, "subject": "high_school_math"},
+        "ceval": {"question": "一加一等于几？", "A": "一", "B": "二", "C": "三", "D": "四", "answer": "B", "subject": "数学"},
+        "cmmlu": {"Question": "水的化学式是？", "A": "H2O", "B": "CO2", "C": "O2", "D": "NaCl", "Answer": "A",
+                  "subject": "化学"},
+    }
+    want = {
+        "hellaswag": ("Health: How to stay calm. Breathe deeply. Then count", ["to ten. Slowly.", "the sheep."], 0),
+        "arc_easy": ("Question: Which is a metal?\nAnswer:", ["iron", "wood"], 0),
+        "mmlu": ("The following are multiple choice questions (with answers) about high school math.\n\n"
+                 "What is 2+2?\nA. 3\nB. 4\nC. 5\nD. 6\nAnswer:", list("ABCD"), 1),
+        "ceval": ("以下是中国关于数学的单项选择题，请选出其中的正确答案。\n\n一加一等于几？\nA. 一\nB. 二\nC. 三\nD. 四\n答案：",
+                  list("ABCD"), 1),
+        "cmmlu": ("以下是关于化学的单项选择题，请直接给出正确答案的选项。\n\n水的化学式是？\nA. H2O\nB. CO2\nC. O2\nD. NaCl\n答案：",
+                  list("ABCD"), 0),
+    }
+    for task, row in rows.items():
+        path = tmp_path / f"{task}.jsonl"
+        path.write_text(json.dumps(row, ensure_ascii=False) + "\n")
+        items = ev.read_task(str(path))
+        assert (ev.contexts(str(path), items, 0)[0], items[0].choices, items[0].gold) == want[task], task
+    # one shot of MMLU: the description once, then the solved item, a blank line, the question
+    shutil.copy(tmp_path / "mmlu.jsonl", tmp_path / "mmlu.dev.jsonl")
+    items = ev.read_task(str(tmp_path / "mmlu.jsonl"))
+    q = "What is 2+2?\nA. 3\nB. 4\nC. 5\nD. 6\nAnswer:"
+    assert ev.contexts(str(tmp_path / "mmlu.jsonl"), items, 1)[0] == \
+        f"The following are multiple choice questions (with answers) about high school math.\n\n{q} B\n\n{q}"
+
+
+def test_shots_come_as_lm_eval_draws_them(tmp_path):
+    # ARC and HellaSwag: a seeded random draw from the train file, one item after another;
+    # MMLU, C-Eval, CMMLU: the first n dev items of the item's own subject
+    def arc(i):
+        return {"question": f"q{i}?", "choices": {"text": ["x", "y"], "label": ["A", "B"]}, "answerKey": "B"}
+    (tmp_path / "arc_easy.jsonl").write_text("".join(json.dumps(arc(i)) + "\n" for i in range(3)))
+    (tmp_path / "arc_easy.train.jsonl").write_text("".join(json.dumps(arc(i)) + "\n" for i in range(10, 16)))
+    path = str(tmp_path / "arc_easy.jsonl")
+    rnd = random.Random(1234)
+    want = ["".join(f"Question: q{10 + j}?\nAnswer: y\n\n" for j in rnd.sample(range(6), 2)) + f"Question: q{i}?\nAnswer:"
+            for i in range(3)]
+    assert ev.contexts(path, ev.read_task(path), 2) == want
+    mm = lambda q, s: {"question": q, "choices": list("abcd"), "answer": 0, "subject": s}
+    (tmp_path / "mmlu.jsonl").write_text(json.dumps(mm("Q", "law")) + "\n")
+    (tmp_path / "mmlu.dev.jsonl").write_text("".join(json.dumps(mm(f"d{i}", s)) + "\n"
+                                                     for i, s in enumerate(["art", "law", "art", "law", "law"])))
+    ctx = ev.contexts(str(tmp_path / "mmlu.jsonl"), ev.read_task(str(tmp_path / "mmlu.jsonl")), 2)[0]
+    assert "d1\n" in ctx and "d3\n" in ctx and "d4" not in ctx and "d0" not in ctx
+    with pytest.raises(data.DataError, match="mmlu.dev.jsonl: 5 items, fewer than the 6 shots asked"):
+        ev.contexts(str(tmp_path / "mmlu.jsonl"), ev.read_task(str(tmp_path / "mmlu.jsonl")), 6)
+
+
+def test_the_boundary_rule_acc_norm_and_standard_errors(tiny_data, tmp_path, monkeypatch):
+    enc = data.tokenizer_of(tiny_data, data.load_manifest(tiny_data, verify=False))
+    # trailing whitespace of the context goes to the continuation, which is what the whole adds
+    ctx, cont = ev.encode_pair(enc, "Answer: ", "A")
+    assert ctx == enc.encode_ordinary("Answer:") and ctx + cont == enc.encode_ordinary("Answer: A")
+    assert ev.encode_pair(enc, "", "hi") == ([enc.eot_token], enc.encode_ordinary("hi"))
+    # acc_norm divides by the answer's length without the space: -3/1 < -9/4, so the second wins
+    # (with the space, -3/2 > -9/5 would pick the first)
+    row = {"question": "q?", "choices": {"text": ["a", "abcd"], "label": ["A", "B"]}, "answerKey": "B"}
+    (tmp_path / "arc_easy.jsonl").write_text(json.dumps(row) + "\n")
+    monkeypatch.setattr(ev, "loglikelihoods", lambda model, reqs, *a, **k: [-3.0, -9.0])
+    r = ev.run_task(None, enc, str(tmp_path / "arc_easy.jsonl"), 0)
+    assert (r["acc"], r["acc_norm"]) == (0.0, 1.0)
+    # the sample standard deviation over sqrt(n): hits 1, 0, 1, 1 -> 0.5 / 2
+    assert ev.stderr([1.0, 0.0, 1.0, 1.0]) == pytest.approx(0.25)
+
+
+def test_batched_scoring_equals_one_forward_per_request(tiny_data):
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=64, n_layer=2, d_model=32, n_head=2, ffn_hidden=64, max_seq_len=16)
+    model = train.build_model(cfg, "cpu", 0).eval()
+    g = torch.Generator().manual_seed(1)
+    rnd = lambda n: torch.randint(1, 64, (n,), generator=g).tolist()
+    ctx = rnd(7)
+    requests = [(ctx, [5]), (ctx, [9]), (ctx, [5, 6]), (rnd(3), rnd(4)), (rnd(30), rnd(2)), ([1], rnd(1))]
+    got = ev.loglikelihoods(model, requests, batch_size=2)
+    for (c, k), value in zip(requests, got):
+        ids = torch.tensor([(c + k)[-17:]])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids[:, :-1]).double(), -1)[0, -len(k):]
+        assert value == pytest.approx(logp.gather(1, ids[0, -len(k):, None]).sum().item(), abs=1e-5)
 
 
 def test_a_task_file_in_the_wrong_format_names_file_line_and_field(tmp_path):
@@ -111,15 +210,28 @@ def test_memorization_of_an_overfit_sequence_and_of_random_text():
     assert exact == 0.0 and frac < 0.1
 
 
-def test_sweep_over_three_checkpoints_and_again(run3):
+def test_sweep_over_three_checkpoints_and_again(run3, tmp_path, capsys):
     rows = ev.sweep(str(run3), os.path.join(ROOT, "data", "evals"), shots=0, seqs=4)
     assert [r["step"] for r in rows] == [2, 4, 6]
     for r in rows:
-        assert {"loss/all", "bpb/all", "mmlu/acc", "cmmlu/acc_norm", "mem/exact", "mem_heldout/frac"} <= set(r)
-    assert len(open(run3 / "evals.csv").readlines()) == 4 and len(open(run3 / "evals.md").readlines()) == 5
+        assert {"loss/all", "bpb/all", "mmlu/acc", "mmlu/acc_stderr", "cmmlu/acc_norm", "mem/exact",
+                "mem_heldout/frac"} <= set(r)
+        assert r["tasks"] == {t: 0 for t in ev.TASKS}
+    assert len(open(run3 / "evals.csv").readlines()) == 4 and len(open(run3 / "evals.md").readlines()) == 7
     assert len(open(run3 / "evals.jsonl").readlines()) == 3
     ev.sweep(str(run3), os.path.join(ROOT, "data", "evals"), shots=0, seqs=4)  # evaluated already: skipped
     assert len(open(run3 / "evals.jsonl").readlines()) == 3
+    # another setting is evaluated again, and its rows say which
+    task_copy(tmp_path, "mmlu", 1)
+    assert ev.settings(str(tmp_path), None) == {"mmlu": 5}  # the published count, where the dev file is
+    assert ev.settings(os.path.join(ROOT, "data", "evals"), None) == {t: 0 for t in ev.TASKS}  # no shot files
+    rows = ev.sweep(str(run3), str(tmp_path), shots=1, seqs=4)
+    assert [r["tasks"] for r in rows] == [{"mmlu": 1}] * 3 and "mmlu/acc" in rows[0] and "arc_easy/acc" not in rows[0]
+    assert len(open(run3 / "evals.jsonl").readlines()) == 6
+    capsys.readouterr()
+    rows = ev.sweep(str(run3), "", seqs=4)  # no tasks: loss, bits per byte, memorization, and where tasks go
+    assert "no --tasks" in capsys.readouterr().err and not any("/acc" in k for k in rows[0])
+    assert len(open(run3 / "evals.jsonl").readlines()) == 9
 
 
 def test_sampling_streams_what_generate_gives(run3):
