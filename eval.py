@@ -90,6 +90,7 @@ TASKS = ("hellaswag", "arc_easy", "arc_challenge", "mmlu", "ceval", "cmmlu")
 SHOTS = dict(hellaswag=10, arc_easy=25, arc_challenge=25, mmlu=5, ceval=5, cmmlu=5)
 SHOT_SPLIT = dict(hellaswag="train", arc_easy="train", arc_challenge="train", mmlu="dev", ceval="dev", cmmlu="dev")
 FEWSHOT_SEED = 1234
+DRAW_ONE_MORE = {"hellaswag"}
 LETTERS = "ABCDEFGH"
 
 
@@ -191,8 +192,13 @@ def contexts(path, items, shots):
         if SHOT_SPLIT[task] == "dev":  # the first n of the item's own subject
             same = [p for p in pool if p.subject == item.subject] or pool
             chosen = same[:shots]
+        elif shots:  # lm-eval 0.4.13 draws one more where its fewshot split "equals" the test split
+            # (HellaSwag: neither is set) and drops the item itself, should it be among them
+            chosen = [p for p in rnd.sample(pool, shots + (task in DRAW_ONE_MORE)) if p != item][:shots]
+            if len(chosen) < shots:
+                chosen = rnd.sample([p for p in pool if p != item], shots)
         else:
-            chosen = rnd.sample(pool, shots) if shots else []
+            chosen = []
         out.append(description(task, item.subject) +
                    "".join(f"{p.prompt} {p.choices[p.gold]}\n\n" for p in chosen) + item.prompt)
     return out

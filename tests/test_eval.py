@@ -138,6 +138,14 @@ def test_shots_come_as_lm_eval_draws_them(tmp_path):
     want = ["".join(f"Question: q{10 + j}?\nAnswer: y\n\n" for j in rnd.sample(range(6), 2)) + f"Question: q{i}?\nAnswer:"
             for i in range(3)]
     assert ev.contexts(path, ev.read_task(path), 2) == want
+    # HellaSwag: lm-eval 0.4.13 draws one more each time (its fewshot and test splits are both unset)
+    hs = lambda i: {"activity_label": "A", "ctx_a": f"c{i}", "ctx_b": "", "endings": ["x", "y"], "label": "1"}
+    (tmp_path / "hellaswag.jsonl").write_text("".join(json.dumps(hs(i)) + "\n" for i in range(3)))
+    (tmp_path / "hellaswag.train.jsonl").write_text("".join(json.dumps(hs(i)) + "\n" for i in range(10, 16)))
+    rnd = random.Random(1234)
+    want = ["".join(f"A: c{10 + j} y\n\n" for j in rnd.sample(range(6), 3)[:2]) + f"A: c{i}" for i in range(3)]
+    path = str(tmp_path / "hellaswag.jsonl")
+    assert ev.contexts(path, ev.read_task(path), 2) == want
     mm = lambda q, s: {"question": q, "choices": list("abcd"), "answer": 0, "subject": s}
     (tmp_path / "mmlu.jsonl").write_text(json.dumps(mm("Q", "law")) + "\n")
     (tmp_path / "mmlu.dev.jsonl").write_text("".join(json.dumps(mm(f"d{i}", s)) + "\n"
