@@ -59,9 +59,10 @@ def checkpoints(path):
 def loss_and_bpb(model, cfg, enc, max_seqs=0):
     """Per source of the held-out split: the mean loss per token (nats), computed as the run's own
     validation computes it (train.evaluate: the same sequences, batch size, document mask and
-    dtype), and bits per byte, the loss of the whole text in bits over its length in UTF-8
-    bytes (special tokens count 0 bytes), so that models with different tokenizers compare.
-    max_seqs: sequences per source (0: the run's eval_seqs)."""
+    dtype), and bits per byte on those packed windows (bpb_window: the loss of the windows' text
+    in bits over its UTF-8 bytes; end-of-text is predicted and counts 0 bytes, each window's first
+    token is unscored), the run's own figure. document_bpb is lm-eval's. max_seqs: sequences
+    per source (0: the run's eval_seqs)."""
     manifest = data.load_manifest(cfg.data_dir, verify=False)
     val = data.val_sequences(cfg.data_dir, manifest, cfg.seq_len, max_seqs or cfg.eval_seqs)
     device = next(model.parameters()).device
@@ -72,9 +73,37 @@ def loss_and_bpb(model, cfg, enc, max_seqs=0):
     for source, seqs in val.items():
         b = sum(len(enc.decode_bytes([t for t in row if t not in special])) for row in seqs[:, 1:].tolist())
         n = losses[source] * seqs[:, 1:].size  # the source's loss in nats, summed over its tokens
-        out[f"loss/{source}"], out[f"bpb/{source}"] = losses[source], n / math.log(2) / max(b, 1)
+        out[f"loss/{source}"], out[f"bpb_window/{source}"] = losses[source], n / math.log(2) / max(b, 1)
         nats, nbytes = nats + n, nbytes + b
-    out["loss/all"], out["bpb/all"] = losses["all"], nats / math.log(2) / max(nbytes, 1)
+    out["loss/all"], out["bpb_window/all"] = losses["all"], nats / math.log(2) / max(nbytes, 1)
+    return out
+
+
+def held_out_documents(cfg, manifest, max_docs=0):
+    """{source: [token lists]}: the val split cut at end-of-text, each piece a document (the first
+    may be the tail of one that the split cut)."""
+    out = {}
+    for s in manifest["shards"]:
+        if s["split"] == "val":
+            t = data.read_shard(os.path.join(cfg.data_dir, s["file"])).tolist()
+            cuts = [-1] + [i for i, x in enumerate(t) if x == manifest["eot"]] + [len(t)]
+            out.setdefault(s["source"], []).extend(t[a + 1:b] for a, b in zip(cuts, cuts[1:]) if b > a + 1)
+    return {k: v[:max_docs or None] for k, v in out.items()}
+
+
+def document_bpb(model, cfg, enc, max_docs=0, batch_size=16):
+    """Bits per byte as lm-eval's loglikelihood_rolling defines it: whole documents, the first
+    token predicted after end-of-text, the rest in windows of the model's length each seeing
+    one token before it, no end-of-text predicted; nats over ln 2 over the text's UTF-8 bytes."""
+    manifest = data.load_manifest(cfg.data_dir, verify=False)
+    L, out, nats_all, bytes_all = model.cfg.max_seq_len, {}, 0.0, 0
+    for source, docs in held_out_documents(cfg, manifest, max_docs).items():
+        requests = [([enc.eot_token] if a == 0 else [doc[a - 1]], doc[a:a + L]) for doc in docs for a in range(0, len(doc), L)]
+        nats = -sum(loglikelihoods(model, requests, batch_size, desc=f"bpb {source}"))
+        nbytes = sum(len(enc.decode_bytes(doc)) for doc in docs)
+        out[f"bpb_doc/{source}"] = nats / math.log(2) / max(nbytes, 1)
+        nats_all, bytes_all = nats_all + nats, bytes_all + nbytes
+    out["bpb_doc/all"] = nats_all / math.log(2) / max(bytes_all, 1)
     return out
 
 
@@ -339,6 +368,7 @@ def evaluate_checkpoint(ckpt, tasks_dir, shots, seqs, device):
     row = dict(ckpt=os.path.basename(ckpt), step=meta["step"], tokens=meta["data_position"]["tokens"],
                tasks=settings(tasks_dir, shots))
     row.update(loss_and_bpb(model, cfg, enc, seqs))
+    row.update(document_bpb(model, cfg, enc, seqs or 64))
     for path in task_files(tasks_dir):
         name = os.path.basename(path)[:-6]
         r = run_task(model, enc, path, row["tasks"][name])

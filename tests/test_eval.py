@@ -37,9 +37,35 @@ def test_bits_per_byte_of_a_uniform_model(run3):
         text_bytes = sum(len(enc.decode_bytes(row)) - row.count(enc.eot_token) * len(b"<|endoftext|>")
                          for row in seqs[:, 1:].tolist())
         assert got[f"loss/{source}"] == pytest.approx(math.log(V), rel=1e-5)
-        assert got[f"bpb/{source}"] == pytest.approx(seqs[:, 1:].size * math.log2(V) / text_bytes, rel=1e-5)
+        assert got[f"bpb_window/{source}"] == pytest.approx(seqs[:, 1:].size * math.log2(V) / text_bytes, rel=1e-5)
         tokens, nbytes = tokens + seqs[:, 1:].size, nbytes + text_bytes
-    assert got["bpb/all"] == pytest.approx(tokens * math.log2(V) / nbytes, rel=1e-5)
+    assert got["bpb_window/all"] == pytest.approx(tokens * math.log2(V) / nbytes, rel=1e-5)
+
+
+def test_document_bits_per_byte_is_lm_eval_s(run3):
+    # whole documents, every token predicted once (the first after end-of-text), no end-of-text:
+    # with a uniform model that is (tokens x log2 V) / bytes, whatever the windows
+    model, cfg, enc, _ = ev.load(str(run3 / "ckpt_0000006"))
+    manifest = data.load_manifest(cfg.data_dir, verify=False)
+    docs = ev.held_out_documents(cfg, manifest, 3)
+    assert all(enc.eot_token not in d for ds in docs.values() for d in ds)
+    assert max(len(d) for ds in docs.values() for d in ds) > model.cfg.max_seq_len  # several windows
+    trained = ev.document_bpb(model, cfg, enc, 3)
+    # one document shorter than the model's length: one forward of [eot] + doc, by hand
+    doc = min((d for ds in docs.values() for d in ds), key=len)[:40]
+    x = torch.tensor([[enc.eot_token] + doc])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(x[:, :-1]).double(), -1)[0]
+    assert -ev.loglikelihoods(model, [([enc.eot_token], doc)])[0] == pytest.approx(
+        -logp.gather(1, x[0, 1:, None]).sum().item(), rel=1e-6)
+    with torch.no_grad():
+        model.lm_head.weight.zero_()
+    got = ev.document_bpb(model, cfg, enc, 3)
+    V = model.cfg.vocab_size
+    for source, ds in docs.items():
+        nbytes = sum(len(enc.decode_bytes(d)) for d in ds)
+        assert got[f"bpb_doc/{source}"] == pytest.approx(sum(map(len, ds)) * math.log2(V) / nbytes, rel=1e-6)
+    assert trained["bpb_doc/all"] < got["bpb_doc/all"]  # the trained model beats uniform
 
 
 class Oracle(torch.nn.Module):
@@ -222,7 +248,7 @@ def test_sweep_over_three_checkpoints_and_again(run3, tmp_path, capsys):
     rows = ev.sweep(str(run3), os.path.join(ROOT, "data", "evals"), shots=0, seqs=4)
     assert [r["step"] for r in rows] == [2, 4, 6]
     for r in rows:
-        assert {"loss/all", "bpb/all", "mmlu/acc", "mmlu/acc_stderr", "cmmlu/acc_norm", "mem/exact",
+        assert {"loss/all", "bpb_window/all", "bpb_doc/all", "mmlu/acc", "mmlu/acc_stderr", "cmmlu/acc_norm", "mem/exact",
                 "mem_heldout/frac"} <= set(r)
         assert r["tasks"] == {t: 0 for t in ev.TASKS}
     assert len(open(run3 / "evals.csv").readlines()) == 4 and len(open(run3 / "evals.md").readlines()) == 7
