@@ -21,6 +21,7 @@ from contextlib import nullcontext
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
@@ -387,11 +388,14 @@ def sweep(path, tasks_dir, shots=None, seqs=0, device="cpu"):
               "CMMLU in their public formats, data/evals/README.md) go in a folder: --tasks=FOLDER", file=sys.stderr)
     want = settings(tasks_dir, shots)
     log = os.path.join(run_dir, "evals.jsonl")
-    rows = [r for r in map(json.loads, open(log)) if r.get("tasks") == want] if os.path.exists(log) else []
+    kept = lambda: [r for r in map(json.loads, open(log)) if r.get("tasks") == want] if os.path.exists(log) else []
+    rows = kept()
     done = {r["ckpt"] for r in rows}
-    for ckpt in ckpts:
-        if os.path.basename(ckpt) in done:  # evaluated before with these settings: kept, not redone
-            continue
+    # under torchrun the ranks split the checkpoints (one model per GPU); rank 0 writes the table
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and device == "cuda":
+        device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}"
+    for ckpt in [c for c in ckpts if os.path.basename(c) not in done][rank::world]:
         try:
             row = evaluate_checkpoint(ckpt, tasks_dir, shots, seqs, device)
         except CheckpointError as e:  # one damaged checkpoint does not stop a sweep over hundreds
@@ -400,11 +404,17 @@ def sweep(path, tasks_dir, shots=None, seqs=0, device="cpu"):
             print(f"skipped {ckpt}: {e}", file=sys.stderr)
             continue
         print(" | ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if k != "tasks"))
-        with open(log, "a") as f:
+        with open(log, "a") as f:  # one write of one line: the ranks' rows never interleave
             f.write(json.dumps(row) + "\n")
         rows.append(row)
+    if world > 1:  # only now a process group: loading a checkpoint verifies it with the group's ranks if one exists
+        dist.init_process_group("gloo")
+        dist.barrier()
+        rows = kept()
+        dist.destroy_process_group()
     rows.sort(key=lambda r: r["step"])
-    write_table(rows, run_dir)
+    if rank == 0:
+        write_table(rows, run_dir)
     return rows
 
 

@@ -1,6 +1,6 @@
 """eval.py: bits per byte on a hand-checked case, every task format, memorization, the sweep,
 sampling."""
-import json, math, os, random, shutil
+import json, math, os, random, shutil, subprocess, sys
 
 import numpy as np
 import pytest
@@ -327,3 +327,19 @@ def test_eval_loss_is_the_runs_own_validation_loss_with_document_masking(tiny_da
     model, cfg, enc, _ = ev.load(str(out / "ckpt_0000002"))
     cfg.doc_mask = False
     assert abs(ev.loss_and_bpb(model, cfg, enc)["loss/all"] - val["all"]) > 1e-6  # fp32 noise is ~1e-7
+
+
+def test_a_sweep_under_torchrun_splits_the_checkpoints(run3, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(run3, run, ignore=shutil.ignore_patterns("evals.*"))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "eval.py", str(run),
+           "--seqs=4"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [json.loads(line) for line in open(run / "evals.jsonl")]
+    assert sorted(r["ckpt"] for r in rows) == ["ckpt_0000002", "ckpt_0000004", "ckpt_0000006"]  # each once
+    assert len(open(run / "evals.md").readlines()) == 5  # rank 0's table of all three
+    one = ev.evaluate_checkpoint(str(run / "ckpt_0000004"), "", None, 4, "cpu")
+    two = next(r for r in rows if r["ckpt"] == "ckpt_0000004")
+    assert two["loss/all"] == pytest.approx(one["loss/all"], rel=1e-6)
+    assert two["bpb_doc/all"] == pytest.approx(one["bpb_doc/all"], rel=1e-6)
