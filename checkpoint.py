@@ -44,6 +44,11 @@ def barrier():
         dist.barrier()
 
 
+def place():
+    """(rank, world size) of this process in its process group, (0, 1) without one."""
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
 def gathered(mine):
     """The lists of every rank, concatenated in rank order (mine alone in one process)."""
     if not dist.is_initialized():
@@ -157,7 +162,7 @@ def set_rng_state(path):
 def file_sums(folder):
     """{name: {bytes, sha256}} of folder's files but meta.json and DONE, the hashing shared by the ranks."""
     names = sorted(n for n in os.listdir(folder) if n not in ("meta.json", data.DONE))
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    rank, world = place()
     mine = [(n, dict(bytes=os.path.getsize(os.path.join(folder, n)), sha256=data.sha256_file(os.path.join(folder, n))))
             for n in names[rank::world]]
     return dict(sorted(gathered(mine)))
@@ -171,7 +176,7 @@ def verify(path):
     except (data.DataError, ConfigError) as e:
         return str(e)
     files = meta.get("files", {})  # older checkpoints recorded none
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    rank, world = place()
     problems = []
     for name in sorted(files)[rank::world]:
         p, want = os.path.join(path, name), files[name]

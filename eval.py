@@ -209,6 +209,13 @@ def shots_file(path):
     return path[:-len(".jsonl")] + f".{SHOT_SPLIT[task_of(path)]}.jsonl"
 
 
+def shots_of(path, shots=None):
+    """The shots a task gets: those asked, else the published count where its few-shot file is, else 0."""
+    if shots is not None:
+        return shots
+    return SHOTS[task_of(path)] if os.path.exists(shots_file(path)) else 0
+
+
 def contexts(path, items, shots):
     """The prompt of every item as lm-eval builds it: description, then `shots` solved items
     (prompt, " ", answer, each followed by a blank line), then the item's prompt."""
@@ -293,9 +300,7 @@ def run_task(model, enc, path, shots=None, batch_size=16):
     space before it) with their standard errors, n and the shots used. shots=None: the
     published count when path has its few-shot file, else 0."""
     items = read_task(path)
-    task = task_of(path)
-    if shots is None:
-        shots = SHOTS[task] if os.path.exists(shots_file(path)) else 0
+    shots = shots_of(path, shots)
     requests, spans = [], []
     for context, item in zip(contexts(path, items, shots), items):
         spans.append((len(requests), len(item.choices)))
@@ -358,9 +363,7 @@ def task_files(tasks_dir):
 
 def settings(tasks_dir, shots):
     """What a sweep row depends on besides the checkpoint: {task file: shots}."""
-    return {os.path.basename(p)[:-6]: (shots if shots is not None else
-                                       SHOTS[task_of(p)] if os.path.exists(shots_file(p)) else 0)
-            for p in task_files(tasks_dir)}
+    return {os.path.basename(p)[:-6]: shots_of(p, shots) for p in task_files(tasks_dir)}
 
 
 def evaluate_checkpoint(ckpt, tasks_dir, shots, seqs, device):

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import data
-from checkpoint import Checkpointer, CheckpointError, RunLock, barrier, verify
+from checkpoint import Checkpointer, CheckpointError, RunLock, barrier, step_of, verify
 from config import ConfigError, TrainConfig, config_from_dict, global_batch, load_config, pop_flag, resolve_vocab, run_command
 from model import GPT, HAVE_TRITON, sample_text
 
@@ -351,10 +351,10 @@ class Trainer:
             if cfg.resume != "auto" and (problem := verify(path)):
                 raise CheckpointError(f"{problem}; --resume=auto would take the newest good checkpoint")
             self.check_same_run(path, data.read_meta(path))
-            start = self.ckpt.load(path, self.model, self.optimizer, verified=True)["step"]
-            meta = data.read_meta(path)
+            meta = self.ckpt.load(path, self.model, self.optimizer, verified=True)
+            start = meta["step"]
             print0(f"resuming from {path} at step {start} (saved by {meta['world_size']} ranks, now {self.world_size})")
-            newer = [p for p in Checkpointer.complete(cfg.out_dir) if int(os.path.basename(p)[5:]) > start]
+            newer = [p for p in Checkpointer.complete(cfg.out_dir) if step_of(p) > start]
             self.ckpt.set_aside(newer, f"newer than step {start}, which this run goes on from")
             barrier()
             return start
