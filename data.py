@@ -487,7 +487,8 @@ class Stage:
 
 # -----------------------------------------------------------------------------
 # tokenizer: a .tiktoken file of BPE ranks (+ a .json beside it with the split pattern and the
-# special tokens, appended after the ranks), or the name of a tiktoken encoding
+# special tokens, appended after the ranks), the name of a tiktoken encoding, or a released
+# model's Hugging Face tokenizer.json (HFTokenizer, below)
 
 def train_tokenizer(texts, vocab_size, path):
     """A byte-level BPE of vocab_size tokens (plus SPECIAL_TOKENS) learnt from texts by rustbpe,
@@ -524,7 +525,10 @@ def read_tiktoken(path):
 
 
 def load_tokenizer(spec):
-    """A tiktoken.Encoding from a .tiktoken path or a tiktoken encoding name (e.g. cl100k_base)."""
+    """A tiktoken.Encoding from a .tiktoken path or a tiktoken encoding name (e.g. cl100k_base),
+    or an HFTokenizer from a tokenizer.json (or a folder holding one: a released model's)."""
+    if spec.endswith(".json") or os.path.isdir(spec):
+        return HFTokenizer(spec)
     if spec.endswith(".tiktoken") or os.path.exists(spec):
         ranks, pat, specials = read_tiktoken(spec)
         return tiktoken.Encoding(os.path.basename(spec), pat_str=pat, mergeable_ranks=ranks, special_tokens=specials)
@@ -540,15 +544,132 @@ def load_tokenizer(spec):
 
 def tokenizer_of(data_dir, manifest):
     t = manifest["tokenizer"]
-    return load_tokenizer(os.path.join(data_dir, t) if t.endswith(".tiktoken") else t)
+    return load_tokenizer(os.path.join(data_dir, t) if t.endswith((".tiktoken", ".json")) else t)
 
 
 def tokenizer_size(cfg):
-    """Tokens in the vocabulary of cfg's tokenizer: data_dir's when it is prepared, else the BPE
-    that tokenize would train (tokenizer_vocab + the special tokens)."""
+    """Tokens in the vocabulary of cfg's tokenizer: data_dir's when it is prepared, else the one
+    tokenize would use (a BPE: tokenizer_vocab + the special tokens)."""
     if is_done(cfg.data_dir):
         return tokenizer_of(cfg.data_dir, load_manifest(cfg.data_dir, verify=False)).n_vocab
-    return cfg.tokenizer_vocab + len(SPECIAL_TOKENS)
+    return cfg.tokenizer_vocab + len(SPECIAL_TOKENS) if cfg.tokenizer == "bpe" else load_tokenizer(cfg.tokenizer).n_vocab
+
+
+def byte_to_unicode():
+    """GPT-2's printable stand-ins for the 256 bytes, which byte-level BPE vocabularies are written in."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs, cs, n = bs + [b], cs + [256 + n], n + 1
+    return {b: chr(c) for b, c in zip(bs, cs)}
+
+
+def _token_name(value):
+    # tokenizer_config.json writes a token as "</s>" or as {"content": "</s>", ...}
+    return value.get("content") if isinstance(value, dict) else value
+
+
+class HFTokenizer:
+    """A Hugging Face tokenizer.json, the tokenizer a released model ships (LLaMA's 32k that
+    Amber uses, MAP-Neo's 64k, byte-level BPEs like ours), run as written by the `tokenizers`
+    library, as transformers' PreTrainedTokenizerFast runs it; behind it, the part of
+    tiktoken's Encoding that nano360 uses. As with tiktoken's encode_ordinary, special tokens
+    in a text are text (a document holding "</s>" is not cut there), and nothing is added
+    around a text (no <s>). End-of-text is the eos token of tokenizer_config.json beside the
+    file (else config.json's eos_token_id); prefix_token, what lm-eval puts before a text
+    with no context, its bos token when there is one."""
+
+    NAMES = {"eos": ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>"), "bos": ("<s>", "<|begin_of_text|>", "<bos>")}
+
+    def __init__(self, spec):
+        path = os.path.join(spec, "tokenizer.json") if os.path.isdir(spec) else spec
+        if not os.path.isfile(path):
+            raise DataError(f"{spec}: no tokenizer.json there")
+        try:
+            import tokenizers
+        except ImportError:
+            raise DataError(f"{path}: a tokenizer.json is read by the tokenizers library: pip install tokenizers") from None
+        try:
+            self.tok = tokenizers.Tokenizer.from_file(path)
+            self.spec = json.load(open(path, encoding="utf-8"))
+        except Exception as e:  # tokenizers' own message says what is wrong with the file
+            raise DataError(f"{path}: not a tokenizer.json that tokenizers can read: {e}") from None
+        self.tok.encode_special_tokens = True  # special tokens in text are text
+        self.name, self.path, self.n_vocab = path, path, self.tok.get_vocab_size(with_added_tokens=True)
+        added = self.tok.get_added_tokens_decoder()
+        self.special_tokens_set = {t.content for t in added.values() if t.special}
+        self.eot_token = self._special(path, "eos")
+        if self.eot_token is None:
+            raise DataError(f"{path}: cannot tell its end-of-text token: no eos_token in a tokenizer_config.json "
+                            f"beside it, no eos_token_id in a config.json, none of {self.NAMES['eos']} in it")
+        bos = self._special(path, "bos")
+        self.prefix_token = self.eot_token if bos is None else bos
+        kinds = [d.get("type") for d in [self.spec.get("decoder") or {}] + (self.spec.get("decoder") or {}).get("decoders", [])]
+        self.byte_level = "ByteLevel" in kinds
+
+    def _special(self, path, kind):
+        # the eos / bos token's id: tokenizer_config.json, config.json, then the usual names
+        folder = os.path.dirname(path)
+        side = os.path.join(folder, "tokenizer_config.json")
+        name = _token_name(json.load(open(side, encoding="utf-8")).get(f"{kind}_token")) if os.path.exists(side) else None
+        if name is not None:
+            i = self.tok.token_to_id(name)
+            if i is None:
+                raise DataError(f"{side}: {kind}_token {name!r} is not a token of {path}")
+            return i
+        conf = os.path.join(folder, "config.json")
+        i = json.load(open(conf)).get(f"{kind}_token_id") if os.path.exists(conf) else None
+        if i is not None:
+            return i[0] if isinstance(i, list) else int(i)
+        return next((self.tok.token_to_id(t) for t in self.NAMES[kind] if self.tok.token_to_id(t) is not None), None)
+
+    def encode_ordinary(self, text):
+        return self.tok.encode(text, add_special_tokens=False).ids
+
+    def encode_ordinary_batch(self, texts, num_threads=None):
+        if num_threads:  # tokenizers' threads (rayon's pool, made on first use): a worker's share of the cores
+            os.environ.setdefault("RAYON_NUM_THREADS", str(num_threads))
+        encode = getattr(self.tok, "encode_batch_fast", self.tok.encode_batch)
+        return [e.ids for e in encode(list(texts), add_special_tokens=False)]
+
+    def encode_single_token(self, token):
+        i = self.tok.token_to_id(token)
+        if i is None:
+            raise KeyError(token)
+        return i
+
+    def decode(self, ids):
+        return self.tok.decode(list(ids), skip_special_tokens=False)
+
+    def decode_bytes(self, ids):
+        # byte-level: each token's exact bytes (a piece may end inside a character); otherwise the
+        # decoder's text (SentencePiece-style: "▁" is a space, the one it prepends is stripped)
+        if self.byte_level:
+            return b"".join(self.token_bytes[i] for i in ids)
+        return self.decode(ids).encode("utf-8")
+
+    def decode_single_token_bytes(self, i):
+        return self.token_bytes[i]
+
+    @property
+    def token_bytes(self):
+        # the bytes of every token, once: byte-level stand-ins undone, or "▁" as space and <0xNN> as a byte
+        if not hasattr(self, "_bytes"):
+            inv, out = {c: b for b, c in byte_to_unicode().items()}, []
+            added = {i: t.content for i, t in self.tok.get_added_tokens_decoder().items()}
+            for i in range(self.n_vocab):
+                t = added.get(i) or self.tok.id_to_token(i) or ""
+                if i in added:
+                    out.append(t.encode())
+                elif self.byte_level:
+                    out.append(bytes(inv[c] for c in t) if all(c in inv for c in t) else t.encode())
+                elif re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", t):
+                    out.append(bytes([int(t[3:5], 16)]))
+                else:
+                    out.append(t.replace("▁", " ").encode())
+            self._bytes = out
+        return self._bytes
 
 
 # -----------------------------------------------------------------------------
@@ -669,7 +790,7 @@ def prepare(raw_data, data_dir, tokenizer="bpe", vocab_size=4096, val_frac=0.05,
 
 def _tokenize_task(st, i, out, shard_tokens, threads):
     entry = json.load(open(os.path.join(st.tmp, "work", "tokenizer.json")))["tokenizer"]
-    enc = load_tokenizer(os.path.join(st.tmp, entry) if entry.endswith(".tiktoken") else entry)
+    enc = tokenizer_of(st.tmp, dict(tokenizer=entry))
     dtype = np.uint16 if enc.n_vocab <= 65536 else np.uint32
     problems, sources, writers, batch = [], {}, {}, []
 
@@ -743,8 +864,10 @@ def _assemble_tokens(st, tmp, raw_data, settings, seconds):
         s = sources[source]
         sources[source] = dict(documents=s["documents"], characters=s["characters"], train_tokens=int(cut),
                                val_tokens=int(total - cut))
-    manifest = dict(version=VERSION, prepared_with=dict(raw_data=raw_data, tokenizer=settings["tokenizer"],
-                                                        tokenizer_vocab=settings["vocab_size"], val_frac=val_frac),
+    made = dict(raw_data=raw_data, tokenizer=settings["tokenizer"], val_frac=val_frac)
+    if settings["tokenizer"] == "bpe":  # the vocabulary asked only means something for a BPE trained here
+        made["tokenizer_vocab"] = settings["vocab_size"]
+    manifest = dict(version=VERSION, prepared_with=made,
                     tokenizer=info["tokenizer"], n_vocab=info["n_vocab"], eot=info["eot"], dtype=info["dtype"],
                     val_frac=val_frac, sources=sources, shards=shards, problems=problems)
     _write_json(os.path.join(tmp, "manifest.json"), manifest)
@@ -784,6 +907,12 @@ def _tokenizer_into(tmp, tokenizer, vocab_size, raw_data, sample_chars):
     path = os.path.join(tmp, "tokenizer.tiktoken")
     if tokenizer == "bpe":
         enc, entry = train_tokenizer(sample_documents(raw_data, sample_chars)[0], vocab_size, path), "tokenizer.tiktoken"
+    elif tokenizer.endswith(".json") or os.path.isdir(tokenizer):  # a released tokenizer.json, and its eos / bos
+        enc, entry = HFTokenizer(tokenizer), "tokenizer.json"
+        shutil.copy(enc.path, os.path.join(tmp, entry))
+        names = {f"{k}_token": enc.tok.id_to_token(i) for k, i in (("eos", enc.eot_token), ("bos", enc.prefix_token))}
+        _write_json(os.path.join(tmp, "tokenizer_config.json"), names)  # what the tokenizer is read with
+        enc = HFTokenizer(os.path.join(tmp, entry))
     elif os.path.exists(tokenizer):
         for ext in ("", ".json"):
             if os.path.exists(tokenizer + ext):
@@ -884,6 +1013,10 @@ class Batches:
         self.fim = fim_rate > 0 or any(f["fim_rate"] > 0 for f in self.phase_fim)
         if self.fim:
             enc = tokenizer_of(data_dir, self.manifest)
+            missing = [t for t in SPECIAL_TOKENS[1:4] if t not in enc.special_tokens_set]
+            if missing:
+                raise DataError(f"{data_dir}: fim_rate > 0 needs the tokens {', '.join(SPECIAL_TOKENS[1:4])}; "
+                                f"its tokenizer {self.manifest['tokenizer']} lacks {', '.join(missing)}")
             self.fim_ids = [enc.encode_single_token(t) for t in SPECIAL_TOKENS[1:4]]  # prefix, middle, suffix
             self.eot = self.manifest["eot"]
         self._blocks = {}

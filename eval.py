@@ -4,6 +4,8 @@ memorization of the training data, a sweep over every checkpoint of a run, sampl
 Hugging Face Llama format both ways.
 
     python eval.py [OUT_DIR | CKPT] [--tasks=DIR] [--shots=K] [--seqs=N]   sweep: evals.jsonl, .md, .csv, .png
+    python eval.py HF_DIR --tasks=DIR         a Hugging Face Llama folder, or a folder of them (a released
+                                              model's intermediate checkpoints), with its tokenizer.json
     python eval.py sample CKPT --prompt="子曰：" [--temperature=0.8 --top_k=50 --top_p=0.95 --seed=0 --tokens=128]
     python eval.py export CKPT OUT_DIR        Hugging Face Llama: config.json, model.safetensors, tokenizer
     python eval.py import HF_DIR OUT.pt       a Llama checkpoint as our state dict (train.py --init_from=OUT.pt)
@@ -37,20 +39,55 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # -----------------------------------------------------------------------------
 # checkpoints
 
+def is_hf(path):
+    """A Hugging Face model folder: config.json and safetensors weights (a released model)."""
+    return os.path.isfile(os.path.join(path, "config.json")) and any(
+        os.path.exists(os.path.join(path, f)) for f in ("model.safetensors", "model.safetensors.index.json"))
+
+
+def name_of(ckpt):
+    return os.path.basename(os.path.normpath(ckpt))
+
+
+def step_of_name(ckpt):
+    # a released model's intermediate checkpoints are folders named by step (LLM360: ckpt_000 ... ckpt_359)
+    m = re.search(r"(\d+)$", name_of(ckpt))
+    return int(m.group(1)) if m else None
+
+
 def load(ckpt, device="cpu"):
-    """(model, train config, tokenizer, meta) of a checkpoint written at any world size."""
-    model, cfg, meta = train.load_model(ckpt, device)
-    enc = data.tokenizer_of(cfg.data_dir, data.load_manifest(cfg.data_dir, verify=False))
-    return model, cfg, enc, meta
+    """(model, train config, tokenizer, meta) of a checkpoint written at any world size, or of a
+    Hugging Face Llama folder (train config None; its tokenizer.json there or in the folder
+    above, which may hold a released model's intermediate checkpoints)."""
+    if not is_hf(ckpt):
+        model, cfg, meta = train.load_model(ckpt, device)
+        enc = data.tokenizer_of(cfg.data_dir, data.load_manifest(cfg.data_dir, verify=False))
+        return model, cfg, enc, meta
+    up = os.path.dirname(os.path.abspath(ckpt))
+    where = [d for d in (ckpt, up) if os.path.isfile(os.path.join(d, "tokenizer.json"))]
+    if not where:
+        raise ConfigError(f"{ckpt}: no tokenizer.json in it or in {up}")
+    enc = data.load_tokenizer(where[0])
+    state, mcfg = import_llama(ckpt)
+    if enc.n_vocab > mcfg.vocab_size:
+        raise ConfigError(f"{where[0]}/tokenizer.json has {enc.n_vocab} tokens, more than {ckpt}'s vocab_size={mcfg.vocab_size}")
+    model = train.build_model(mcfg, device, 0)
+    model.load_state_dict(state)
+    return model.eval(), None, enc, dict(step=step_of_name(ckpt), data_position=dict(tokens=None))
 
 
 def checkpoints(path):
-    """Every complete checkpoint of a run (oldest first), or the one given."""
-    if data.is_done(path):
+    """Every complete checkpoint of a run (oldest first), or the one given; or the Hugging Face
+    folder given, or every one in the folder given, in the order of the numbers they end in."""
+    if data.is_done(path) or is_hf(path):
         return [path]
     found = Checkpointer.complete(path)
+    if not found and os.path.isdir(path):
+        found = sorted((os.path.join(path, d) for d in os.listdir(path) if is_hf(os.path.join(path, d))),
+                       key=lambda p: (step_of_name(p) is None, step_of_name(p) or 0, p))
     if not found:
-        raise ConfigError(f"{path}: no complete checkpoint (a ckpt_* folder with DONE) there")
+        raise ConfigError(f"{path}: no complete checkpoint (a ckpt_* folder with DONE) and no Hugging Face model "
+                          "folder (config.json + model.safetensors) there")
     return found
 
 
@@ -248,8 +285,8 @@ def encode_pair(enc, context, continuation):
     n = len(context) - len(context.rstrip())
     if n:
         context, continuation = context[:-n], context[-n:] + continuation
-    if not context:
-        return [enc.eot_token], enc.encode_ordinary(continuation)
+    if not context:  # lm-eval's prefix_token_id: bos where the tokenizer has one (HFTokenizer), else end-of-text
+        return [getattr(enc, "prefix_token", enc.eot_token)], enc.encode_ordinary(continuation)
     ctx = enc.encode_ordinary(context)
     return ctx, enc.encode_ordinary(context + continuation)[len(ctx):]
 
@@ -369,15 +406,17 @@ def settings(tasks_dir, shots):
 def evaluate_checkpoint(ckpt, tasks_dir, shots, seqs, device):
     """One row of the sweep: loss and bits per byte, tasks (with their shots), memorization."""
     model, cfg, enc, meta = load(ckpt, device)
-    row = dict(ckpt=os.path.basename(ckpt), step=meta["step"], tokens=meta["data_position"]["tokens"],
+    row = dict(ckpt=name_of(ckpt), step=meta["step"], tokens=meta["data_position"]["tokens"],
                tasks=settings(tasks_dir, shots))
-    row.update(loss_and_bpb(model, cfg, enc, seqs))
-    row.update(document_bpb(model, cfg, enc, seqs or 64))
+    if cfg is not None:  # a Hugging Face folder has no run, so no held-out data or trained sequences
+        row.update(loss_and_bpb(model, cfg, enc, seqs))
+        row.update(document_bpb(model, cfg, enc, seqs or 64))
     for path in task_files(tasks_dir):
         name = os.path.basename(path)[:-6]
         r = run_task(model, enc, path, row["tasks"][name])
         row.update({f"{name}/{k}": r[k] for k in ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr")})
-    row.update(memorization(model, cfg, meta, seqs or 64))
+    if cfg is not None:
+        row.update(memorization(model, cfg, meta, seqs or 64))
     return row
 
 
@@ -385,7 +424,10 @@ def sweep(path, tasks_dir, shots=None, seqs=0, device="cpu"):
     """Every checkpoint of a run (or the one given), each evaluated once per setting: a row of
     evals.jsonl is kept when its checkpoint, tasks and shots are the ones asked."""
     ckpts = checkpoints(path)
-    run_dir = os.path.dirname(ckpts[0]) if len(ckpts) == 1 and path == ckpts[0] else path
+    run_dir = os.path.dirname(os.path.abspath(ckpts[0])) if len(ckpts) == 1 and path == ckpts[0] else path
+    if not tasks_dir and is_hf(ckpts[0]):
+        raise ConfigError(f"{path}: a Hugging Face model has no run data to measure loss on: give --tasks=FOLDER "
+                          "(task files in the public formats, data/evals/README.md)")
     if not tasks_dir:
         print("no --tasks: loss, bits per byte and memorization only. Task files (HellaSwag, ARC, MMLU, C-Eval, "
               "CMMLU in their public formats, data/evals/README.md) go in a folder: --tasks=FOLDER", file=sys.stderr)
@@ -398,7 +440,7 @@ def sweep(path, tasks_dir, shots=None, seqs=0, device="cpu"):
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if world > 1 and device == "cuda":
         device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}"
-    for ckpt in [c for c in ckpts if os.path.basename(c) not in done][rank::world]:
+    for ckpt in [c for c in ckpts if name_of(c) not in done][rank::world]:
         try:
             row = evaluate_checkpoint(ckpt, tasks_dir, shots, seqs, device)
         except CheckpointError as e:  # one damaged checkpoint does not stop a sweep over hundreds
@@ -415,7 +457,7 @@ def sweep(path, tasks_dir, shots=None, seqs=0, device="cpu"):
         dist.barrier()
         rows = kept()
         dist.destroy_process_group()
-    rows.sort(key=lambda r: r["step"])
+    rows.sort(key=lambda r: (r["step"] is None, r["step"] or 0, r["ckpt"]))
     if rank == 0:
         write_table(rows, run_dir)
     return rows
@@ -427,7 +469,7 @@ def write_table(rows, run_dir):
         w = csv.DictWriter(f, keys, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)
+    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else "" if v is None else str(v)
     shots = rows[0].get("tasks") if rows else None
     lines = ([f"shots per task: {', '.join(f'{k} {v}' for k, v in shots.items())}", ""] if shots else []) + \
         ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
@@ -445,10 +487,13 @@ def write_table(rows, run_dir):
     cols = 4
     fig, axes = plt.subplots(math.ceil(len(metrics) / cols), cols, figsize=(4 * cols, 3 * math.ceil(len(metrics) / cols)),
                              squeeze=False)
+    # x: tokens trained; a released model's folders say only their step, if that
+    x, label = next(((xs, name) for xs, name in (([r["tokens"] for r in rows], "tokens trained"),
+                     ([r["step"] for r in rows], "step"), (list(range(len(rows))), "checkpoint")) if None not in xs))
     for ax, k in zip(axes.flat, metrics):
-        ax.plot([r["tokens"] for r in rows], [r.get(k, float("nan")) for r in rows], marker="o")
+        ax.plot(x, [r.get(k, float("nan")) for r in rows], marker="o")
         ax.set_title(k, fontsize=9)
-        ax.set_xlabel("tokens trained", fontsize=8)
+        ax.set_xlabel(label, fontsize=8)
     for ax in list(axes.flat)[len(metrics):]:
         ax.axis("off")
     fig.tight_layout()
@@ -510,16 +555,6 @@ def _write_json(path, obj):
 # -----------------------------------------------------------------------------
 # tokenizer: our .tiktoken as a tokenizers byte-level BPE
 
-def byte_to_unicode():
-    # GPT-2's printable stand-ins for the 256 bytes, which byte-level BPE vocabularies are written in
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs, cs, n = bs + [b], cs + [256 + n], n + 1
-    return {b: chr(c) for b, c in zip(bs, cs)}
-
-
 def bpe_parts(ranks, token, max_rank):
     # tiktoken's BPE on token's bytes using only ranks below max_rank: lowest-ranked pair first
     parts = [bytes([b]) for b in token]
@@ -542,7 +577,7 @@ def export_tokenizer(ranks, pat, specials, out_dir):
     except Exception as e:
         print(f"note: no tokenizer.json written: tokenizers' regex engine rejects pat_str {pat!r}: {e}")
         return False
-    u = byte_to_unicode()
+    u = data.byte_to_unicode()
     text = lambda b: "".join(u[x] for x in b)
     merges = []
     for token, rank in sorted(ranks.items(), key=lambda x: x[1]):
@@ -689,6 +724,8 @@ def main(argv=None):
         if not args.out:
             raise ConfigError("export needs CKPT_DIR OUT_DIR")
         model, cfg, _, _ = load(checkpoints(args.path)[-1], "cpu")
+        if cfg is None:
+            raise ConfigError(f"{args.path}: already a Hugging Face model")
         manifest = data.load_manifest(cfg.data_dir, verify=False)
         tok = os.path.join(cfg.data_dir, manifest["tokenizer"]) if manifest["tokenizer"].endswith(".tiktoken") else None
         export_llama(model, args.out, tok)

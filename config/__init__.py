@@ -104,7 +104,7 @@ class TrainConfig:
     # data: raw_data is prepared into data_dir on first use
     raw_data: str = "data/tiny"
     data_dir: str = "data/tiny/tokens"
-    tokenizer: str = "bpe"       # "bpe" (train one on raw_data), a .tiktoken path, or a tiktoken name
+    tokenizer: str = "bpe"       # "bpe" (train one on raw_data), a .tiktoken path, a tiktoken name, or a tokenizer.json (or its folder)
     tokenizer_vocab: int = 4096  # BPE vocabulary when tokenizer="bpe" (special tokens come on top)
     val_frac: float = 0.05       # the last val_frac of each source's tokens is held out
     verify_data: bool = True     # sha256 every shard at start (turn off for terabytes)
