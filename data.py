@@ -575,10 +575,12 @@ class HFTokenizer:
     Amber uses, MAP-Neo's 64k, byte-level BPEs like ours), run as written by the `tokenizers`
     library, as transformers' PreTrainedTokenizerFast runs it; behind it, the part of
     tiktoken's Encoding that nano360 uses. As with tiktoken's encode_ordinary, special tokens
-    in a text are text (a document holding "</s>" is not cut there), and nothing is added
-    around a text (no <s>). End-of-text is the eos token of tokenizer_config.json beside the
-    file (else config.json's eos_token_id); prefix_token, what lm-eval puts before a text
-    with no context, its bos token when there is one."""
+    in a text are text (a document holding "</s>" is not cut there) and encode_ordinary adds
+    nothing around a text; bos_ids are what the file's post-processor puts before one (LLaMA's
+    <s>), which transformers' tokenizer(text), and so lm-eval, include: tokenize and eval.py
+    put them there too. End-of-text is the eos token of tokenizer_config.json beside the file
+    (else config.json's eos_token_id); prefix_token, what lm-eval puts before a text with no
+    context, its bos token when there is one."""
 
     NAMES = {"eos": ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>"), "bos": ("<s>", "<|begin_of_text|>", "<bos>")}
 
@@ -605,6 +607,8 @@ class HFTokenizer:
                             f"beside it, no eos_token_id in a config.json, none of {self.NAMES['eos']} in it")
         bos = self._special(path, "bos")
         self.prefix_token = self.eot_token if bos is None else bos
+        plain, framed = (self.tok.encode("a", add_special_tokens=b).ids for b in (False, True))
+        self.bos_ids = next((framed[:i] for i in range(len(framed)) if framed[i:i + len(plain)] == plain), [])
         kinds = [d.get("type") for d in [self.spec.get("decoder") or {}] + (self.spec.get("decoder") or {}).get("decoders", [])]
         self.byte_level = "ByteLevel" in kinds
 
@@ -794,9 +798,11 @@ def _tokenize_task(st, i, out, shard_tokens, threads):
     dtype = np.uint16 if enc.n_vocab <= 65536 else np.uint32
     problems, sources, writers, batch = [], {}, {}, []
 
+    bos = getattr(enc, "bos_ids", [])  # a released tokenizer's own framing: LLaMA's <s> text </s>
+
     def flush():
         for (source, _), ids in zip(batch, enc.encode_ordinary_batch([t for _, t in batch], num_threads=threads)):
-            writers[source].write(ids + [enc.eot_token])
+            writers[source].write(bos + ids + [enc.eot_token])
         batch.clear()
 
     for doc in st.documents(i, problems):

@@ -18,7 +18,7 @@ lm-evaluation-harness 0.4 scores them: its prompts, description and shots (the p
 counts by default: ARC 25, HellaSwag 10, MMLU / C-Eval / CMMLU 5), the log-likelihood of
 " " + answer after the prompt, acc, acc_norm (per character of answer) and standard errors.
 """
-import argparse, csv, json, math, os, random, re, sys, typing
+import argparse, csv, json, math, os, random, re, shutil, sys, typing
 from contextlib import nullcontext
 
 import numpy as np
@@ -138,7 +138,8 @@ def document_bpb(model, cfg, enc, max_docs=0, batch_size=16):
     for source, docs in held_out_documents(cfg, manifest, max_docs).items():
         requests = [([enc.eot_token] if a == 0 else [doc[a - 1]], doc[a:a + L]) for doc in docs for a in range(0, len(doc), L)]
         nats = -sum(loglikelihoods(model, requests, batch_size, desc=f"bpb {source}"))
-        nbytes = sum(len(enc.decode_bytes(doc)) for doc in docs)
+        special = {enc.encode_single_token(t) for t in enc.special_tokens_set}  # a released tokenizer's <s>: 0 bytes
+        nbytes = sum(len(enc.decode_bytes([t for t in doc if t not in special])) for doc in docs)
         out[f"bpb_doc/{source}"] = nats / math.log(2) / max(nbytes, 1)
         nats_all, bytes_all = nats_all + nats, bytes_all + nbytes
     out["bpb_doc/all"] = nats_all / math.log(2) / max(bytes_all, 1)
@@ -281,14 +282,15 @@ def contexts(path, items, shots):
 def encode_pair(enc, context, continuation):
     """(context tokens, continuation tokens) by lm-eval's rule: the context's trailing
     whitespace moves to the continuation, and the continuation is what encoding the whole adds
-    after the context's tokens."""
+    after the context's tokens; both encoded as the tokenizer frames a text (a released
+    tokenizer.json: LLaMA's <s> first)."""
     n = len(context) - len(context.rstrip())
     if n:
         context, continuation = context[:-n], context[-n:] + continuation
     if not context:  # lm-eval's prefix_token_id: bos where the tokenizer has one (HFTokenizer), else end-of-text
         return [getattr(enc, "prefix_token", enc.eot_token)], enc.encode_ordinary(continuation)
-    ctx = enc.encode_ordinary(context)
-    return ctx, enc.encode_ordinary(context + continuation)[len(ctx):]
+    ctx = getattr(enc, "bos_ids", []) + enc.encode_ordinary(context)
+    return ctx, (getattr(enc, "bos_ids", []) + enc.encode_ordinary(context + continuation))[len(ctx):]
 
 
 @torch.no_grad()
@@ -617,11 +619,15 @@ def export_llama(model, out_dir, tokenizer_path=None):
     if cfg.d_model % cfg.n_head:  # valid Llama, but transformers 5's config validation refuses it
         print(f"note: transformers 5 will not load this: hidden_size={cfg.d_model} is not a multiple of "
               f"num_attention_heads={cfg.n_head} (transformers 4 does)")
-    specials = {}
-    if tokenizer_path:
+    specials, released = {}, tokenizer_path and tokenizer_path.endswith(".json")
+    if released:  # a run trained with a released tokenizer.json: that file goes along as it is
+        enc = data.load_tokenizer(tokenizer_path)
+        n, specials = enc.n_vocab, {"<|endoftext|>": enc.eot_token, "<s>": enc.prefix_token}
+    elif tokenizer_path:
         ranks, pat, specials = data.read_tiktoken(tokenizer_path)
-        if len(ranks) + len(specials) > cfg.vocab_size:
-            raise ValueError(f"tokenizer has {len(ranks) + len(specials)} tokens, more than vocab_size={cfg.vocab_size}")
+        n = len(ranks) + len(specials)
+    if tokenizer_path and n > cfg.vocab_size:
+        raise ValueError(f"tokenizer has {n} tokens, more than vocab_size={cfg.vocab_size}")
     os.makedirs(out_dir, exist_ok=True)
     sd = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
     tensors = {}
@@ -631,7 +637,7 @@ def export_llama(model, out_dir, tokenizer_path=None):
     if sd:
         raise ValueError(f"tensors with no Llama name: {sorted(sd)}")
     _safetensors().save_file(tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
-    eot, pad = specials.get("<|endoftext|>"), specials.get("<|pad|>")
+    eot, pad, bos = specials.get("<|endoftext|>"), specials.get("<|pad|>"), specials.get("<s>", specials.get("<|endoftext|>"))
     _write_json(os.path.join(out_dir, "config.json"), dict(
         architectures=["LlamaForCausalLM"], model_type="llama", hidden_act="silu",
         vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.ffn_hidden,
@@ -641,11 +647,15 @@ def export_llama(model, out_dir, tokenizer_path=None):
         rope_theta=float(cfg.rope_theta), rope_parameters=dict(rope_type="default", rope_theta=float(cfg.rope_theta)),
         rope_scaling=None, tie_word_embeddings=cfg.tie_embeddings, attention_bias=cfg.qkv_bias,
         mlp_bias=cfg.ffn_bias, attention_dropout=0.0, initializer_range=cfg.init_std,
-        # every document ends with <|endoftext|>, so it also begins the next: bos and eos alike
-        bos_token_id=eot, eos_token_id=eot, pad_token_id=pad, torch_dtype="float32", dtype="float32", use_cache=True))
-    gen = dict(bos_token_id=eot, eos_token_id=eot, pad_token_id=pad)
+        # bos: end-of-text, which ends every document and so begins the next (a released tokenizer: its own)
+        bos_token_id=bos, eos_token_id=eot, pad_token_id=pad, torch_dtype="float32", dtype="float32", use_cache=True))
+    gen = dict(bos_token_id=bos, eos_token_id=eot, pad_token_id=pad)
     _write_json(os.path.join(out_dir, "generation_config.json"), {k: v for k, v in gen.items() if v is not None})
-    if tokenizer_path:
+    if released:
+        shutil.copy(tokenizer_path, os.path.join(out_dir, "tokenizer.json"))
+        names = {f"{k}_token": enc.tok.id_to_token(i) for k, i in (("eos", eot), ("bos", bos))}
+        _write_json(os.path.join(out_dir, "tokenizer_config.json"), dict(tokenizer_class="PreTrainedTokenizerFast", **names))
+    elif tokenizer_path:
         export_tokenizer(ranks, pat, specials, out_dir)
 
 
@@ -727,7 +737,7 @@ def main(argv=None):
         if cfg is None:
             raise ConfigError(f"{args.path}: already a Hugging Face model")
         manifest = data.load_manifest(cfg.data_dir, verify=False)
-        tok = os.path.join(cfg.data_dir, manifest["tokenizer"]) if manifest["tokenizer"].endswith(".tiktoken") else None
+        tok = os.path.join(cfg.data_dir, manifest["tokenizer"]) if manifest["tokenizer"].endswith((".tiktoken", ".json")) else None
         export_llama(model, args.out, tok)
     else:
         if not args.out:

@@ -332,7 +332,7 @@ def sample_text(model, enc, prompt, max_new_tokens, temperature=0.8, top_k=50, t
     Encoding. A character split over several tokens comes out whole, when its last byte does."""
     import codecs
     device = next(model.parameters()).device
-    idx = torch.tensor([enc.encode_ordinary(prompt)], device=device)
+    idx = torch.tensor([getattr(enc, "bos_ids", []) + enc.encode_ordinary(prompt)], device=device)  # LLaMA's <s> first
     utf8 = codecs.getincrementaldecoder("utf-8")("replace")
     for nxt in model.stream(idx, min(max_new_tokens, model.cfg.max_seq_len - idx.size(1)), temperature, top_k, top_p,
                             generator):

@@ -5,7 +5,10 @@ eval.py and by lm-eval's own task configs (pointed at these files), 0-shot and k
 Compares per request: the context and continuation strings, the log-likelihoods, and per item
 the acc / acc_norm predictions; then times both on the same items.
 
-    python benchmarks/lmeval_parity.py CKPT [--python /work/peers/lmeval/bin/python] [--shots 2] [--out DIR]
+    python benchmarks/lmeval_parity.py CKPT [--python /work/peers/lmeval/bin/python] [--shots 2] [--out DIR] [--ours hf]
+
+--ours hf: nano360 scores the exported Hugging Face folder (eval.py's path for a released
+model, its tokenizer.json included) instead of the checkpoint.
 
 lm-eval is not a dependency of nano360: it runs in its own environment (pip install lm-eval),
 as a subprocess of this script (the --lmeval-side mode below).
@@ -206,6 +209,7 @@ def main():
     ap.add_argument("--shots", type=int, default=2)
     ap.add_argument("--out", default="/tmp/lmeval_parity")
     ap.add_argument("--lmeval-side", nargs=2, metavar=("ITEMS", "HF_DIR"))
+    ap.add_argument("--ours", choices=("ckpt", "hf"), default="ckpt", help="what nano360 scores: the checkpoint or its export")
     args = ap.parse_args()
     if args.lmeval_side:
         return lmeval_side(*args.lmeval_side, args.shots, args.out)
@@ -215,10 +219,10 @@ def main():
     t = time.perf_counter()
     subprocess.run([args.python, __file__, "--lmeval-side", items, hf, "--shots", str(args.shots), "--out", args.out], check=True)
     print(f"lm-eval side: {time.perf_counter() - t:.1f} s in all (environment start included)")
-    ours = json.loads(json.dumps(our_side(args.ckpt, items, args.shots)))
+    ours = json.loads(json.dumps(our_side(args.ckpt if args.ours == "ckpt" else hf, items, args.shots)))
     theirs = json.load(open(os.path.join(args.out, "lmeval.json")))
     lines, worst = compare(ours, theirs, args.shots)
-    print(f"lm-eval {theirs['0']['version']}; checkpoint {args.ckpt}; CPU threads {os.cpu_count()} in both; "
+    print(f"lm-eval {theirs['0']['version']}; checkpoint {args.ckpt} (nano360 scores {'it' if args.ours == 'ckpt' else hf}); CPU threads {os.cpu_count()} in both; "
           f"{time.strftime('%Y-%m-%d')}")
     print("\n".join(lines))
     print(f"\nlargest log-likelihood gap: {worst:.2e} nats")

@@ -146,7 +146,7 @@ def test_tokenizer_matches_tiktoken(tokenizer_dir, source):
         assert tok.decode(ids) == text
         assert ours.encode_ordinary(text) == ids and ours.decode_bytes(ids) == text.encode()
     assert ours.encode_ordinary_batch(texts[:50]) == enc.encode_ordinary_batch(texts[:50])
-    assert (ours.eot_token, ours.prefix_token, ours.n_vocab) == (enc.eot_token, enc.eot_token, enc.n_vocab)
+    assert (ours.eot_token, ours.prefix_token, ours.n_vocab, ours.bos_ids) == (enc.eot_token, enc.eot_token, enc.n_vocab, [])
     # the specials are single tokens with tiktoken's ids
     for s in ("<|endoftext|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|pad|>"):
         assert tok.convert_tokens_to_ids(s) == enc.encode_single_token(s)
@@ -253,7 +253,7 @@ def lm_eval_scores(model_dir, tok_dir, path):
     lm-eval 0.4 computes them (whitespace moved, whole minus context, per-character norm)."""
     model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     tok = transformers.AutoTokenizer.from_pretrained(tok_dir)
-    enc = lambda s: tok(s, add_special_tokens=False)["input_ids"]
+    enc = lambda s: tok(s)["input_ids"]  # lm-eval 0.4.13: the tokenizer's own framing (LLaMA's <s> first)
     items = hf.read_task(path)
     hits, hits_norm, lls = [], [], []
     for context, item in zip(hf.contexts(path, items, 0), items):
@@ -312,9 +312,10 @@ def test_tokenize_and_train_with_a_released_tokenizer(llama_dir, tmp_path):
     manifest = data.prepare(TINY, out, llama_dir, val_frac=0.05)
     assert manifest["tokenizer"] == "tokenizer.json" and manifest["eot"] == 2 and manifest["dtype"] == "uint16"
     enc, theirs = data.tokenizer_of(out, manifest), transformers.AutoTokenizer.from_pretrained(llama_dir)
-    # the shards hold each document's ids, as transformers gives them, then </s>
+    # the shards hold each document's ids as transformers gives them (<s> first), then </s>
     zh = np.concatenate([data.read_shard(os.path.join(out, s["file"])) for s in manifest["shards"] if s["source"] == "zh"])
-    want = sum((theirs(t, add_special_tokens=False)["input_ids"] + [2] for t in tiny_texts("zh")), [])
+    want = sum((theirs(t)["input_ids"] + [2] for t in tiny_texts("zh")), [])
+    assert want[0] == 1 and enc.bos_ids == [1]
     assert zh.tolist() == want
     assert enc.encode_ordinary("中文") == theirs("中文", add_special_tokens=False)["input_ids"]
     with pytest.raises(data.DataError, match="lacks <\\|fim_prefix\\|>"):
@@ -326,3 +327,15 @@ def test_tokenize_and_train_with_a_released_tokenizer(llama_dir, tmp_path):
     assert data.load_manifest(str(tmp_path / "tokens2"))["shards"] == manifest["shards"]
     ckpt = sorted(str(p) for p in (tmp_path / "run").glob("ckpt_*"))[-1]
     assert hf.load(ckpt)[2].encode_ordinary("中文") == enc.encode_ordinary("中文")
+
+
+def test_export_a_run_trained_with_a_released_tokenizer(llama_dir, tmp_path):
+    from conftest import small_args
+    train.main(small_args(str(tmp_path / "tokens"), str(tmp_path / "run"), f"--tokenizer={llama_dir}", "--max_steps=2"))
+    hf.main(["export", str(tmp_path / "run"), str(tmp_path / "hf")])
+    ours = data.load_tokenizer(str(tmp_path / "hf"))
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    text = tiny_texts("zh")[0][:300] + " and English"
+    assert ours.encode_ordinary(text) == theirs(text, add_special_tokens=False)["input_ids"]
+    c = json.load(open(tmp_path / "hf" / "config.json"))
+    assert (c["eos_token_id"], c["bos_token_id"]) == (theirs.eos_token_id, theirs.bos_token_id) == (2, 1)
