@@ -549,10 +549,14 @@ def tokenizer_of(data_dir, manifest):
 
 def tokenizer_size(cfg):
     """Tokens in the vocabulary of cfg's tokenizer: data_dir's when it is prepared, else the one
-    tokenize would use (a BPE: tokenizer_vocab + the special tokens)."""
+    tokenize would use: its file or tiktoken name, or a BPE (tokenizer_vocab + the special
+    tokens) when that is to be trained (tokenizer="bpe", or a file curate.py has not written yet)."""
     if is_done(cfg.data_dir):
         return tokenizer_of(cfg.data_dir, load_manifest(cfg.data_dir, verify=False)).n_vocab
-    return cfg.tokenizer_vocab + len(SPECIAL_TOKENS) if cfg.tokenizer == "bpe" else load_tokenizer(cfg.tokenizer).n_vocab
+    t = cfg.tokenizer
+    if t != "bpe" and (os.path.exists(t) or not (t.endswith((".tiktoken", ".json")) or os.sep in t)):
+        return load_tokenizer(t).n_vocab
+    return cfg.tokenizer_vocab + len(SPECIAL_TOKENS)
 
 
 def byte_to_unicode():
