@@ -526,12 +526,15 @@ def read_tiktoken(path):
 
 def load_tokenizer(spec):
     """A tiktoken.Encoding from a .tiktoken path or a tiktoken encoding name (e.g. cl100k_base),
-    or an HFTokenizer from a tokenizer.json (or a folder holding one: a released model's)."""
+    or an HFTokenizer from a tokenizer.json (or a folder holding one: a released model's). Either
+    has bos_ids (put before a text: none for tiktoken) and prefix_token (before an empty one)."""
     if spec.endswith(".json") or os.path.isdir(spec):
         return HFTokenizer(spec)
     if spec.endswith(".tiktoken") or os.path.exists(spec):
         ranks, pat, specials = read_tiktoken(spec)
-        return tiktoken.Encoding(os.path.basename(spec), pat_str=pat, mergeable_ranks=ranks, special_tokens=specials)
+        enc = tiktoken.Encoding(os.path.basename(spec), pat_str=pat, mergeable_ranks=ranks, special_tokens=specials)
+        enc.bos_ids, enc.prefix_token = [], enc.eot_token
+        return enc
     try:
         enc = tiktoken.get_encoding(spec)
     except Exception as e:
@@ -539,6 +542,7 @@ def load_tokenizer(spec):
                         "(named encodings download their file on first use)") from None
     if EOT not in enc.special_tokens_set:
         raise DataError(f"tokenizer {spec!r} has no {EOT} token")
+    enc.bos_ids, enc.prefix_token = [], enc.eot_token
     return enc
 
 
@@ -598,7 +602,6 @@ class HFTokenizer:
             raise DataError(f"{path}: a tokenizer.json is read by the tokenizers library: pip install tokenizers") from None
         try:
             self.tok = tokenizers.Tokenizer.from_file(path)
-            self.spec = json.load(open(path, encoding="utf-8"))
         except Exception as e:  # tokenizers' own message says what is wrong with the file
             raise DataError(f"{path}: not a tokenizer.json that tokenizers can read: {e}") from None
         self.tok.encode_special_tokens = True  # special tokens in text are text
@@ -613,8 +616,8 @@ class HFTokenizer:
         self.prefix_token = self.eot_token if bos is None else bos
         plain, framed = (self.tok.encode("a", add_special_tokens=b).ids for b in (False, True))
         self.bos_ids = next((framed[:i] for i in range(len(framed)) if framed[i:i + len(plain)] == plain), [])
-        kinds = [d.get("type") for d in [self.spec.get("decoder") or {}] + (self.spec.get("decoder") or {}).get("decoders", [])]
-        self.byte_level = "ByteLevel" in kinds
+        decoder = json.loads(self.tok.decoder.__getstate__()) if self.tok.decoder else {}
+        self.byte_level = "ByteLevel" in [d.get("type") for d in [decoder] + decoder.get("decoders", [])]
 
     def _special(self, path, kind):
         # the eos / bos token's id: tokenizer_config.json, config.json, then the usual names
@@ -630,7 +633,7 @@ class HFTokenizer:
         i = json.load(open(conf)).get(f"{kind}_token_id") if os.path.exists(conf) else None
         if i is not None:
             return i[0] if isinstance(i, list) else int(i)
-        return next((self.tok.token_to_id(t) for t in self.NAMES[kind] if self.tok.token_to_id(t) is not None), None)
+        return next((i for i in map(self.tok.token_to_id, self.NAMES[kind]) if i is not None), None)
 
     def encode_ordinary(self, text):
         return self.tok.encode(text, add_special_tokens=False).ids
@@ -802,11 +805,10 @@ def _tokenize_task(st, i, out, shard_tokens, threads):
     dtype = np.uint16 if enc.n_vocab <= 65536 else np.uint32
     problems, sources, writers, batch = [], {}, {}, []
 
-    bos = getattr(enc, "bos_ids", [])  # a released tokenizer's own framing: LLaMA's <s> text </s>
 
-    def flush():
+    def flush():  # bos_ids: a released tokenizer's own framing, LLaMA's <s> text </s>
         for (source, _), ids in zip(batch, enc.encode_ordinary_batch([t for _, t in batch], num_threads=threads)):
-            writers[source].write(bos + ids + [enc.eot_token])
+            writers[source].write(enc.bos_ids + ids + [enc.eot_token])
         batch.clear()
 
     for doc in st.documents(i, problems):
@@ -922,7 +924,6 @@ def _tokenizer_into(tmp, tokenizer, vocab_size, raw_data, sample_chars):
         shutil.copy(enc.path, os.path.join(tmp, entry))
         names = {f"{k}_token": enc.tok.id_to_token(i) for k, i in (("eos", enc.eot_token), ("bos", enc.prefix_token))}
         _write_json(os.path.join(tmp, "tokenizer_config.json"), names)  # what the tokenizer is read with
-        enc = HFTokenizer(os.path.join(tmp, entry))
     elif os.path.exists(tokenizer):
         for ext in ("", ".json"):
             if os.path.exists(tokenizer + ext):

@@ -106,7 +106,7 @@ def loss_and_bpb(model, cfg, enc, max_seqs=0):
     device = next(model.parameters()).device
     losses = train.evaluate(model, val, cfg.batch_size, device, train.autocast_for(cfg, device),
                             manifest["eot"] if cfg.doc_mask else None)
-    special = {enc.encode_single_token(t) for t in enc.special_tokens_set}
+    special = special_ids(enc)
     out, nats, nbytes = {}, 0.0, 0
     for source, seqs in val.items():
         b = sum(len(enc.decode_bytes([t for t in row if t not in special])) for row in seqs[:, 1:].tolist())
@@ -115,6 +115,10 @@ def loss_and_bpb(model, cfg, enc, max_seqs=0):
         nats, nbytes = nats + n, nbytes + b
     out["loss/all"], out["bpb_window/all"] = losses["all"], nats / math.log(2) / max(nbytes, 1)
     return out
+
+
+def special_ids(enc):
+    return {enc.encode_single_token(t) for t in enc.special_tokens_set}
 
 
 def held_out_documents(cfg, manifest, max_docs=0):
@@ -135,10 +139,10 @@ def document_bpb(model, cfg, enc, max_docs=0, batch_size=16):
     one token before it, no end-of-text predicted; nats over ln 2 over the text's UTF-8 bytes."""
     manifest = data.load_manifest(cfg.data_dir, verify=False)
     L, out, nats_all, bytes_all = model.cfg.max_seq_len, {}, 0.0, 0
+    special = special_ids(enc)  # a released tokenizer's <s>: 0 bytes
     for source, docs in held_out_documents(cfg, manifest, max_docs).items():
         requests = [([enc.eot_token] if a == 0 else [doc[a - 1]], doc[a:a + L]) for doc in docs for a in range(0, len(doc), L)]
         nats = -sum(loglikelihoods(model, requests, batch_size, desc=f"bpb {source}"))
-        special = {enc.encode_single_token(t) for t in enc.special_tokens_set}  # a released tokenizer's <s>: 0 bytes
         nbytes = sum(len(enc.decode_bytes([t for t in doc if t not in special])) for doc in docs)
         out[f"bpb_doc/{source}"] = nats / math.log(2) / max(nbytes, 1)
         nats_all, bytes_all = nats_all + nats, bytes_all + nbytes
@@ -288,9 +292,9 @@ def encode_pair(enc, context, continuation):
     if n:
         context, continuation = context[:-n], context[-n:] + continuation
     if not context:  # lm-eval's prefix_token_id: bos where the tokenizer has one (HFTokenizer), else end-of-text
-        return [getattr(enc, "prefix_token", enc.eot_token)], enc.encode_ordinary(continuation)
-    ctx = getattr(enc, "bos_ids", []) + enc.encode_ordinary(context)
-    return ctx, (getattr(enc, "bos_ids", []) + enc.encode_ordinary(context + continuation))[len(ctx):]
+        return [enc.prefix_token], enc.encode_ordinary(continuation)
+    ctx = enc.bos_ids + enc.encode_ordinary(context)
+    return ctx, (enc.bos_ids + enc.encode_ordinary(context + continuation))[len(ctx):]
 
 
 @torch.no_grad()

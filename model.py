@@ -328,11 +328,11 @@ def sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None):
 
 
 def sample_text(model, enc, prompt, max_new_tokens, temperature=0.8, top_k=50, top_p=1.0, generator=None):
-    """Yield the text of each token sampled after prompt, until end-of-text; enc is a tiktoken
-    Encoding. A character split over several tokens comes out whole, when its last byte does."""
+    """Yield the text of each token sampled after prompt, until end-of-text; enc is a tokenizer of
+    data.load_tokenizer. A character split over several tokens comes out whole, when its last byte does."""
     import codecs
     device = next(model.parameters()).device
-    idx = torch.tensor([getattr(enc, "bos_ids", []) + enc.encode_ordinary(prompt)], device=device)  # LLaMA's <s> first
+    idx = torch.tensor([enc.bos_ids + enc.encode_ordinary(prompt)], device=device)  # bos_ids: LLaMA's <s> first
     utf8 = codecs.getincrementaldecoder("utf-8")("replace")
     for nxt in model.stream(idx, min(max_new_tokens, model.cfg.max_seq_len - idx.size(1)), temperature, top_k, top_p,
                             generator):

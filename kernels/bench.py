@@ -633,7 +633,9 @@ def gpu_check(device, out, budget):
         start = os.path.getsize(log)
         cut = argv.index("--") if "--" in argv else len(argv)  # --out before the config's overrides
         status, took = run_part(argv[:cut] + [f"--out={out}"] * bool(kind) + argv[cut:], int(min(seconds, left)), log)
-        text = open(log, errors="replace").read()[start:]
+        with open(log, errors="replace") as f:
+            f.seek(start)
+            text = f.read()
         path = os.path.join(out, f"{kind}_{env['date']}.json") if kind else None
         raw = json.load(open(path)) if path and os.path.exists(path) else None
         parts.append((name, status, took))
