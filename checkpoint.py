@@ -16,7 +16,7 @@ none: the optimizer's hyperparameters come from the config), torch.load runs wit
 The checksums catch a damaged or edited file (they are no signature: whoever can write the files
 can write new sums).
 """
-import fcntl, json, os, pickle, random, shutil, socket, time, warnings
+import fcntl, json, os, pickle, random, re, shutil, socket, time, warnings
 from contextlib import contextmanager
 
 import numpy as np
@@ -28,14 +28,16 @@ from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-import data
-from config import ConfigError
+from config import ConfigError, config_from_dict
+from model import GPT
+from stage import DONE, DataError, commit_dir, is_done, sha256_file, tmp_dir
 
 # one process saves and loads checkpoints through torch.distributed.checkpoint too, as intended
-warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+warnings.filterwarnings("ignore",
+                        message="torch.distributed is disabled, unavailable or uninitialized")
 
 
-class CheckpointError(data.DataError):
+class CheckpointError(DataError):
     """A checkpoint that cannot be saved or trusted: the message names the file and the cause."""
 
 
@@ -44,7 +46,7 @@ def barrier():
         dist.barrier()
 
 
-def place():
+def group_place():
     """(rank, world size) of this process in its process group, (0, 1) without one."""
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
@@ -64,19 +66,24 @@ def gathered(mine):
 _DCP = "torch.distributed.checkpoint."
 # exactly what DCP's .metadata pickles (torch 2.5-2.13): no module-wide entry, no dotted name, so
 # nothing reachable through an allowed module (protocol 4 resolves "a.b" attribute by attribute)
-ALLOWED = {(_DCP + "metadata", n) for n in ("Metadata", "MetadataIndex", "TensorStorageMetadata", "BytesStorageMetadata",
-                                            "ChunkStorageMetadata", "TensorProperties", "StorageMeta", "_MEM_FORMAT_ENCODING")}
-ALLOWED |= {(_DCP + "filesystem", "_StorageInfo"), ("torch.serialization", "_get_layout"), ("torch", "Size"),
-            ("collections", "OrderedDict"), ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"),
+ALLOWED = {(_DCP + "metadata", n)
+           for n in ("Metadata", "MetadataIndex", "TensorStorageMetadata", "BytesStorageMetadata",
+                     "ChunkStorageMetadata", "TensorProperties", "StorageMeta",
+                     "_MEM_FORMAT_ENCODING")}
+ALLOWED |= {(_DCP + "filesystem", "_StorageInfo"), ("torch.serialization", "_get_layout"),
+            ("torch", "Size"), ("collections", "OrderedDict"),
+            ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"),
             ("pathlib", "PurePosixPath"), ("pathlib", "PureWindowsPath")}
-ALLOWED |= {("torch", n) for n, v in vars(torch).items() if isinstance(v, (torch.dtype, torch.memory_format, torch.layout))}
+ALLOWED |= {("torch", n) for n, v in vars(torch).items()
+            if isinstance(v, (torch.dtype, torch.memory_format, torch.layout))}
 
 
 class SafeUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         if (module, name) in ALLOWED:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: not a class DCP's metadata holds")
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: "
+                                     "not a class DCP's metadata holds")
 
 
 class SafeReader(dcp.FileSystemReader):
@@ -108,8 +115,9 @@ class TensorsOnly(DefaultLoadPlanner):
 
     def load_bytes(self, read_item, value):
         where = self.reader.storage_data[read_item.storage_index].relative_path
-        raise CheckpointError(f"{os.path.join(str(self.reader.path), where)}: entry {read_item.dest_index.fqn!r} is "
-                              "pickled bytes, not a tensor; nano360 never writes one and does not unpickle it")
+        raise CheckpointError(f"{os.path.join(str(self.reader.path), where)}: entry "
+                              f"{read_item.dest_index.fqn!r} is pickled bytes, not a tensor; "
+                              "nano360 never writes one and does not unpickle it")
 
 
 def dcp_load(state, path):
@@ -121,9 +129,11 @@ def dcp_load(state, path):
     except CheckpointException as e:  # one per rank: the first says what went wrong
         first = next(iter(e.failures.values()))[0]
         raise (first if isinstance(first, CheckpointError) else
-               CheckpointError(f"{path}: could not be read ({type(first).__name__}: {str(first)[:300]})")) from None
+               CheckpointError(f"{path}: could not be read ({type(first).__name__}: "
+                               f"{str(first)[:300]})")) from None
     except (RuntimeError, ValueError, KeyError, OSError) as e:
-        raise CheckpointError(f"{path}: could not be read ({type(e).__name__}: {str(e)[:300]})") from None
+        raise CheckpointError(f"{path}: could not be read ({type(e).__name__}: "
+                              f"{str(e)[:300]})") from None
 
 
 def tensors_only(state, where=""):
@@ -132,8 +142,8 @@ def tensors_only(state, where=""):
         if isinstance(v, dict):
             tensors_only(v, f"{where}{k}.")
         elif not isinstance(v, torch.Tensor):
-            raise CheckpointError(f"state entry {where}{k} is a {type(v).__name__}, not a tensor: DCP would pickle it, "
-                                  "and loading refuses pickles")
+            raise CheckpointError(f"state entry {where}{k} is a {type(v).__name__}, not a tensor: "
+                                  "DCP would pickle it, and loading refuses pickles")
 
 
 def rng_state():
@@ -148,10 +158,11 @@ def set_rng_state(path):
         s = torch.load(path, weights_only=True)
         torch.set_rng_state(s["torch"])
         random.setstate(s["python"])
-        np.random.set_state((s["numpy"][0], s["numpy"][1].numpy().astype(np.uint32), *s["numpy"][2:]))
+        np.random.set_state((s["numpy"][0], s["numpy"][1].numpy().astype(np.uint32),
+                             *s["numpy"][2:]))
     except Exception as e:  # noqa: BLE001: weights_only refusals, truncation, a wrong layout
-        raise CheckpointError(f"{path}: not a random-number state nano360 wrote ({type(e).__name__}: "
-                              f"{' '.join(str(e).split())[:200]})") from None
+        raise CheckpointError(f"{path}: not a random-number state nano360 wrote "
+                              f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
     if s["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(s["cuda"])
 
@@ -160,23 +171,25 @@ def set_rng_state(path):
 # checksums: every file in meta.json, meta.json's in DONE
 
 def file_sums(folder):
-    """{name: {bytes, sha256}} of folder's files but meta.json and DONE, the hashing shared by the ranks."""
-    names = sorted(n for n in os.listdir(folder) if n not in ("meta.json", data.DONE))
-    rank, world = place()
-    mine = [(n, dict(bytes=os.path.getsize(os.path.join(folder, n)), sha256=data.sha256_file(os.path.join(folder, n))))
+    """{name: {bytes, sha256}} of folder's files but meta.json and DONE, the hashing shared by
+    the ranks."""
+    names = sorted(n for n in os.listdir(folder) if n not in ("meta.json", DONE))
+    rank, world = group_place()
+    mine = [(n, dict(bytes=os.path.getsize(os.path.join(folder, n)),
+                     sha256=sha256_file(os.path.join(folder, n))))
             for n in names[rank::world]]
     return dict(sorted(gathered(mine)))
 
 
-def verify(path):
+def damage(path):
     """None when path is a complete checkpoint whose files all match meta.json; else what is
     wrong, naming the file (every rank gets the same answer)."""
     try:
-        meta = data.read_meta(path)
-    except (data.DataError, ConfigError) as e:
+        meta = read_meta(path)
+    except (DataError, ConfigError) as e:
         return str(e)
     files = meta.get("files", {})  # older checkpoints recorded none
-    rank, world = place()
+    rank, world = group_place()
     problems = []
     for name in sorted(files)[rank::world]:
         p, want = os.path.join(path, name), files[name]
@@ -184,11 +197,15 @@ def verify(path):
         if size is None:
             problems.append(f"{p}: missing")
         elif size != want["bytes"]:
-            problems.append(f"{p}: {size} bytes, meta.json recorded {want['bytes']} (truncated or damaged)")
-        elif data.sha256_file(p) != want["sha256"]:
-            problems.append(f"{p}: sha256 differs from the one meta.json recorded (the file is damaged)")
+            problems.append(f"{p}: {size} bytes, meta.json recorded {want['bytes']} "
+                            "(truncated or damaged)")
+        elif sha256_file(p) != want["sha256"]:
+            problems.append(f"{p}: sha256 differs from the one meta.json recorded "
+                            "(the file is damaged)")
     problems = gathered(problems)
-    return problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "") if problems else None
+    if not problems:
+        return None
+    return problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
 
 
 def write_probe(folder, size=1 << 20):
@@ -209,7 +226,39 @@ def write_probe(folder, size=1 << 20):
 
 
 def step_of(path):
-    return int(os.path.basename(path.rstrip(os.sep))[5:])
+    """The step a checkpoint folder's name ends in (ckpt_0000400, or a released model's ckpt_359);
+    None when it ends in no number."""
+    m = re.search(r"(\d+)$", os.path.basename(os.path.normpath(path)))
+    return int(m.group(1)) if m else None
+
+
+def read_meta(ckpt):
+    """meta.json of a complete checkpoint: the run's config, the step, the data position, the
+    manifest's sha256, the sums of the other files; checked against the sha256 that DONE holds
+    (older checkpoints have an empty DONE)."""
+    if not os.path.isdir(ckpt):
+        raise ConfigError(f"checkpoint not found: {ckpt}")
+    if not is_done(ckpt):
+        raise ConfigError(f"{ckpt}: not a complete checkpoint (no {DONE} marker)")
+    path = os.path.join(ckpt, "meta.json")
+    try:
+        done = open(os.path.join(ckpt, DONE)).read().strip()
+        want = json.loads(done)["meta.json"] if done else None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{os.path.join(ckpt, DONE)}: unreadable ({e}): "
+                        "the checkpoint is damaged") from None
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: missing: the checkpoint is damaged")
+    if want and sha256_file(path) != want:
+        raise DataError(f"{path}: sha256 differs from the one {DONE} recorded "
+                        "(the file is damaged or was edited)")
+    try:
+        meta = json.load(open(path))
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
+    if not isinstance(meta, dict) or not {"step", "config"} <= meta.keys():
+        raise DataError(f"{path}: not a checkpoint's meta.json (no step and config)")
+    return meta
 
 
 # -----------------------------------------------------------------------------
@@ -234,8 +283,10 @@ class RunLock:
             alive = holder and self._alive(holder)
         if alive:
             os.close(self.fd)
-            raise CheckpointError(f"{out_dir} is in use by another run ({holder or 'holder unknown'}; {self.path}): "
-                                  f"wait for it to end or choose another out_dir; if no run is using it, delete {self.path}")
+            raise CheckpointError(f"{out_dir} is in use by another run "
+                                  f"({holder or 'holder unknown'}; {self.path}): "
+                                  "wait for it to end or choose another out_dir; "
+                                  f"if no run is using it, delete {self.path}")
         if holder:
             print(f"{self.path}: taking over the lock of a run that is gone ({holder})")
         os.ftruncate(self.fd, 0)
@@ -279,14 +330,18 @@ class Checkpointer:
     data."""
 
     def __init__(self, out_dir, rank=0, keep_last=2, keep_every=0, async_save=False):
-        self.out_dir, self.rank, self.keep_last, self.keep_every = out_dir, rank, keep_last, keep_every
+        self.out_dir, self.rank = out_dir, rank
+        self.keep_last, self.keep_every = keep_last, keep_every
         self.async_save, self.pending = async_save, None
 
     @staticmethod
     def complete(out_dir):
         """The complete checkpoints in out_dir (DONE), oldest first."""
-        return sorted((os.path.join(out_dir, d) for d in os.listdir(out_dir) if d.startswith("ckpt_") and d[5:].isdigit()
-                       and data.is_done(os.path.join(out_dir, d))), key=step_of) if os.path.isdir(out_dir) else []
+        if not os.path.isdir(out_dir):
+            return []
+        found = [os.path.join(out_dir, d) for d in os.listdir(out_dir)
+                 if d.startswith("ckpt_") and d[5:].isdigit()]
+        return sorted((p for p in found if is_done(p)), key=step_of)
 
     @staticmethod
     def newest(out_dir):
@@ -299,10 +354,11 @@ class Checkpointer:
         removes the partial folder and names it, the cause, and the checkpoint still there."""
         self.wait()
         final = os.path.join(self.out_dir, f"ckpt_{step:07d}")
-        tmp = data.tmp_dir(final, create=self.rank == 0)
+        tmp = tmp_dir(final, create=self.rank == 0)
         barrier()
         msd, osd = get_state_dict(model, optimizer)
-        state = dict(model=msd, optim=dict(state=osd["state"]))  # param_groups are hyperparameters: the config has them
+        # param_groups are hyperparameters: the config has them
+        state = dict(model=msd, optim=dict(state=osd["state"]))
         tensors_only(state)
         with self._failing(tmp, step):
             torch.save(rng_state(), os.path.join(tmp, f"rng_{self.rank}.pt"))
@@ -325,16 +381,20 @@ class Checkpointer:
         try:
             yield
         except (OSError, RuntimeError, CheckpointException) as e:
-            if isinstance(e, CheckpointException):  # DCP's wrapper of each rank's error: the first says why
+            # DCP's wrapper of each rank's error: the first says why
+            if isinstance(e, CheckpointException):
                 e = next(iter(e.failures.values()))[0]
             shutil.rmtree(tmp, ignore_errors=True)  # the space it took, back
             free = shutil.disk_usage(self.out_dir).free
-            cause = e.strerror if isinstance(e, OSError) and e.strerror else " ".join(str(e).split())[:200]
-            probe = write_probe(self.out_dir)  # torch's writers say "unexpected pos 704 vs 598": find the cause
+            cause = (e.strerror if isinstance(e, OSError) and e.strerror
+                     else " ".join(str(e).split())[:200])
+            # torch's writers say "unexpected pos 704 vs 598": find the cause
+            probe = write_probe(self.out_dir)
             cause = f"{probe} ({cause})" if probe and probe != cause else cause
             prev = Checkpointer.newest(self.out_dir)
-            raise CheckpointError(f"saving step {step} to {tmp} failed: {cause} ({free / 2**30:.2f} GiB free on that "
-                                  f"disk); {'the checkpoint ' + prev + ' is intact' if prev else 'no checkpoint yet'}: "
+            intact = "the checkpoint " + prev + " is intact" if prev else "no checkpoint yet"
+            raise CheckpointError(f"saving step {step} to {tmp} failed: {cause} "
+                                  f"({free / 2**30:.2f} GiB free on that disk); {intact}: "
                                   "make room, then --resume=auto") from None
 
     def _finish(self, tmp, final, meta, step):
@@ -344,7 +404,8 @@ class Checkpointer:
             if self.rank == 0:
                 with open(os.path.join(tmp, "meta.json"), "w") as f:
                     json.dump(meta, f, indent=1)
-                data.commit_dir(tmp, final, done=json.dumps({"meta.json": data.sha256_file(os.path.join(tmp, "meta.json"))}))
+                commit_dir(tmp, final, done=json.dumps(
+                    {"meta.json": sha256_file(os.path.join(tmp, "meta.json"))}))
         if self.rank == 0:
             self.prune()
         barrier()
@@ -353,7 +414,8 @@ class Checkpointer:
         """Keep the newest keep_last complete checkpoints and every keep_every-th; remove the
         leftovers of killed saves and prunes."""
         done = self.complete(self.out_dir)
-        keep = set(done[-self.keep_last:]) | {d for d in done if self.keep_every and step_of(d) % self.keep_every == 0}
+        keep = (set(done[-self.keep_last:])
+                | {d for d in done if self.keep_every and step_of(d) % self.keep_every == 0})
         for d in done:
             if d not in keep:
                 trash = os.path.join(self.out_dir, ".del_" + os.path.basename(d))
@@ -385,11 +447,12 @@ class Checkpointer:
         aside, and said so. None when out_dir has none; an error when it has only damaged ones."""
         damaged = []
         for path in reversed(self.complete(self.out_dir)):
-            problem = verify(path)
+            problem = damage(path)
             if problem is None:
                 if damaged:
                     if self.rank == 0:
-                        print(f"warning: {problem_list(damaged)}; resuming from {path}, the newest good checkpoint")
+                        print(f"warning: {problem_list(damaged)}; resuming from {path}, "
+                              "the newest good checkpoint")
                     barrier()
                     self.set_aside([p for p, _ in damaged], "damaged")
                     barrier()
@@ -399,16 +462,18 @@ class Checkpointer:
             raise CheckpointError(f"no good checkpoint in {self.out_dir}: {problem_list(damaged)}")
         return None
 
-    def load(self, path, model, optimizer=None, verified=False):
-        """The model's (and optimizer's) state from path after verify(), at any world size (DCP
-        reshards); with an optimizer also this rank's RNG, when the checkpoint has one (a rank
-        new after a change of world size keeps its seed). The one way checkpoints are read."""
-        problem = None if verified else verify(path)
+    def load(self, path, model, optimizer=None, checked=False):
+        """The model's (and optimizer's) state from path after damage() found none (checked: it
+        was asked already), at any world size (DCP reshards); with an optimizer also this rank's
+        RNG, when the checkpoint has one (a rank new after a change of world size keeps its
+        seed). The one way checkpoints are read."""
+        problem = None if checked else damage(path)
         if problem:
             raise CheckpointError(problem)
-        meta = data.read_meta(path)
+        meta = read_meta(path)
         if "files" not in meta and self.rank == 0:
-            print(f"warning: {path} was written before checkpoints recorded checksums: loaded unverified")
+            print(f"warning: {path} was written before checkpoints recorded checksums: "
+                  "loaded unverified")
         if optimizer is None:
             state = {"model": model.state_dict()}
             dcp_load(state, path)
@@ -427,3 +492,34 @@ class Checkpointer:
 
 def problem_list(damaged):
     return "; ".join(f"{os.path.basename(p)} is damaged ({why})" for p, why in damaged)
+
+
+# -----------------------------------------------------------------------------
+# a checkpoint's model in one process: evaluation, export, --consolidate
+
+def load_model(path, device="cpu"):
+    """(model in eval mode, TrainConfig, meta) of a checkpoint written at any world size: only the
+    model's entries are read."""
+    cfg, mcfg = config_from_dict(read_meta(path)["config"])
+    model = empty_model(mcfg, device)
+    meta = Checkpointer(os.path.dirname(path)).load(path, model)
+    return model.eval(), cfg, meta
+
+
+def empty_model(mcfg, device):
+    """A model of mcfg on device for weights about to be loaded: built on the meta device, then
+    given memory and its buffers (init_weights)."""
+    with torch.device("meta"):
+        model = GPT(mcfg)
+    model.to_empty(device=device)
+    model.init_weights(0)
+    return model
+
+
+def consolidate(path, out=None):
+    """One ordinary state dict file of a checkpoint's model (for evaluation and export)."""
+    model, _, _ = load_model(path)
+    out = out or os.path.join(path, "model_consolidated.pt")
+    torch.save(model.state_dict(), out)
+    print(f"wrote {out}: {model.num_params():,} parameters in {len(model.state_dict())} tensors")
+    return out

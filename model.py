@@ -8,16 +8,18 @@ One ModelConfig describes all three seed models exactly (see config/):
   MAP-Neo-7B      RMSNorm, head_dim 192 (not d_model / n_head), untied
 The model is built on the meta device and materialised by one call to
 init_weights(), so the same seed gives the same weights on any number of GPUs.
-The one sampler (temperature, top-k, top-p, KV cache) is here too: GPT.stream, and
-sample_text for a tokenizer's text; training and eval.py both use it.
+What training and evaluation share about running the model is here too: the one sampler
+(temperature, top-k, top-p, KV cache: GPT.stream, and sample_text for a tokenizer's text), the
+validation loss, the document ids of packed sequences, and the bf16 autocast.
 """
 import math
+from contextlib import nullcontext
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from config import HAVE_TRITON, ModelConfig  # (ModelConfig lives with the config system, which needs no torch)
+from config import HAVE_TRITON
 
 
 def norm_layer(cfg):
@@ -27,15 +29,19 @@ def norm_layer(cfg):
 
 
 def rope_tables(cfg, device):
-    # cos and sin of (max_seq_len, rotary_dim/2) angles; the rotation pairs dim i with dim i + rotary_dim/2.
+    # cos and sin of (max_seq_len, rotary_dim/2) angles; the rotation pairs dim i with
+    # dim i + rotary_dim/2.
     # float64, because position x frequency in float32 is off by ~1e-3 rad at position 8192
-    inv_freq = cfg.rope_theta ** -(torch.arange(0, cfg.rotary_dim, 2, device=device, dtype=torch.float64) / cfg.rotary_dim)
-    angles = torch.outer(torch.arange(cfg.max_seq_len, device=device, dtype=torch.float64), inv_freq)
+    inv_freq = cfg.rope_theta ** -(
+        torch.arange(0, cfg.rotary_dim, 2, device=device, dtype=torch.float64) / cfg.rotary_dim)
+    angles = torch.outer(torch.arange(cfg.max_seq_len, device=device, dtype=torch.float64),
+                         inv_freq)
     return angles.cos(), angles.sin()
 
 
 def apply_rope(x, cos, sin):
-    # x: (B, T, H, D); only the first 2 * cos.size(-1) dims rotate (partial rotary), the rest pass through
+    # x: (B, T, H, D); only the first 2 * cos.size(-1) dims rotate (partial rotary),
+    # the rest pass through
     r, wide = cos.size(-1), torch.promote_types(x.dtype, torch.float32)  # rotate in fp32 (or fp64)
     x1, x2, rest = x[..., :r].to(wide), x[..., r:2 * r].to(wide), x[..., 2 * r:]
     cos, sin = cos[None, :, None, :].to(wide), sin[None, :, None, :].to(wide)
@@ -44,22 +50,25 @@ def apply_rope(x, cos, sin):
 
 
 def attention(q, k, v, scale, impl, doc_ids=None):
-    # q: (B, Tq, Hq, D), k and v: (B, Tk, Hkv, D), the layout of kernels.flash_attention.flash_attn.
+    # q: (B, Tq, Hq, D), k and v: (B, Tk, Hkv, D),
+    # the layout of nanokernels.flash_attention.flash_attn.
     # the queries are the last Tq positions of the Tk keys (Tq < Tk when decoding with a KV cache).
     # doc_ids (B, T): a token sees only the keys of its own document (a run of equal ids)
     Tq, Tk = q.size(1), k.size(1)
     if impl == "auto":
         impl = "triton" if q.is_cuda and HAVE_TRITON else "sdpa"
     if impl == "triton" and Tq == Tk:
-        from kernels.flash_attention import flash_attn
+        from nanokernels.flash_attention import flash_attn
         return flash_attn(q, k, v, causal=True, softmax_scale=scale, doc_ids=doc_ids)
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))
     gqa = dict(enable_gqa=True) if q.size(1) != k.size(1) else {}
     if Tq == Tk and doc_ids is None:
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, **gqa)
     else:
-        mask = torch.arange(Tk, device=q.device)[None, :] <= torch.arange(Tk - Tq, Tk, device=q.device)[:, None]
-        if doc_ids is not None:  # (B, 1, Tq, Tk): T x T booleans, fine for a reference, not for 8k contexts
+        mask = (torch.arange(Tk, device=q.device)[None, :]
+                <= torch.arange(Tk - Tq, Tk, device=q.device)[:, None])
+        if doc_ids is not None:
+            # (B, 1, Tq, Tk): T x T booleans, fine for a reference, not for 8k contexts
             mask = mask & (doc_ids[:, -Tq:, None] == doc_ids[:, None, :])[:, None]
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, **gqa)
     return y.transpose(1, 2)
@@ -69,7 +78,8 @@ class Attention(nn.Module):
     def __init__(self, cfg, impl="auto"):
         super().__init__()
         self.cfg, self.impl = cfg, impl
-        self.qkv = nn.Linear(cfg.d_model, (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim, bias=cfg.qkv_bias)
+        self.qkv = nn.Linear(cfg.d_model, (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim,
+                             bias=cfg.qkv_bias)
         self.out = nn.Linear(cfg.n_head * cfg.head_dim, cfg.d_model, bias=cfg.attn_out_bias)
 
     def forward(self, x, cos, sin, cache=None, doc_ids=None):
@@ -89,7 +99,8 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        self.up = nn.Linear(cfg.d_model, 2 * cfg.ffn_hidden, bias=cfg.ffn_bias)  # gate and up, fused
+        # gate and up, fused
+        self.up = nn.Linear(cfg.d_model, 2 * cfg.ffn_hidden, bias=cfg.ffn_bias)
         self.down = nn.Linear(cfg.ffn_hidden, cfg.d_model, bias=cfg.ffn_bias)
 
     def forward(self, x):
@@ -133,17 +144,20 @@ class ChunkedCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, targets, logit_mult, chunk):
-        wide = torch.promote_types(x.dtype, torch.float32)  # the loss in fp32 (or fp64), as in forward()
+        # the loss in fp32 (or fp64), as in forward()
+        wide = torch.promote_types(x.dtype, torch.float32)
         n = (targets >= 0).sum().clamp(min=1).to(wide)
         loss = torch.zeros((), device=x.device, dtype=wide)
-        grad_x, grad_w = torch.empty_like(x), torch.zeros(weight.shape, device=weight.device, dtype=wide)
+        grad_x, grad_w = (torch.empty_like(x),
+                          torch.zeros(weight.shape, device=weight.device, dtype=wide))
         for a in range(0, x.size(0), chunk):
             xc, tc = x[a:a + chunk], targets[a:a + chunk]
             logits = (xc @ weight.t()).to(wide) * logit_mult
             keep = tc >= 0
             lse = logits.logsumexp(-1)
             loss += (lse - logits.gather(1, tc.clamp(min=0)[:, None])[:, 0])[keep].sum()
-            d = torch.softmax(logits, -1)  # d loss / d logits = softmax - onehot, over n, on kept rows
+            # d loss / d logits = softmax - onehot, over n, on kept rows
+            d = torch.softmax(logits, -1)
             d[keep, tc[keep]] -= 1
             d = (d * keep[:, None] * (logit_mult / n)).to(x.dtype)
             grad_x[a:a + chunk] = d @ weight
@@ -170,7 +184,8 @@ class GPT(nn.Module):
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.blocks = nn.ModuleList(Block(cfg, attn_impl) for _ in range(cfg.n_layer))
         self.norm = norm_layer(cfg)
-        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.lm_head = (None if cfg.tie_embeddings
+                        else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False))
         cos, sin = rope_tables(cfg, device="meta")
         self.register_buffer("rope_cos", cos, persistent=False)  # derived, never checkpointed
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -187,12 +202,14 @@ class GPT(nn.Module):
         def normal(w, std):
             full = torch.empty(w.shape, device=device, dtype=w.dtype)
             if cfg.init_truncate > 0:
-                nn.init.trunc_normal_(full, 0.0, std, -cfg.init_truncate * std, cfg.init_truncate * std, generator=gen)
+                nn.init.trunc_normal_(full, 0.0, std, -cfg.init_truncate * std,
+                                      cfg.init_truncate * std, generator=gen)
             else:
                 nn.init.normal_(full, 0.0, std, generator=gen)
             if hasattr(w, "device_mesh"):  # a DTensor: keep this rank's part, no communication
                 from torch.distributed.tensor import distribute_tensor
-                full = distribute_tensor(full, w.device_mesh, w.placements, src_data_rank=None).to_local()
+                full = distribute_tensor(full, w.device_mesh, w.placements,
+                                         src_data_rank=None).to_local()
                 w = w.to_local()
             w.copy_(full)
 
@@ -218,40 +235,50 @@ class GPT(nn.Module):
         start = caches[0].len if caches else 0
         T = idx.size(1)
         if start + T > self.cfg.max_seq_len:
-            raise ValueError(f"sequence of {start + T} tokens is longer than max_seq_len={self.cfg.max_seq_len}")
+            raise ValueError(f"sequence of {start + T} tokens is longer than "
+                             f"max_seq_len={self.cfg.max_seq_len}")
         cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
         x = self.embed(idx)
-        if self.cfg.embed_mult != 1.0:  # muP; skipped otherwise, as a full pass over the activations
+        # muP; skipped otherwise, as a full pass over the activations
+        if self.cfg.embed_mult != 1.0:
             x = x * self.cfg.embed_mult
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, caches[i] if caches else None, doc_ids)
         x = self.norm(x)
         weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
-        if targets is not None and self.loss_chunk and self.training:  # never the (B, T, V) fp32 logits
-            return ChunkedCrossEntropy.apply(x.flatten(0, 1), weight, targets.reshape(-1), self.cfg.logit_mult,
-                                             self.loss_chunk)
+        # never the (B, T, V) fp32 logits
+        if targets is not None and self.loss_chunk and self.training:
+            return ChunkedCrossEntropy.apply(x.flatten(0, 1), weight, targets.reshape(-1),
+                                             self.cfg.logit_mult, self.loss_chunk)
         logits = F.linear(x, weight)
         if self.cfg.logit_mult != 1.0:
             logits = logits * self.cfg.logit_mult
         if targets is None:
             return logits
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # the loss in fp32 (or fp64)
-        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        # the loss in fp32 (or fp64)
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1),
+                               ignore_index=-1)
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, generator=None):
         """idx (B, T) continued by max_new_tokens: (B, T + max_new_tokens)."""
-        return torch.cat([idx, *self.stream(idx, max_new_tokens, temperature, top_k, top_p, generator)], dim=1)
+        return torch.cat([idx, *self.stream(idx, max_new_tokens, temperature, top_k, top_p,
+                                            generator)], dim=1)
 
     @torch.no_grad()
-    def stream(self, idx, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, generator=None):
+    def stream(self, idx, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, generator=None,
+               vocab=0):
         """Yield the next token (B, 1) of idx (B, T), max_new_tokens times, reusing keys and values
         through a KV cache. temperature 0 is greedy; top_k keeps the k most likely tokens; top_p
-        the smallest set whose probability reaches top_p (nucleus)."""
+        the smallest set whose probability reaches top_p (nucleus); vocab > 0: only tokens below
+        it (the rows past a tokenizer's last token pad the vocabulary, and mean nothing)."""
         B, T = idx.shape
         caches = [KVCache(B, T + max_new_tokens) for _ in self.blocks]
         logits = self(idx, caches=caches)[:, -1]
         for i in range(max_new_tokens):
+            if vocab:
+                logits[:, vocab:] = float("-inf")
             nxt = sample_next(logits, temperature, top_k, top_p, generator)
             yield nxt
             if i + 1 < max_new_tokens:
@@ -260,17 +287,20 @@ class GPT(nn.Module):
     def num_params(self, non_embedding=False):
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:  # the embedding table and an untied lm_head
-            n -= self.embed.weight.numel() + (self.lm_head.weight.numel() if self.lm_head is not None else 0)
+            n -= self.embed.weight.numel() + (
+                self.lm_head.weight.numel() if self.lm_head is not None else 0)
         return n
 
     def estimate_flops(self, seq_len):
         """Training FLOPs per token: 6 per weight of every matmul (forward 2, backward 4) plus
         causal attention, QK^T and AV over seq_len/2 keys on average, forward and backward."""
         cfg = self.cfg
-        matmul = sum(p.numel() for n, p in self.named_parameters() if p.dim() == 2 and n != "embed.weight")
+        matmul = sum(p.numel() for n, p in self.named_parameters()
+                     if p.dim() == 2 and n != "embed.weight")
         if self.lm_head is None:
             matmul += self.embed.weight.numel()  # tied: the embedding is also the output matmul
-        attn = 6 * cfg.n_layer * cfg.n_head * cfg.head_dim * seq_len  # 12 * L * H * D * T, halved for causal
+        # 12 * L * H * D * T, halved for causal
+        attn = 6 * cfg.n_layer * cfg.n_head * cfg.head_dim * seq_len
         return 6 * matmul + attn
 
     def estimate_memory(self, tokens, world_size=1, state_dtype="float32"):
@@ -282,17 +312,21 @@ class GPT(nn.Module):
         root = N - m.n_layer * block
         # saved for backward per token and layer, bf16: two norm inputs and outputs, q k v and the
         # attention output, the MLP's gate|up output, silu(gate) and the product fed to down
-        per_layer = 2 * (4 * m.d_model + (2 * m.n_head + 2 * m.n_kv_head) * m.head_dim + 4 * m.ffn_hidden) + 4 * m.n_head
+        per_layer = (2 * (4 * m.d_model + (2 * m.n_head + 2 * m.n_kv_head) * m.head_dim
+                          + 4 * m.ffn_hidden)
+                     + 4 * m.n_head)
         logits = 10 * m.vocab_size  # bf16 logits, their fp32 copy and the saved log-softmax
         bf16_state = state_dtype == "bfloat16"
         return {
             "params fp32 (shard)": 4 * N / world_size,
             "grads fp32 (shard)": 4 * N / world_size,
-            f"AdamW m, v {'bf16' if bf16_state else 'fp32'} (shard)": (4 if bf16_state else 8) * N / world_size,
+            f"AdamW m, v {'bf16' if bf16_state else 'fp32'} (shard)":
+                (4 if bf16_state else 8) * N / world_size,
             "bf16 params gathered (2 blocks + root)": 2 * (2 * block + root),
             "fp32 grads of a block before reduce-scatter": 4 * block,
             "activations": tokens * (m.n_layer * per_layer + logits),
-            "activations, full checkpointing": tokens * (m.n_layer * 2 * m.d_model + per_layer + logits),
+            "activations, full checkpointing":
+                tokens * (m.n_layer * 2 * m.d_model + per_layer + logits),
         }
 
     def param_groups(self, weight_decay, decay_all):
@@ -304,7 +338,8 @@ class GPT(nn.Module):
             hidden = name.startswith("blocks.") and p.dim() == 2
             decay = decay_all or hidden or name == "lm_head.weight"
             key = (decay, hidden)
-            groups.setdefault(key, dict(params=[], names=[], weight_decay=weight_decay if decay else 0.0,
+            groups.setdefault(key, dict(params=[], names=[],
+                                        weight_decay=weight_decay if decay else 0.0,
                                         lr_mult=self.cfg.hidden_lr_mult if hidden else 1.0))
             groups[key]["params"].append(p)
             groups[key]["names"].append(name)
@@ -327,15 +362,18 @@ def sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None):
     return torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
 
 
-def sample_text(model, enc, prompt, max_new_tokens, temperature=0.8, top_k=50, top_p=1.0, generator=None):
+def sample_text(model, enc, prompt, max_new_tokens, temperature=0.8, top_k=50, top_p=1.0,
+                generator=None):
     """Yield the text of each token sampled after prompt, until end-of-text; enc is a tokenizer of
-    data.load_tokenizer. A character split over several tokens comes out whole, when its last byte does."""
+    tokenizer.load_tokenizer. A character split over several tokens comes out whole, when its
+    last byte does."""
     import codecs
     device = next(model.parameters()).device
-    idx = torch.tensor([enc.bos_ids + enc.encode_ordinary(prompt)], device=device)  # bos_ids: LLaMA's <s> first
+    # bos_ids: LLaMA's <s> first
+    idx = torch.tensor([enc.bos_ids + enc.encode_ordinary(prompt)], device=device)
     utf8 = codecs.getincrementaldecoder("utf-8")("replace")
-    for nxt in model.stream(idx, min(max_new_tokens, model.cfg.max_seq_len - idx.size(1)), temperature, top_k, top_p,
-                            generator):
+    for nxt in model.stream(idx, min(max_new_tokens, model.cfg.max_seq_len - idx.size(1)),
+                            temperature, top_k, top_p, generator, vocab=enc.n_vocab):
         if nxt.item() == enc.eot_token:
             break
         text = utf8.decode(enc.decode_single_token_bytes(nxt.item()))
@@ -343,3 +381,40 @@ def sample_text(model, enc, prompt, max_new_tokens, temperature=0.8, top_k=50, t
             yield text
     if utf8.decode(b"", final=True):  # the bytes of an unfinished character
         yield "\ufffd"
+
+
+# -----------------------------------------------------------------------------
+# what training and evaluation share: autocast, document ids, the validation loss
+
+def autocast(device, bf16):
+    """bf16 autocast on device when bf16 (under FSDP2 its mixed-precision policy casts instead)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+
+
+def doc_ids(tokens, eot):
+    """Document ids (B, T) of packed tokens (B, T), for attention masking: the end-of-text token
+    that closes one document opens the next id, so the position that predicts a document's
+    first token sees nothing of the document before it."""
+    return (tokens == eot).cumsum(1)
+
+
+@torch.no_grad()
+def validation_loss(model, val, batch_size, device, autocast=nullcontext(), eot=None):
+    """Mean loss per token of each source's validation windows ({source: (n, T + 1) tokens}), and
+    over all of them as 'all': the run's validation, which eval.py repeats. eot: attention
+    stops at document boundaries (doc_mask)."""
+    was_training = model.training
+    model.eval()
+    out, total = {}, 0.0
+    for source, seqs in val.items():
+        loss = 0.0
+        for i in range(0, len(seqs), batch_size):
+            x = torch.from_numpy(seqs[i:i + batch_size]).to(device)
+            with autocast:
+                docs = doc_ids(x[:, :-1], eot) if eot is not None else None
+                loss += model(x[:, :-1], x[:, 1:], doc_ids=docs).item() * len(x)
+        out[source] = loss / len(seqs)
+        total += loss
+    out["all"] = total / sum(len(s) for s in val.values())
+    model.train(was_training)
+    return out

@@ -1,17 +1,18 @@
 """
 Train a nano360 model: setup -> model -> FSDP2 -> the loop (train_step, log, validate, save).
 
-    python train.py                                     the toy model on data/tiny (config/toy.py), minutes on a CPU
-    python train.py config/neo7b.py --dry_run --world_size=64    parameters, FLOPs and memory per GPU
+    python train.py                                     the toy model on data/tiny (config/toy.py),
+                                                        minutes on a CPU
+    python train.py config/neo7b.py --dry_run --world_size=64   parameters, FLOPs and memory per GPU
     python train.py config/toy.py --max_steps=200 --out_dir=out/short --resume=auto
     torchrun --standalone --nproc_per_node=8 train.py config/neo7b.py     one process per GPU, FSDP2
     python train.py --consolidate out/toy/ckpt_0000400 [model.pt]   the model's weights in one file
 
 A config file is plain Python assignments; --key=value overrides it. Every field of
-config.TrainConfig and of model.ModelConfig is a key.
+config.TrainConfig and of config.ModelConfig is a key.
 """
-import datetime, functools, json, math, os, random, signal, subprocess, sys, time
-from contextlib import contextmanager, nullcontext
+import datetime, functools, json, math, os, random, signal, sys, time
+from contextlib import contextmanager
 from dataclasses import asdict
 
 import numpy as np
@@ -20,23 +21,27 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import data
-from checkpoint import Checkpointer, CheckpointError, RunLock, barrier, step_of, verify
-from config import ConfigError, TrainConfig, config_from_dict, global_batch, load_config, pop_flag, resolve_vocab, run_command
-from model import GPT, HAVE_TRITON, sample_text
-
+from checkpoint import (Checkpointer, CheckpointError, RunLock, barrier, consolidate, damage,
+                        read_meta, step_of)
+from config import (ConfigError, TrainConfig, config_from_dict, git_revision, global_batch,
+                    load_config, place, pop_flag, resolve_vocab, run_command, uses_bf16)
+from model import GPT, HAVE_TRITON, autocast, doc_ids, sample_text, validation_loss
+from stage import DataError
+from tokenizer import tokenizer_of, tokenizer_size
 
 
 class TrainingError(Exception):
     """A run that cannot go on (too many NaN losses): the message names the step."""
 
 
-# keys the batch of every step depends on (with the manifest and the global batch): resume refuses a change
+# keys the batch of every step depends on (with the manifest and the global batch):
+# resume refuses a change
 ORDER_KEYS = ("seq_len", "seed", "mixture", "fim_rate", "fim_spm_rate", "fim_sources")
 
 
 def print0(msg, file=None):
     """The one way to print during a run: on rank 0 only, above the progress bar."""
-    if int(os.environ.get("RANK", 0)) == 0:
+    if place()[0] == 0:
         tqdm.write(msg, file=file)
 
 
@@ -44,10 +49,10 @@ def on_rank0(fn):
     """fn() on rank 0 alone. An error there is raised on every rank (the others would wait for
     rank 0 until dist_timeout); the others get None."""
     out, err = None, None
-    if int(os.environ.get("RANK", 0)) == 0:
+    if place()[0] == 0:
         try:
             out = fn()
-        except (ConfigError, data.DataError) as e:
+        except (ConfigError, DataError) as e:
             err = e
     if dist.is_initialized():
         box = [None if err is None else str(err)]
@@ -65,9 +70,12 @@ def lr_at(step, cfg):
         return cfg.lr * (step + 1) / cfg.warmup_steps
     decay_start = cfg.max_steps - cfg.decay_steps
     if cfg.schedule == "wsd":  # warmup, stable, then a linear decay over the last decay_steps
-        return cfg.lr if step < decay_start else cfg.lr + (cfg.min_lr - cfg.lr) * (step - decay_start + 1) / cfg.decay_steps
-    if cfg.schedule == "cosine_exp" and step > decay_start:  # MAP-Neo's decay phase: half-life decay_steps / 2
-        return max(cfg.min_lr, lr_at(decay_start, cfg) * 0.5 ** ((step - decay_start) / (cfg.decay_steps / 2)))
+        return (cfg.lr if step < decay_start
+                else cfg.lr + (cfg.min_lr - cfg.lr) * (step - decay_start + 1) / cfg.decay_steps)
+    # MAP-Neo's decay phase: half-life decay_steps / 2
+    if cfg.schedule == "cosine_exp" and step > decay_start:
+        return max(cfg.min_lr,
+                   lr_at(decay_start, cfg) * 0.5 ** ((step - decay_start) / (cfg.decay_steps / 2)))
     horizon = cfg.schedule_steps or cfg.max_steps
     progress = min(1.0, (step - cfg.warmup_steps) / max(1, horizon - cfg.warmup_steps))
     if cfg.schedule == "linear":
@@ -76,93 +84,73 @@ def lr_at(step, cfg):
 
 
 # -----------------------------------------------------------------------------
-# checkpoints
-
-def load_model(path, device="cpu"):
-    """(model in eval mode, TrainConfig, meta) of a checkpoint, in one process: only the model's
-    entries are read (eval.py, --consolidate)."""
-    cfg, mcfg = config_from_dict(data.read_meta(path)["config"])
-    model = build_model(mcfg, device, 0)
-    meta = Checkpointer(os.path.dirname(path)).load(path, model)
-    return model.eval(), cfg, meta
-
-
-def consolidate(path, out=None):
-    """One ordinary state dict file of the model (for evaluation and export)."""
-    model, _, _ = load_model(path)
-    out = out or os.path.join(path, "model_consolidated.pt")
-    torch.save(model.state_dict(), out)
-    print(f"wrote {out}: {model.num_params():,} parameters in {len(model.state_dict())} tensors")
-    return out
-
-
-def git_revision():
-    run = lambda *a: subprocess.run(["git", *a], cwd=os.path.dirname(os.path.abspath(__file__)), capture_output=True,
-                                    text=True, timeout=10).stdout.strip()
-    try:
-        rev = run("rev-parse", "HEAD")
-        return (rev + ("-dirty" if run("status", "--porcelain", "--untracked-files=no") else "")) or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-# -----------------------------------------------------------------------------
 # the pieces of a run: devices, the model, the optimizer, the data
 
 def check_device(name, local=0):
-    """A one-line error for a device this machine does not have (the format is checked with the config)."""
+    """A one-line error for a device this machine does not have
+    (the format is checked with the config)."""
     if name.startswith("cuda"):
         n = int(name[5:]) if ":" in name else local
         if not torch.cuda.is_available():
-            build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}"
-            raise ConfigError(f"device={name!r}, but torch {torch.__version__} ({build}) sees no GPU here: "
-                              "use --device=cpu or --device=auto")
+            build = ("a CPU-only build" if torch.version.cuda is None
+                     else f"CUDA {torch.version.cuda}")
+            raise ConfigError(f"device={name!r}, but torch {torch.__version__} ({build}) "
+                              "sees no GPU here: use --device=cpu or --device=auto")
         if n >= torch.cuda.device_count():
-            raise ConfigError(f"device={name!r}, but this machine has {torch.cuda.device_count()} GPU(s): cuda:0 to "
+            raise ConfigError(f"device={name!r}, but this machine has "
+                              f"{torch.cuda.device_count()} GPU(s): cuda:0 to "
                               f"cuda:{torch.cuda.device_count() - 1}")
     if name == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("device='mps', but torch sees no Apple GPU here: use --device=cpu or --device=auto")
+        raise ConfigError("device='mps', but torch sees no Apple GPU here: "
+                          "use --device=cpu or --device=auto")
 
 
 def setup_distributed(cfg):
     """(rank, world_size, device, mesh): torchrun's environment, or one process without it."""
-    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    local = int(os.environ.get("LOCAL_RANK", 0))
+    rank, world_size, local = place()
     check_device(cfg.device, local)
     cuda = cfg.device.startswith("cuda") or cfg.device == "auto" and torch.cuda.is_available()
-    device = torch.device(f"cuda:{local}" if cuda and world_size > 1 else "cuda" if cuda else cfg.device if
-                          cfg.device != "auto" else "cpu")
+    if cuda:
+        device = torch.device(f"cuda:{local}" if world_size > 1 else "cuda")
+    else:
+        device = torch.device("cpu" if cfg.device == "auto" else cfg.device)
     if world_size == 1:
         return rank, world_size, device, None
     if cuda:
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=cfg.dist_timeout))
+    dist.init_process_group("nccl" if cuda else "gloo",
+                            timeout=datetime.timedelta(seconds=cfg.dist_timeout))
     from torch.distributed.device_mesh import init_device_mesh
     if cfg.fsdp == "hsdp":  # replicate across nodes, shard within one
         per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
         if world_size % per_node:
-            raise ConfigError(f"fsdp='hsdp' needs the same number of ranks on every node ({world_size} over {per_node})")
-        mesh = init_device_mesh(device.type, (world_size // per_node, per_node), mesh_dim_names=("replicate", "shard"))
+            raise ConfigError(f"fsdp='hsdp' needs the same number of ranks on every node "
+                              f"({world_size} over {per_node})")
+        mesh = init_device_mesh(device.type, (world_size // per_node, per_node),
+                                mesh_dim_names=("replicate", "shard"))
     else:
         mesh = init_device_mesh(device.type, (world_size,), mesh_dim_names=("shard",))
     return rank, world_size, device, mesh
 
 
-# ops whose outputs selective activation checkpointing keeps (the rest is recomputed)
-KEEP = {"aten::mm", "aten::addmm", "aten::_scaled_dot_product_flash_attention", "aten::_scaled_dot_product_cudnn_attention",
-        "aten::_scaled_dot_product_efficient_attention", "nano360::flash_attn_fwd"}
+# ops whose outputs selective activation checkpointing saves (the rest is recomputed)
+SAVED_OPS = {"aten::mm", "aten::addmm", "aten::_scaled_dot_product_flash_attention",
+             "aten::_scaled_dot_product_cudnn_attention",
+             "aten::_scaled_dot_product_efficient_attention", "nano360::flash_attn_fwd"}
 
 
 def keep_matmuls(ctx, op, *args, **kwargs):
     from torch.utils.checkpoint import CheckpointPolicy
-    return CheckpointPolicy.MUST_SAVE if op.name() in KEEP else CheckpointPolicy.PREFER_RECOMPUTE
+    return (CheckpointPolicy.MUST_SAVE if op.name() in SAVED_OPS
+            else CheckpointPolicy.PREFER_RECOMPUTE)
 
 
 def recomputed(forward, selective):
     """forward with its activations recomputed in the backward (all of them, or all but the
     matmul outputs). A plain function around the checkpoint, so that torch.compile traces it."""
     from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts
-    extra = dict(context_fn=functools.partial(create_selective_checkpoint_contexts, keep_matmuls)) if selective else {}
+    extra = (dict(context_fn=functools.partial(create_selective_checkpoint_contexts, keep_matmuls))
+             if selective else {})
 
     def run(*args):
         return checkpoint(forward, *args, use_reentrant=False, **extra)
@@ -185,7 +173,8 @@ def build_model(mcfg, device, seed, cfg=None, mesh=None, bf16=False):
             block.compile()
     if mesh is not None:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if bf16 else None, reduce_dtype=torch.float32)
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if bf16 else None,
+                                      reduce_dtype=torch.float32)
         for block in model.blocks:
             fully_shard(block, mesh=mesh, mp_policy=policy)
         fully_shard(model, mesh=mesh, mp_policy=policy)
@@ -194,39 +183,35 @@ def build_model(mcfg, device, seed, cfg=None, mesh=None, bf16=False):
     return model
 
 
-def use_bf16(cfg, device):
-    return cfg.dtype == "bfloat16" or cfg.dtype == "auto" and device.type == "cuda"
-
-
-def autocast_for(cfg, device):
-    """bf16 autocast where cfg computes in bf16 (under FSDP2 its mixed-precision policy casts the
-    parameters instead)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16(cfg, device) else nullcontext()
-
-
 def triton_adamw(cfg, device):
-    return cfg.optimizer == "adamw_triton" or cfg.optimizer == "auto" and device.type == "cuda" and HAVE_TRITON
+    return (cfg.optimizer == "adamw_triton"
+            or cfg.optimizer == "auto" and device.type == "cuda" and HAVE_TRITON)
 
 
 def check_kernels(cfg, device):
     """The kernel choices of cfg can run on device: one-line errors before any work is done."""
-    for key, value, other in (("attn_impl", cfg.attn_impl, "sdpa"), ("optimizer", cfg.optimizer, "adamw_torch")):
-        if "triton" in value and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-            raise ConfigError(f"{key}={value!r} runs on CUDA, not {device}: use {key}='auto' or {other!r}, or set "
-                              "TRITON_INTERPRET=1 to run the kernels in Triton's (slow) interpreter")
+    for key, value, other in (("attn_impl", cfg.attn_impl, "sdpa"),
+                              ("optimizer", cfg.optimizer, "adamw_torch")):
+        if ("triton" in value and device.type != "cuda"
+                and os.environ.get("TRITON_INTERPRET") != "1"):
+            raise ConfigError(f"{key}={value!r} runs on CUDA, not {device}: "
+                              f"use {key}='auto' or {other!r}, or set "
+                              "TRITON_INTERPRET=1 to run the kernels "
+                              "in Triton's (slow) interpreter")
     if cfg.optim_state_dtype == "bfloat16" and not triton_adamw(cfg, device):
         raise ConfigError("optim_state_dtype='bfloat16' needs optimizer='adamw_triton'")
 
 
 def make_optimizer(model, cfg, device, torch_fused=None):
-    """AdamW over the model's parameter groups: the Triton kernel (kernels/adamw.py) or torch's
+    """AdamW over the model's parameter groups: the Triton kernel (nanokernels/adamw.py) or torch's
     (torch_fused: its fused=True kernel, which the benchmarks compare against)."""
     groups = model.param_groups(cfg.weight_decay, cfg.weight_decay_all)
     if triton_adamw(cfg, device):
-        from kernels.adamw import AdamW
+        from nanokernels.adamw import AdamW
         return AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
                      state_dtype=getattr(torch, cfg.optim_state_dtype))
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=torch_fused)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
+                             fused=torch_fused)
 
 
 def clip_grads(model, optimizer, max_norm):
@@ -239,38 +224,22 @@ def clip_grads(model, optimizer, max_norm):
     return (norm.full_tensor() if hasattr(norm, "full_tensor") else norm).item()
 
 
+# dense bf16 peak per GPU from the datasheets, for MFU
+PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40": 362e12, "4090": 165e12}
+
+
 def peak_flops(device):
-    # dense bf16 peak per GPU from the datasheets, for MFU
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
-    for key, flops in (("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("L40", 362e12), ("4090", 165e12)):
+    for key, flops in PEAK_FLOPS.items():
         if key in name:
             return flops
     return 0.0
 
 
-@torch.no_grad()
-def evaluate(model, val, batch_size, device, autocast=nullcontext(), eot=None):
-    """Mean validation loss per source, and over all tokens as 'all' (training and eval.py alike).
-    eot: attention stops at document boundaries (doc_mask)."""
-    was_training = model.training
-    model.eval()
-    out, total = {}, 0.0
-    for source, seqs in val.items():
-        loss = 0.0
-        for i in range(0, len(seqs), batch_size):
-            x = torch.from_numpy(seqs[i:i + batch_size]).to(device)
-            with autocast:
-                docs = data.doc_ids(x[:, :-1], eot) if eot is not None else None
-                loss += model(x[:, :-1], x[:, 1:], doc_ids=docs).item() * len(x)
-        out[source] = loss / len(seqs)
-        total += loss
-    out["all"] = total / sum(len(s) for s in val.values())
-    model.train(was_training)
-    return out
-
-
 def fmt_time(s):
-    return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m" if s >= 3600 else f"{int(s // 60)}m{int(s % 60):02d}s"
+    if s >= 3600:
+        return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m"
+    return f"{int(s // 60)}m{int(s % 60):02d}s"
 
 
 @contextmanager
@@ -283,7 +252,8 @@ def stop_requests():
         if stop:
             raise KeyboardInterrupt
         stop.append(sig)
-        print0(f"{signal.Signals(sig).name}: stopping after this step to save a checkpoint (again to abort)")
+        print0(f"{signal.Signals(sig).name}: stopping after this step to save a checkpoint "
+               "(again to abort)")
     old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield stop
@@ -299,99 +269,149 @@ class Trainer:
     """One rank's part of a run: setup (data, model, optimizer, resume) in __init__, then fit()."""
 
     def __init__(self, cfg, mcfg, rank, world_size, device, mesh):
-        self.cfg, self.mcfg, self.rank, self.world_size, self.device, self.mesh = cfg, mcfg, rank, world_size, device, mesh
-        self.bf16 = use_bf16(cfg, device)
-        self.autocast = autocast_for(cfg, device) if mesh is None else nullcontext()
+        self.cfg, self.mcfg, self.rank, self.world_size = cfg, mcfg, rank, world_size
+        self.device, self.mesh = device, mesh
+        self.bf16 = uses_bf16(cfg, device.type)
+        self.autocast = autocast(device, self.bf16 and mesh is None)  # FSDP2 casts by its policy
         check_kernels(cfg, device)
+        self.ckpt = Checkpointer(cfg.out_dir, rank, cfg.keep_last, cfg.keep_every, cfg.async_ckpt)
+        self.resume_from = self.find_resume()
+        self.resume_meta = read_meta(self.resume_from) if self.resume_from else None
         self.setup_data()
         self.model = build_model(mcfg, device, cfg.seed, cfg, mesh, self.bf16)
         self.optimizer = make_optimizer(self.model, cfg, device)
-        self.ckpt = Checkpointer(cfg.out_dir, rank, cfg.keep_last, cfg.keep_every, cfg.async_ckpt)
         self.metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
         self.start = self.resume()
         self.metrics = self.open_metrics()
         self.tokens_per_step = self.gb * cfg.seq_len
         self.flops_per_token, self.peak = self.model.estimate_flops(cfg.seq_len), peak_flops(device)
         self.stop, self.bad = [], 0
-        print0(f"{self.model.num_params():,} parameters | {self.tokens_per_step:,} tokens/step ({self.gb} x {cfg.seq_len}, "
-               f"{self.accum} micro-batches of {cfg.batch_size} x {world_size} rank{'s' * (world_size > 1)}) | "
-               f"{self.batches.n:,} samples/epoch | {device}{', FSDP2 ' + cfg.fsdp if mesh else ''}, "
+        print0(f"{self.model.num_params():,} parameters | "
+               f"{self.tokens_per_step:,} tokens/step ({self.gb} x {cfg.seq_len}, "
+               f"{self.accum} micro-batches of {self.micro} x {world_size} "
+               f"rank{'s' * (world_size > 1)}) | "
+               f"{self.batches.n:,} samples/epoch | "
+               f"{device}{', FSDP2 ' + cfg.fsdp if mesh else ''}, "
                f"{'bf16' if self.bf16 else 'fp32'}")
 
+    def find_resume(self):
+        """The checkpoint this run goes on from, found undamaged; None for a fresh run."""
+        cfg = self.cfg
+        if cfg.resume == "" and Checkpointer.newest(cfg.out_dir):
+            raise ConfigError(f"{cfg.out_dir} already holds checkpoints: "
+                              "pass --resume=auto to continue that run, "
+                              "or choose another out_dir")
+        if cfg.resume == "auto":
+            return self.ckpt.good_newest()
+        if cfg.resume:
+            problem = damage(cfg.resume)
+            if problem:
+                raise CheckpointError(f"{problem}; --resume=auto would take "
+                                      "the newest good checkpoint")
+        return cfg.resume or None
+
     def setup_data(self):
-        cfg, ws = self.cfg, self.world_size
-        self.manifest = on_rank0(lambda: data.prepared(cfg))  # rank 0 prepares the data once; the others read it
+        cfg = self.cfg
+        self.manifest = on_rank0(lambda: data.tokenized(cfg))  # rank 0 makes the data once
         if self.rank != 0:
-            self.manifest = data.load_manifest(cfg.data_dir, verify=False)
-        self.enc = data.tokenizer_of(cfg.data_dir, self.manifest)
+            self.manifest = data.load_manifest(cfg.tokens_dir, hash_shards=False)
+        self.enc = tokenizer_of(cfg.tokens_dir, self.manifest)
         resolve_vocab(self.mcfg, self.enc.n_vocab)
         if cfg.seq_len > self.mcfg.max_seq_len:
-            raise ConfigError(f"seq_len={cfg.seq_len} is longer than max_seq_len={self.mcfg.max_seq_len}")
-        self.gb = global_batch(cfg, ws)
-        if self.gb % (cfg.batch_size * ws):
-            raise ConfigError(f"global_batch_size={self.gb} is not a multiple of batch_size={cfg.batch_size} x {ws} ranks")
-        self.accum = self.gb // (cfg.batch_size * ws)
-        self.batches = data.Batches.from_config(cfg, self.gb)  # the shards were verified just above
+            raise ConfigError(f"seq_len={cfg.seq_len} is longer than "
+                              f"max_seq_len={self.mcfg.max_seq_len}")
+        self.gb, self.micro = self.batch_split()
+        self.accum = self.gb // (self.micro * self.world_size)
+        self.batches = data.Batches.from_config(cfg, self.gb)  # the shards were checked just above
         if cfg.mixture:
-            print0("epochs per source over the run: " +
-                   ", ".join(f"{k} {v:.2f}" for k, v in self.batches.epochs(cfg.max_steps).items()))
-        self.val = data.val_sequences(cfg.data_dir, self.manifest, cfg.seq_len, cfg.eval_seqs)
+            epochs = self.batches.epochs(cfg.max_steps).items()
+            print0("epochs per source over the run: "
+                   + ", ".join(f"{k} {v:.2f}" for k, v in epochs))
+        self.val = data.val_sequences(cfg.tokens_dir, self.manifest, cfg.seq_len, cfg.eval_seqs)
         self.eot = self.manifest["eot"] if cfg.doc_mask else None
+
+    def batch_split(self):
+        """(global batch, micro-batch per rank). A resumed run whose global_batch_size is not set
+        keeps its checkpoint's global batch (the data order depends on it), so that it resumes
+        at any world size; its micro-batch then divides its share of the batch."""
+        cfg, ws = self.cfg, self.world_size
+        gb, micro = global_batch(cfg, ws), cfg.batch_size
+        theirs = self.resume_meta["data_position"]["global_batch"] if self.resume_meta else gb
+        if not cfg.global_batch_size and theirs != gb:
+            if theirs % ws:
+                raise ConfigError(f"{self.resume_from} was trained with a global batch of "
+                                  f"{theirs} sequences, which {ws} ranks cannot split: "
+                                  f"resume on a number of ranks that divides {theirs}")
+            gb, micro = theirs, math.gcd(theirs // ws, cfg.batch_size)
+            print0(f"resuming with the global batch of {self.resume_from}: "
+                   f"{gb} sequences per step (not {global_batch(cfg, ws)}: "
+                   f"global_batch_size is not set), micro-batches of {micro} per rank")
+        if gb % (micro * ws):
+            raise ConfigError(f"global_batch_size={gb} is not a multiple of "
+                              f"batch_size={micro} x {ws} ranks")
+        return gb, micro
 
     def resume(self):
         """The first step: that of the checkpoint resumed (after checking that it trained this
         model on this data in this order), or 0 (from --init_from's weights if given). A
         resumed run sets aside the checkpoints newer than the one it resumed from."""
-        cfg = self.cfg
-        if cfg.resume == "" and Checkpointer.newest(cfg.out_dir):
-            raise ConfigError(f"{cfg.out_dir} already holds checkpoints: pass --resume=auto to continue that run, "
-                              "or choose another out_dir")
-        path = self.ckpt.good_newest() if cfg.resume == "auto" else cfg.resume or None
+        cfg, path = self.cfg, self.resume_from
         if path:
-            if cfg.resume != "auto" and (problem := verify(path)):
-                raise CheckpointError(f"{problem}; --resume=auto would take the newest good checkpoint")
-            self.check_same_run(path, data.read_meta(path))
-            meta = self.ckpt.load(path, self.model, self.optimizer, verified=True)
+            self.check_same_run(path, self.resume_meta)
+            meta = self.ckpt.load(path, self.model, self.optimizer, checked=True)
             start = meta["step"]
-            print0(f"resuming from {path} at step {start} (saved by {meta['world_size']} ranks, now {self.world_size})")
+            print0(f"resuming from {path} at step {start} "
+                   f"(saved by {meta['world_size']} ranks, now {self.world_size})")
             newer = [p for p in Checkpointer.complete(cfg.out_dir) if step_of(p) > start]
             self.ckpt.set_aside(newer, f"newer than step {start}, which this run goes on from")
             barrier()
             return start
         if cfg.init_from:  # full weights into this (possibly sharded) model
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+            from torch.distributed.checkpoint.state_dict import (StateDictOptions,
+                                                                 set_model_state_dict)
             try:
                 weights = torch.load(cfg.init_from, map_location="cpu", weights_only=True)
-            except Exception as e:  # noqa: BLE001: a pickle weights_only refuses, a truncated file, no file
-                raise ConfigError(f"--init_from={cfg.init_from}: not a file of tensors ({type(e).__name__}: "
+            # a pickle weights_only refuses, a truncated file, no file
+            except Exception as e:  # noqa: BLE001
+                raise ConfigError(f"--init_from={cfg.init_from}: not a file of tensors "
+                                  f"({type(e).__name__}: "
                                   f"{' '.join(str(e).split())[:200]})") from None
             try:
-                set_model_state_dict(self.model, weights.get("model", weights), options=StateDictOptions(full_state_dict=True))
-            except (RuntimeError, KeyError, ValueError, AttributeError) as e:  # another shape: say which, in one line
-                raise ConfigError(f"--init_from={cfg.init_from} does not fit this model config: {' '.join(str(e).split())[:300]}")
+                set_model_state_dict(self.model, weights.get("model", weights),
+                                     options=StateDictOptions(full_state_dict=True))
+            # another shape: say which, in one line
+            except (RuntimeError, KeyError, ValueError, AttributeError) as e:
+                raise ConfigError(f"--init_from={cfg.init_from} does not fit this model config: "
+                                  f"{' '.join(str(e).split())[:300]}")
             print0(f"initialised from {cfg.init_from}")
         return 0
 
     def check_same_run(self, path, meta):
         """Refuse a checkpoint of other data, another model, or another data order."""
         if meta["manifest_sha256"] != self.manifest["sha256"]:
-            raise data.DataError(f"{self.cfg.data_dir}/manifest.json has sha256 {self.manifest['sha256']}, but {path} was "
-                                 f"trained on data whose manifest has sha256 {meta['manifest_sha256']}")
+            raise DataError(f"{self.cfg.tokens_dir}/manifest.json has sha256 "
+                            f"{self.manifest['sha256']}, but {path} was trained on data "
+                            f"whose manifest has sha256 {meta['manifest_sha256']}")
         theirs = asdict(config_from_dict(meta["config"])[1])
-        diff = {k: (v, getattr(self.mcfg, k)) for k, v in theirs.items() if getattr(self.mcfg, k) != v}
+        diff = {k: (v, getattr(self.mcfg, k)) for k, v in theirs.items()
+                if getattr(self.mcfg, k) != v}
         if diff:
-            raise ConfigError(f"{path} holds a different model: " +
-                              ", ".join(f"{k}={a!r} there, {b!r} here" for k, (a, b) in diff.items()))
+            raise ConfigError(f"{path} holds a different model: "
+                              + ", ".join(f"{k}={a!r} there, {b!r} here"
+                                          for k, (a, b) in diff.items()))
         if meta["data_position"]["global_batch"] != self.gb:
-            raise ConfigError(f"{path} was trained with a global batch of {meta['data_position']['global_batch']} "
+            raise ConfigError(f"{path} was trained with a global batch of "
+                              f"{meta['data_position']['global_batch']} "
                               f"sequences, this run has {self.gb}: set --global_batch_size="
                               f"{meta['data_position']['global_batch']}")
-        run, fim = meta["config"]["train"], meta["config"]["train"].get("fim_rate") or self.cfg.fim_rate
+        run, fim = (meta["config"]["train"],
+                    meta["config"]["train"].get("fim_rate") or self.cfg.fim_rate)
         for key in ORDER_KEYS:  # the batch of every step is a function of these (data.Batches)
             there, here = run.get(key), json.loads(json.dumps(getattr(self.cfg, key)))
             if key in run and there != here and (fim or not key.startswith("fim_")):
-                raise ConfigError(f"{path} was trained with {key}={there!r}, this run has {here!r}: resuming would "
-                                  f"change the data order; set --{key}={there!r} or choose another out_dir")
+                raise ConfigError(f"{path} was trained with {key}={there!r}, "
+                                  f"this run has {here!r}: resuming would change the data order; "
+                                  f"set --{key}={there!r} or choose another out_dir")
 
     def open_metrics(self):
         """metrics.jsonl in out_dir (rank 0), without the lines of steps after the one resumed
@@ -400,7 +420,8 @@ class Trainer:
         if self.rank != 0:
             return open(os.devnull, "w")
         kept, torn = [], 0
-        for line in open(path, encoding="utf-8", errors="replace") if os.path.exists(path) and self.start else []:
+        for line in (open(path, encoding="utf-8", errors="replace")
+                     if os.path.exists(path) and self.start else []):
             try:
                 row = json.loads(line)
                 if row["step"] <= self.start:
@@ -408,7 +429,8 @@ class Trainer:
             except (ValueError, KeyError, TypeError):
                 torn += 1
         if torn:
-            print0(f"{path}: {torn} unreadable line{'s' * (torn > 1)} left out (written when a run was killed or its disk full)")
+            print0(f"{path}: {torn} unreadable line{'s' * (torn > 1)} left out "
+                   "(written when a run was killed or its disk full)")
         with open(path + ".tmp", "w") as f:
             f.writelines(kept)
         os.replace(path + ".tmp", path)
@@ -419,7 +441,8 @@ class Trainer:
             self.metrics.write(json.dumps(row) + "\n")
             self.metrics.flush()
         except OSError as e:
-            raise TrainingError(f"writing {self.metrics_path} failed: {e.strerror or e}; the newest checkpoint is "
+            raise TrainingError(f"writing {self.metrics_path} failed: {e.strerror or e}; "
+                                "the newest checkpoint is "
                                 f"{Checkpointer.newest(self.cfg.out_dir)}") from None
 
     def fit(self):
@@ -427,8 +450,9 @@ class Trainer:
         if self.start == 0:
             self.validate(0)
         self.t_start = time.time()
-        bar = tqdm(range(self.start, cfg.max_steps), initial=self.start, total=cfg.max_steps, desc="train",
-                   dynamic_ncols=True, mininterval=1.0, disable=None if self.rank == 0 else True)
+        bar = tqdm(range(self.start, cfg.max_steps), initial=self.start, total=cfg.max_steps,
+                   desc="train", dynamic_ncols=True, mininterval=1.0,
+                   disable=None if self.rank == 0 else True)
         with stop_requests() as self.stop:
             try:
                 for step in bar:
@@ -444,7 +468,8 @@ class Trainer:
                         self.save(done)
                     if self.stop:
                         self.ckpt.wait()
-                        print0(f"saved step {done} to {cfg.out_dir}; --resume=auto continues from it")
+                        print0(f"saved step {done} to {cfg.out_dir}; "
+                               "--resume=auto continues from it")
                         raise KeyboardInterrupt
                 self.ckpt.wait()
             finally:
@@ -460,11 +485,12 @@ class Trainer:
             g["lr"] = lr * g["lr_mult"]
         x = self.batches.batch(step, self.rank, self.world_size).to(device)
         loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per micro-batch
-        for i, micro in enumerate(x.split(cfg.batch_size)):
-            if self.mesh is not None:  # FSDP2 reduces the gradients once, after the last micro-batch
+        for i, micro in enumerate(x.split(self.micro)):
+            # FSDP2 reduces the gradients once, after the last micro-batch
+            if self.mesh is not None:
                 self.model.set_requires_gradient_sync(i == self.accum - 1)
             with self.autocast:
-                docs = data.doc_ids(micro[:, :-1], self.eot) if self.eot is not None else None
+                docs = doc_ids(micro[:, :-1], self.eot) if self.eot is not None else None
                 loss = self.model(micro[:, :-1], micro[:, 1:], doc_ids=docs) / self.accum
             loss.backward()
             loss_sum += loss.detach()
@@ -475,13 +501,15 @@ class Trainer:
         loss, stop_any = flags[0].item() / self.world_size, flags[1].item() > 0
         if stop_any and not self.stop:
             self.stop.append(signal.SIGTERM)
-        if not math.isfinite(loss):  # skip the update, keep the weights; too many in a row stop the run
+        # skip the update, keep the weights; too many in a row stop the run
+        if not math.isfinite(loss):
             self.bad += 1
             self.optimizer.zero_grad(set_to_none=True)
             print0(f"step {step + 1}: loss is {loss}, update skipped ({self.bad} in a row)")
             self.log(step=step + 1, skipped=True, loss=str(loss))
             if self.bad >= cfg.max_bad_steps:
-                raise TrainingError(f"step {step + 1}: {self.bad} steps in a row with a NaN or inf loss; stopping. "
+                raise TrainingError(f"step {step + 1}: {self.bad} steps in a row "
+                                    "with a NaN or inf loss; stopping. "
                                     f"The last checkpoint is {Checkpointer.newest(cfg.out_dir)}")
             return None
         self.bad = 0
@@ -496,22 +524,28 @@ class Trainer:
             return
         tok_s = self.tokens_per_step / dt
         eta = (time.time() - self.t_start) / (done - self.start) * (cfg.max_steps - done)
-        mfu = self.flops_per_token * tok_s / (self.peak * self.world_size) if self.peak else None  # per GPU
-        print0(f"step {done:6d}/{cfg.max_steps} | loss {loss:.4f} | lr {lr:.2e} | gnorm {gnorm:.3f} | "
-               f"{dt * 1000:.0f} ms | {tok_s:,.0f} tok/s{f' | mfu {100 * mfu:.1f}%' if mfu else ''} | eta {fmt_time(eta)}")
+        # per GPU
+        mfu = self.flops_per_token * tok_s / (self.peak * self.world_size) if self.peak else None
+        print0(f"step {done:6d}/{cfg.max_steps} | loss {loss:.4f} | lr {lr:.2e} | "
+               f"gnorm {gnorm:.3f} | {dt * 1000:.0f} ms | {tok_s:,.0f} tok/s"
+               f"{f' | mfu {100 * mfu:.1f}%' if mfu else ''} | eta {fmt_time(eta)}")
         self.log(step=done, loss=loss, lr=lr, grad_norm=gnorm, dt=dt, tok_per_s=tok_s, mfu=mfu,
-                 mem=torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None)
+                 mem=(torch.cuda.max_memory_allocated(self.device)
+                      if self.device.type == "cuda" else None))
 
     def validate(self, step):
-        losses = evaluate(self.model, self.val, self.cfg.batch_size, self.device, self.autocast, self.eot)
+        losses = validation_loss(self.model, self.val, self.cfg.batch_size, self.device,
+                                 self.autocast, self.eot)
         print0(f"step {step:6d} | val " + " | ".join(f"{k} {v:.4f}" for k, v in losses.items()))
         self.log(step=step, val=losses)
 
     def save(self, step):
         cfg, gb = self.cfg, self.gb
-        meta = dict(step=step, config=dict(train=asdict(cfg), model=asdict(self.mcfg)), git=git_revision(),
-                    data_dir=cfg.data_dir, manifest_sha256=self.manifest["sha256"], world_size=self.world_size,
-                    data_position=dict(step=step, global_batch=gb, samples=step * gb, tokens=step * gb * cfg.seq_len,
+        meta = dict(step=step, config=dict(train=asdict(cfg), model=asdict(self.mcfg)),
+                    git=git_revision(), tokens_dir=cfg.tokens_dir,
+                    manifest_sha256=self.manifest["sha256"], world_size=self.world_size,
+                    data_position=dict(step=step, global_batch=gb, samples=step * gb,
+                                       tokens=step * gb * cfg.seq_len,
                                        epoch=step * gb / self.batches.n),
                     time=time.strftime("%Y-%m-%d %H:%M:%S"), torch=torch.__version__)
         self.ckpt.save(step, self.model, self.optimizer, meta)
@@ -522,7 +556,8 @@ class Trainer:
         gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
         for prompt in ("Alice was beginning to", "子曰：", "def "):
             with self.autocast:
-                text = "".join(sample_text(self.model, self.enc, prompt, self.cfg.sample_tokens, generator=gen))
+                text = "".join(sample_text(self.model, self.enc, prompt, self.cfg.sample_tokens,
+                                           generator=gen))
             print0(f"--- {prompt!r} ---\n{prompt}{text}")
 
 
@@ -551,29 +586,35 @@ def train(cfg, mcfg):
 # dry run: the plan of a run, in seconds, without a GPU
 
 def dry_run(cfg, mcfg):
-    resolve_vocab(mcfg, data.tokenizer_size(cfg))
+    resolve_vocab(mcfg, tokenizer_size(cfg))
     with torch.device("meta"):
         model = GPT(mcfg)
     N, gib = model.num_params(), 2 ** 30
-    gb, gpus = global_batch(cfg, cfg.world_size), f"{cfg.world_size} GPU" + "s" * (cfg.world_size > 1)
-    print(f"model       {mcfg.n_layer} layers, d_model {mcfg.d_model}, {mcfg.n_head} heads x {mcfg.head_dim} "
+    gb, gpus = (global_batch(cfg, cfg.world_size),
+                f"{cfg.world_size} GPU" + "s" * (cfg.world_size > 1))
+    print(f"model       {mcfg.n_layer} layers, d_model {mcfg.d_model}, "
+          f"{mcfg.n_head} heads x {mcfg.head_dim} "
           f"({mcfg.n_kv_head} kv), SwiGLU {mcfg.ffn_hidden}, vocab {mcfg.vocab_size}, {mcfg.norm}")
     print(f"parameters  {N:,} ({N / 1e9:.2f}B); non-embedding {model.num_params(True):,} "
           f"({model.num_params(True) / 1e9:.2f}B)")
-    print(f"flops/token {model.estimate_flops(cfg.seq_len):.3e} training (6N + causal attention at seq_len {cfg.seq_len})")
+    print(f"flops/token {model.estimate_flops(cfg.seq_len):.3e} training "
+          f"(6N + causal attention at seq_len {cfg.seq_len})")
     per_step = cfg.batch_size * cfg.world_size
     if gb % per_step:
-        print(f"batch       global_batch_size {gb} is not a multiple of batch_size x world_size = {per_step}: "
+        print(f"batch       global_batch_size {gb} is not a multiple of "
+              f"batch_size x world_size = {per_step}: "
               "train.py will refuse this")
     else:
         print(f"batch       {gb} x {cfg.seq_len} = {gb * cfg.seq_len:,} tokens/step: {gpus} "
               f"x micro-batch {cfg.batch_size} x {gb // per_step} accumulation steps")
-    plan = model.estimate_memory(cfg.batch_size * cfg.seq_len, cfg.world_size, cfg.optim_state_dtype)
+    plan = model.estimate_memory(cfg.batch_size * cfg.seq_len, cfg.world_size,
+                                 cfg.optim_state_dtype)
     print(f"memory/GPU  FSDP2 over {gpus} (estimate):")
     for k, v in plan.items():
         print(f"  {k:42s} {v / gib:9.2f} GiB")
     states = sum(v for k, v in plan.items() if not k.startswith("activations"))
-    print(f"  {'total without / with activation checkpointing':42s} {(states + plan['activations']) / gib:9.2f} / "
+    print(f"  {'total without / with activation checkpointing':42s} "
+          f"{(states + plan['activations']) / gib:9.2f} / "
           f"{(states + plan['activations, full checkpointing']) / gib:.2f} GiB")
 
 
@@ -587,4 +628,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run_command(main, data.DataError, TrainingError)  # CheckpointError is a DataError
+    run_command(main, DataError, TrainingError)  # CheckpointError is a DataError

@@ -57,7 +57,7 @@ def main(argv):
     path = ours.save(1, model, opt, meta)
     rows.append(("nano360 Checkpointer: checksums + safe load", best(lambda: ours.save(1, model, opt, meta)),
                  best(lambda: ours.load(path, model, opt))))
-    rows.append(("  of which verify() (sha256 of every file)", None, best(lambda: checkpoint.verify(path))))
+    rows.append(("  of which damage() (sha256 of every file)", None, best(lambda: checkpoint.damage(path))))
     size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
     print(f"model {cfg_file}: {model.num_params():,} parameters, AdamW fp32; checkpoint {size / 2**30:.2f} GiB; "
           f"torch {torch.__version__}, {os.cpu_count()} cores")

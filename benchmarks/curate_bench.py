@@ -19,7 +19,7 @@ the venv it measures nano360 alone. Prints markdown:
                        on the clean output (the copies make it grow with the scale; dedup would
                        remove them)
  2. 1 worker against 2 at --speedup_scale: wall-clock ratio per stage, the best of --repeat runs
- 3. near-duplicate recall on tests/test_dedup.py's planted edits (real English, Chinese and
+ 3. near-duplicate recall on tests/helpers.py's planted edits (real English, Chinese and
     Chinese technical text; 1/3/5% of words changed, a paragraph moved, a boilerplate line,
     all three at 1%), and false merges, for nano360 and datatrove's default MinHash
  4. that a curation command imports no torch, and its start-up time
@@ -94,7 +94,7 @@ def row(stage, scale, m, mb, who="nano360"):
 
 
 def keys(d, tokenizer=None):
-    return [f"--source_dir={d}/raw", f"--clean_dir={d}/clean", f"--raw_data={d}/clean", f"--data_dir={d}/tokens",
+    return [f"--source_dir={d}/raw", f"--clean_dir={d}/clean", f"--docs_dir={d}/clean", f"--tokens_dir={d}/tokens",
             f"--tokenizer={tokenizer or d + '/tok.tiktoken'}"]
 
 
@@ -108,10 +108,10 @@ def pipeline_at(work, k, raw, en_raw, tokenizer, workers=2, suffix=""):
     rows.append(row("clean", k, m, timing(f"{d}/clean")["bytes"] / 1e6))
     m = ours("curate", "clean", CONFIG, f"--source_dir={en}", f"--clean_dir={en}_clean", workers=workers)
     rows.append(row("clean (English only)", k, m, timing(f"{en}_clean")["bytes"] / 1e6))
-    m = ours("curate", "dedup", CONFIG, f"--clean_dir={d}/clean", f"--raw_data={d}/dedup", workers=workers)
+    m = ours("curate", "dedup", CONFIG, f"--clean_dir={d}/clean", f"--docs_dir={d}/dedup", workers=workers)
     rows.append(row("dedup", k, m, timing(f"{d}/dedup")["bytes"] / 1e6))
     if not suffix:
-        m = ours("curate", "train-tokenizer", CONFIG, f"--raw_data={d}/clean", f"--tokenizer={d}/tok.tiktoken",
+        m = ours("curate", "train-tokenizer", CONFIG, f"--docs_dir={d}/clean", f"--tokenizer={d}/tok.tiktoken",
                  workers=workers)
         rows.append(row("train-tokenizer", k, m, json.load(open(f"{d}/tok.tiktoken.report.json"))["bytes"] / 1e6))
     m = ours("data", "tokenize", CONFIG, *keys(d, tokenizer or f"{d}/tok.tiktoken"), workers=workers)
@@ -132,9 +132,9 @@ def datatrove_at(python, work, k, d, en, tokenizer_json):
 
 
 def export_tokenizer_json(tiktoken_path, out_dir):
-    """tokenizer.json of our BPE (eval.py's exporter, in its own process: it imports torch)."""
-    code = ("import sys; sys.path.insert(0, %r); import data, eval as ev; r, p, s = data.read_tiktoken(%r); "
-            "ev.export_tokenizer(r, p, s, %r)") % (ROOT, tiktoken_path, out_dir)
+    """tokenizer.json of our BPE (tokenizer.py's exporter, in its own process)."""
+    code = ("import sys; sys.path.insert(0, %r); import tokenizer; r, p, s = tokenizer.read_tiktoken(%r); "
+            "tokenizer.export_tokenizer(r, p, s, %r)") % (ROOT, tiktoken_path, out_dir)
     os.makedirs(out_dir, exist_ok=True)
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, capture_output=True)
     return os.path.join(out_dir, "tokenizer.json")
@@ -143,12 +143,12 @@ def export_tokenizer_json(tiktoken_path, out_dir):
 def recall(python, work):
     """Planted near-duplicates: recall per edit and false merges, nano360 and datatrove."""
     import numpy as np
-    import curate
-    import test_dedup as T
+    import dedup
+    import helpers as T
     out = []
     for name, (docs, family, pairs) in T.planted_edits().items():
         lang = "en" if name == "en" else "zh"
-        root = T.roots(len(docs), curate.dedup_texts(docs))
+        root = T.kept_roots(len(docs), dedup.dedup_texts(docs))
         ours_same = lambda a, b: root[a] == root[b]
         distinct = family[:, None] != family[None, :]
         wrong = int(((root[:, None] == root[None, :]) & distinct).sum() // 2)
@@ -247,8 +247,8 @@ def main():
         note = " (1 worker: tiktoken on 2 threads)" if x["stage"] == "tokenize" else ""
         print(f"| {x['stage']}{note} | {x['one']} | {x['two']} | {x['one'] / x['two']:.2f}x |")
     rec = recall(python, args.work)
-    import test_dedup as T
-    print("\n## near-duplicate recall (planted edits, tests/test_dedup.py)\n")
+    import helpers as T
+    print("\n## near-duplicate recall (planted edits, tests/helpers.py)\n")
     print("| set | originals | tool | " + " | ".join(T.EDITS) + " | false merges |\n|---|--:|---|" + "--:|" * (len(T.EDITS) + 1))
     for r in rec:
         print(f"| {r['set']} | {r['originals']} | {r['who']} | " + " | ".join(f"{r['recall'][e]:.2f}" for e in T.EDITS)

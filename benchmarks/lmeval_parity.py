@@ -152,33 +152,35 @@ def our_side(ckpt, items_dir, shots):
     import numpy as np
     import torch
     import eval as ev
+    import tasks
     torch.set_num_threads(os.cpu_count())
     model, cfg, enc, meta = ev.load(ckpt, "cpu")
     out = {}
     for k in (0, shots):
-      secs = {}
-      for bs in BATCH_SIZES:
-        t = time.perf_counter()
-        tasks = {}
-        for task in ev.TASKS:
-            path = os.path.join(items_dir, f"{task}.jsonl")
-            items = ev.read_task(path)
-            reqs, args = [], []
-            for context, item in zip(ev.contexts(path, items, k), items):
-                for c in item.choices:
-                    args.append([context, " " + c])
-                    reqs.append(ev.encode_pair(enc, context, " " + c))
-            ll = ev.loglikelihoods(model, reqs, bs)
-            rows, a = [], 0
-            for i, item in enumerate(items):
-                n = len(item.choices)
-                s = ll[a:a + n]
-                rows.append(dict(doc_id=i, args=args[a:a + n], ll=s, acc=float(np.argmax(s) == item.gold),
-                                 acc_norm=float(np.argmax([v / len(c) for v, c in zip(s, item.choices)]) == item.gold)))
-                a += n
-            tasks[task] = rows
-        secs[bs] = time.perf_counter() - t
-      out[k] = dict(seconds=secs, tasks=tasks)
+        secs = {}
+        for bs in BATCH_SIZES:
+            t = time.perf_counter()
+            scored = {}
+            for task in tasks.TASKS:
+                path = os.path.join(items_dir, f"{task}.jsonl")
+                items = tasks.read_task(path)
+                reqs, args = [], []
+                for context, item in zip(tasks.contexts(path, items, k), items):
+                    for c in item.choices:
+                        args.append([context, " " + c])
+                        reqs.append(tasks.encode_pair(enc, context, " " + c))
+                ll = tasks.loglikelihoods(model, reqs, bs)
+                rows, a = [], 0
+                for i, item in enumerate(items):
+                    n = len(item.choices)
+                    s = ll[a:a + n]
+                    norm = [v / len(c) for v, c in zip(s, item.choices)]
+                    rows.append(dict(doc_id=i, args=args[a:a + n], ll=s, acc=float(np.argmax(s) == item.gold),
+                                     acc_norm=float(np.argmax(norm) == item.gold)))
+                    a += n
+                scored[task] = rows
+            secs[bs] = time.perf_counter() - t
+        out[k] = dict(seconds=secs, tasks=scored)
     return out
 
 

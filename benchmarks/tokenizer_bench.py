@@ -1,7 +1,7 @@
 """
-Reading a released tokenizer.json: data.HFTokenizer (the tokenizers library, as transformers'
+Reading a released tokenizer.json: tokenizer.HFTokenizer (the tokenizers library, as transformers'
 PreTrainedTokenizerFast runs the file) against tiktoken on the same byte-level vocabulary (our
-BPE, exported by eval.export_tokenizer), and against transformers' AutoTokenizer (what lm-eval
+BPE, exported by tokenizer.export_tokenizer), and against transformers' AutoTokenizer (what lm-eval
 tokenizes with), on data/tiny repeated; a LLaMA-layout tokenizer.json (SentencePiece-style BPE
 with byte fallback, as Amber's) beside them. Checks the ids agree, then prints MB/s.
 
@@ -13,8 +13,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
-import data  # noqa: E402
-import eval as ev  # noqa: E402
+import tokenizer  # noqa: E402
 
 
 def best_of(fn, n=3):
@@ -32,15 +31,16 @@ def main():
     ap.add_argument("--vocab", type=int, default=4096)
     args = ap.parse_args()
     import tokenizers, tiktoken, transformers
-    from test_hf import llama_tokenizer
+    from helpers import llama_tokenizer
     texts = [json.loads(line)["text"] for f in ("en", "zh", "code")
              for line in open(os.path.join(HERE, "..", "data", "tiny", f + ".jsonl"))]
     docs = texts * args.repeat
     mb = sum(len(t.encode()) for t in docs) / 1e6
     d = tempfile.mkdtemp()
-    enc = data.train_tokenizer(texts, args.vocab, os.path.join(d, "bpe.tiktoken"))
-    ev.export_tokenizer(*data.read_tiktoken(os.path.join(d, "bpe.tiktoken")), d)
-    ours_json, llama = data.load_tokenizer(d), data.load_tokenizer(llama_tokenizer(os.path.join(d, "llama"), args.vocab))
+    enc = tokenizer.train_bpe(texts, args.vocab, os.path.join(d, "bpe.tiktoken"))
+    tokenizer.export_tokenizer(*tokenizer.read_tiktoken(os.path.join(d, "bpe.tiktoken")), d)
+    ours_json = tokenizer.load_tokenizer(d)
+    llama = tokenizer.load_tokenizer(llama_tokenizer(os.path.join(d, "llama"), args.vocab))
     peer = lambda folder: transformers.AutoTokenizer.from_pretrained(folder)
     hf_bpe, hf_llama = peer(d), peer(os.path.join(d, "llama"))
     want = enc.encode_ordinary_batch(docs)
@@ -57,7 +57,7 @@ def main():
     print(f"{mb:.1f} MB of data/tiny ({len(docs)} documents), {os.cpu_count()} cores; tiktoken {tiktoken.__version__}, "
           f"tokenizers {tokenizers.__version__}, transformers {transformers.__version__}; "
           f"vocab {enc.n_vocab} (byte-level), {llama.n_vocab} (LLaMA layout); ids identical where compared")
-    print(f"| vocabulary | reader | seconds | MB/s | vs tiktoken |\n|---|---|---|---|---|")
+    print("| vocabulary | reader | seconds | MB/s | vs tiktoken |\n|---|---|---|---|---|")
     base = None
     for vocab, name, fn in cases:
         s = best_of(fn)

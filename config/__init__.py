@@ -8,17 +8,20 @@ read from a file of plain Python assignments and --key=value overrides.
 Every field of TrainConfig and of ModelConfig below is a key. A mistake is a ConfigError
 of one line naming the file and line (or the flag), the key and what was expected.
 """
-import ast, difflib, importlib.util, math, os, re, sys, typing
+import ast, difflib, importlib.util, math, os, re, subprocess, sys, typing
 from dataclasses import dataclass, field, fields
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "toy.py")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the project
+DEFAULT_CONFIG = os.path.join(ROOT, "config", "toy.py")
 
 
 class ConfigError(Exception):
-    """A bad config: the message names the file and line (or the flag), the key and what was expected."""
+    """A bad config: the message names the file and line (or the flag),
+    the key and what was expected."""
 
 
-HAVE_TRITON = importlib.util.find_spec("triton") is not None  # not on macOS or Windows: attn_impl="auto" uses SDPA
+# not on macOS or Windows: attn_impl="auto" uses SDPA
+HAVE_TRITON = importlib.util.find_spec("triton") is not None
 
 
 @dataclass
@@ -44,7 +47,8 @@ class ModelConfig:
     # initialisation: normal(0, std), truncated at +-init_truncate std when > 0
     init_std: float = 0.02       # hidden matrices (and an untied lm_head)
     init_std_embed: float = 0.0  # 0: init_std
-    init_std_out: float = 0.0    # attention and MLP output projections; 0: init_std / sqrt(2 n_layer)
+    init_std_out: float = 0.0    # attention and MLP output projections;
+                                 # 0: init_std / sqrt(2 n_layer)
     init_truncate: float = 0.0
     # muP (CrystalCoder); the defaults are the standard parametrisation
     embed_mult: float = 1.0      # token embeddings are multiplied by this (14.6)
@@ -53,21 +57,27 @@ class ModelConfig:
     hidden_lr_mult: float = 1.0  # lr multiplier of the matrices inside blocks (0.0625)
 
     def __post_init__(self):
-        if min(self.n_layer, self.d_model, self.n_head, self.ffn_hidden, self.max_seq_len) <= 0 or self.vocab_size < 0:
-            raise ValueError("n_layer, d_model, n_head, ffn_hidden and max_seq_len must be positive")
+        if (min(self.n_layer, self.d_model, self.n_head, self.ffn_hidden, self.max_seq_len) <= 0
+                or self.vocab_size < 0):
+            raise ValueError("n_layer, d_model, n_head, ffn_hidden and max_seq_len "
+                             "must be positive")
         self.n_kv_head = self.n_kv_head or self.n_head
         self.head_dim = self.head_dim or self.d_model // self.n_head
         self.rotary_dim = self.rotary_dim or self.head_dim
         self.init_std_embed = self.init_std_embed or self.init_std
         self.init_std_out = self.init_std_out or self.init_std / math.sqrt(2 * self.n_layer)
         checks = [
-            (self.n_head % self.n_kv_head == 0, f"n_head={self.n_head} must be a multiple of n_kv_head={self.n_kv_head}"),
+            (self.n_head % self.n_kv_head == 0,
+             f"n_head={self.n_head} must be a multiple of n_kv_head={self.n_kv_head}"),
             (self.rotary_dim % 2 == 0 and self.rotary_dim <= self.head_dim,
              f"rotary_dim={self.rotary_dim} must be even and at most head_dim={self.head_dim}"),
-            (self.norm in ("rmsnorm", "layernorm"), f"norm={self.norm!r} must be 'rmsnorm' or 'layernorm'"),
-            *[(v > 0, f"{k}={v} must be positive") for k, v in (("norm_eps", self.norm_eps), ("rope_theta", self.rope_theta),
-              ("init_std", self.init_std), ("embed_mult", self.embed_mult), ("logit_mult", self.logit_mult),
-              ("hidden_lr_mult", self.hidden_lr_mult))],
+            (self.norm in ("rmsnorm", "layernorm"),
+             f"norm={self.norm!r} must be 'rmsnorm' or 'layernorm'"),
+            *[(v > 0, f"{k}={v} must be positive")
+              for k, v in (("norm_eps", self.norm_eps), ("rope_theta", self.rope_theta),
+                           ("init_std", self.init_std), ("embed_mult", self.embed_mult),
+                           ("logit_mult", self.logit_mult),
+                           ("hidden_lr_mult", self.hidden_lr_mult))],
             (self.init_truncate >= 0, f"init_truncate={self.init_truncate} must be >= 0"),
         ]
         for ok, msg in checks:
@@ -81,45 +91,64 @@ class TrainConfig:
     out_dir: str = "out/toy"
     seed: int = 1337
     device: str = "auto"         # auto (cuda when there is one), cpu, cuda, cuda:N
-    dtype: str = "auto"          # auto (bfloat16 autocast on cuda, float32 on cpu), float32, bfloat16
+    dtype: str = "auto"          # auto (bfloat16 autocast on cuda, float32 on cpu), float32,
+                                 # bfloat16
     compile: bool = False
-    attn_impl: str = "auto"      # triton (kernels/flash_attention.py, CUDA), sdpa (torch, anywhere), auto: triton on CUDA
-    loss_chunk: int = 0          # > 0: the training loss over this many tokens at a time, never all logits at once
-    dry_run: bool = False        # print parameters, FLOPs and memory per GPU, then exit; needs no GPU
+    attn_impl: str = "auto"      # triton (nanokernels/flash_attention.py, CUDA), sdpa (torch),
+                                 # auto: triton on CUDA
+    loss_chunk: int = 0          # > 0: the training loss over this many tokens at a time,
+                                 # never all logits at once
+    dry_run: bool = False        # print parameters, FLOPs and memory per GPU, then exit;
+                                 # needs no GPU
     world_size: int = 1          # the number of GPUs dry_run plans for (a run takes torchrun's)
-    # many GPUs: torchrun starts one process per GPU; FSDP2 shards parameters, gradients and AdamW state
-    fsdp: str = "full"           # full: shard over all ranks; hsdp: shard within a node, replicate across nodes
-    ac: str = "none"             # activation checkpointing: none, full, selective (keep matmul outputs), every:N
-    dist_timeout: int = 600      # seconds a collective waits for a dead or stuck rank before the job fails
+    # many GPUs: torchrun starts one process per GPU; FSDP2 shards parameters, gradients and
+    # AdamW state
+    fsdp: str = "full"           # full: shard over all ranks; hsdp: shard within a node,
+                                 # replicate across nodes
+    ac: str = "none"             # activation checkpointing: none, full,
+                                 # selective (keep matmul outputs), every:N
+    dist_timeout: int = 600      # seconds a collective waits for a dead or stuck rank
+                                 # before the job fails
     async_ckpt: bool = False     # write checkpoints in the background while training goes on
-    max_bad_steps: int = 5       # steps in a row with a NaN/inf loss (each skipped) before the run stops
+    max_bad_steps: int = 5       # steps in a row with a NaN/inf loss (each skipped)
+                                 # before the run stops
     # corpus curation (python curate.py clean | dedup | train-tokenizer | pipeline):
-    # source_dir -> clean -> clean_dir -> dedup -> raw_data -> tokenize -> data_dir
+    # source_dir -> clean -> clean_dir -> dedup -> docs_dir -> tokenize -> tokens_dir
     source_dir: str = ""         # documents as fetched
     clean_dir: str = ""          # documents that passed the cleaning rules
-    clean_rules: dict = field(default_factory=dict)  # {lang: {rule: threshold}} over curate.CLEAN_RULES
-    tokenizer_sample: int = 50_000_000  # characters a BPE learns from, drawn across sources (train-tokenizer, tokenizer="bpe")
-    workers: int = 0             # curation and tokenize: local worker processes; 0: every core (under torchrun: one per rank)
-    shard_mb: float = 16         # curation and tokenize: input megabytes per task and per output shard (terabytes: ~256)
-    # data: raw_data is prepared into data_dir on first use
-    raw_data: str = "data/tiny"
-    data_dir: str = "data/tiny/tokens"
-    tokenizer: str = "bpe"       # "bpe" (train one on raw_data), a .tiktoken path, a tiktoken name, or a tokenizer.json (or its folder)
+    clean_rules: dict = field(default_factory=dict)  # {lang: {rule: threshold}}
+                                                     # over curate.CLEAN_RULES
+    tokenizer_sample: int = 50_000_000  # characters a BPE learns from, drawn across sources
+    workers: int = 0             # curation and tokenize: local processes; 0: every core
+                                 # (torchrun: one per rank)
+    shard_mb: float = 16         # curation and tokenize: input MB per task and per output shard
+                                 # (terabytes: ~256)
+    # data: the documents in docs_dir are tokenized into tokens_dir on first use
+    docs_dir: str = "data/tiny"  # the documents a run trains on (curation's output, or your own)
+    tokens_dir: str = "data/tiny/tokens"  # their token shards, manifest.json and tokenizer
+    tokenizer: str = "bpe"       # "bpe" (trained on docs_dir), a .tiktoken path, a tiktoken name,
+                                 # or a released model's tokenizer.json (or its folder)
     tokenizer_vocab: int = 4096  # BPE vocabulary when tokenizer="bpe" (special tokens come on top)
     val_frac: float = 0.05       # the last val_frac of each source's tokens is held out
-    verify_data: bool = True     # sha256 every shard at start (turn off for terabytes)
+    hash_shards: bool = True     # sha256 every shard at start (turn off for terabytes)
     # batch
     seq_len: int = 256
     batch_size: int = 16         # sequences per micro-batch per rank
-    global_batch_size: int = 0   # sequences per optimizer step over all ranks; 0: batch_size x ranks
-    doc_mask: bool = False       # packed documents do not attend to each other (split at end-of-text)
-    mixture: list = field(default_factory=list)  # [(start_step, {source: weight}), ...] phases; []: all data alike
-    fim_rate: float = 0.0        # fill-in-the-middle: the share of documents of fim_sources rearranged (CrystalCoder 0.9)
+    global_batch_size: int = 0   # sequences per optimizer step over all ranks;
+                                 # 0: batch_size x ranks
+    doc_mask: bool = False       # packed documents do not attend to each other
+                                 # (split at end-of-text)
+    mixture: list = field(default_factory=list)  # [(start_step, {source: weight}), ...] phases;
+                                                 # []: all data alike
+    fim_rate: float = 0.0        # fill-in-the-middle: the share of documents of fim_sources
+                                 # rearranged (CrystalCoder 0.9)
     fim_spm_rate: float = 0.5    # of those, the share in suffix-prefix-middle order
     fim_sources: list = field(default_factory=lambda: ["code"])
     # optimizer
-    optimizer: str = "auto"      # adamw_triton (kernels/adamw.py, CUDA), adamw_torch, auto: triton on CUDA
-    optim_state_dtype: str = "float32"  # AdamW moments; bfloat16 (adamw_triton only) saves 4 bytes per parameter
+    optimizer: str = "auto"      # adamw_triton (nanokernels/adamw.py, CUDA), adamw_torch,
+                                 # auto: triton on CUDA
+    optim_state_dtype: str = "float32"  # AdamW moments; bfloat16 (adamw_triton only)
+                                        # saves 4 bytes per parameter
     lr: float = 3e-3
     min_lr: float = 3e-4
     beta1: float = 0.9
@@ -128,60 +157,82 @@ class TrainConfig:
     weight_decay: float = 0.1
     weight_decay_all: bool = False  # decay every parameter (Amber), not only the matrices
     grad_clip: float = 1.0          # 0: no clipping
-    # schedule: linear warmup, then cosine | linear | wsd | cosine_exp (MAP-Neo: cosine, then exponential decay)
+    # schedule: linear warmup, then cosine | linear | wsd | cosine_exp
+    # (MAP-Neo: cosine, then exponential decay)
     schedule: str = "cosine"
     max_steps: int = 1000
     warmup_steps: int = 50
     schedule_steps: int = 0      # the step at which cosine / linear reach min_lr; 0: max_steps
     decay_steps: int = 0         # wsd, cosine_exp: the last decay_steps steps are the decay phase
     # evaluation, logging, checkpoints
-    eval_interval: int = 100     # validation loss per source every eval_interval steps (and first and last)
+    eval_interval: int = 100     # validation loss per source every eval_interval steps
+                                 # (and first and last)
     eval_seqs: int = 0           # validation sequences per source; 0: all
     log_interval: int = 10
     ckpt_interval: int = 500
     keep_last: int = 2           # complete checkpoints kept, besides every keep_every-th
     keep_every: int = 0
-    resume: str = "auto"         # auto: newest complete checkpoint in out_dir; "": fresh; or a checkpoint dir
-    init_from: str = ""          # a fresh run starts from these weights (eval.py import of a Llama, or --consolidate)
+    resume: str = "auto"         # auto: newest complete checkpoint in out_dir; "": fresh;
+                                 # or a checkpoint dir
+    init_from: str = ""          # a fresh run starts from these weights
+                                 # (eval.py import of a Llama, or --consolidate)
     sample_tokens: int = 64      # tokens sampled per prompt at the end; 0: no samples
 
     def __post_init__(self):
         checks = [
-            (self.schedule in ("cosine", "linear", "wsd", "cosine_exp"), f"schedule={self.schedule!r} must be cosine, linear, wsd or cosine_exp"),
+            (self.schedule in ("cosine", "linear", "wsd", "cosine_exp"),
+             f"schedule={self.schedule!r} must be cosine, linear, wsd or cosine_exp"),
             (self.schedule not in ("wsd", "cosine_exp") or 0 < self.decay_steps <= self.max_steps,
-             f"schedule={self.schedule!r} needs 0 < decay_steps <= max_steps, got decay_steps={self.decay_steps}"),
+             f"schedule={self.schedule!r} needs 0 < decay_steps <= max_steps, "
+             f"got decay_steps={self.decay_steps}"),
             (self.optimizer in ("auto", "adamw_triton", "adamw_torch"),
              f"optimizer={self.optimizer!r} must be auto, adamw_triton or adamw_torch"),
-            (self.optim_state_dtype in ("float32", "bfloat16"), f"optim_state_dtype={self.optim_state_dtype!r} must be float32 or bfloat16"),
-            (self.attn_impl in ("auto", "sdpa", "triton"), f"attn_impl={self.attn_impl!r} must be 'auto', 'sdpa' or 'triton'"),
-            (self.attn_impl != "triton" or HAVE_TRITON, "attn_impl='triton' needs triton installed"),
+            (self.optim_state_dtype in ("float32", "bfloat16"),
+             f"optim_state_dtype={self.optim_state_dtype!r} must be float32 or bfloat16"),
+            (self.attn_impl in ("auto", "sdpa", "triton"),
+             f"attn_impl={self.attn_impl!r} must be 'auto', 'sdpa' or 'triton'"),
+            (self.attn_impl != "triton" or HAVE_TRITON,
+             "attn_impl='triton' needs triton installed"),
             (self.loss_chunk >= 0, f"loss_chunk={self.loss_chunk} must be >= 0"),
             (self.fsdp in ("full", "hsdp"), f"fsdp={self.fsdp!r} must be full or hsdp"),
-            (self.ac in ("none", "full", "selective") or self.ac.startswith("every:") and self.ac[6:].isdigit()
-             and int(self.ac[6:]) > 0, f"ac={self.ac!r} must be none, full, selective or every:N (N >= 1)"),
-            (self.dtype in ("auto", "float32", "bfloat16"), f"dtype={self.dtype!r} must be auto, float32 or bfloat16"),
-            (self.workers >= 0 and self.shard_mb > 0, f"workers={self.workers} must be >= 0 and shard_mb={self.shard_mb} positive"),
+            (self.ac in ("none", "full", "selective")
+             or self.ac.startswith("every:") and self.ac[6:].isdigit() and int(self.ac[6:]) > 0,
+             f"ac={self.ac!r} must be none, full, selective or every:N (N >= 1)"),
+            (self.dtype in ("auto", "float32", "bfloat16"),
+             f"dtype={self.dtype!r} must be auto, float32 or bfloat16"),
+            (self.workers >= 0 and self.shard_mb > 0,
+             f"workers={self.workers} must be >= 0 and shard_mb={self.shard_mb} positive"),
             (min(self.seq_len, self.batch_size, self.max_steps, self.world_size) > 0,
              "seq_len, batch_size, max_steps and world_size must be positive"),
-            (self.global_batch_size >= 0 and min(self.eval_interval, self.log_interval, self.ckpt_interval, self.keep_last) > 0,
-             "global_batch_size must be >= 0 and eval_interval, log_interval, ckpt_interval, keep_last positive"),
+            (self.global_batch_size >= 0
+             and min(self.eval_interval, self.log_interval, self.ckpt_interval, self.keep_last) > 0,
+             "global_batch_size must be >= 0 and "
+             "eval_interval, log_interval, ckpt_interval, keep_last positive"),
             (re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device) is not None,
              f"device={self.device!r} must be auto, cpu, cuda, cuda:N or mps"),
             (self.lr > 0, f"lr={self.lr} must be positive"),
-            (0 <= self.min_lr <= self.lr, f"min_lr={self.min_lr} must be between 0 and lr={self.lr}"),
-            (0 <= self.warmup_steps <= self.max_steps, f"warmup_steps={self.warmup_steps} must be between 0 and "
-             f"max_steps={self.max_steps} (the run would end before its warmup does)"),
-            *[(v >= 0, f"{k}={v} must be >= 0") for k, v in (("schedule_steps", self.schedule_steps),
-              ("decay_steps", self.decay_steps), ("grad_clip", self.grad_clip), ("weight_decay", self.weight_decay),
-              ("eval_seqs", self.eval_seqs), ("keep_every", self.keep_every), ("sample_tokens", self.sample_tokens))],
+            (0 <= self.min_lr <= self.lr,
+             f"min_lr={self.min_lr} must be between 0 and lr={self.lr}"),
+            *[(v >= 0, f"{k}={v} must be >= 0")
+              for k, v in (("warmup_steps", self.warmup_steps),
+                           ("schedule_steps", self.schedule_steps),
+                           ("decay_steps", self.decay_steps), ("grad_clip", self.grad_clip),
+                           ("weight_decay", self.weight_decay),
+                           ("eval_seqs", self.eval_seqs), ("keep_every", self.keep_every),
+                           ("sample_tokens", self.sample_tokens))],
             (self.eps > 0, f"eps={self.eps} must be positive (AdamW divides by sqrt(v) + eps)"),
-            *[(0 <= v < 1, f"{k}={v} must be in [0, 1)") for k, v in (("beta1", self.beta1), ("beta2", self.beta2))],
-            (0 < self.val_frac < 1, f"val_frac={self.val_frac} must be between 0 and 1 (the held-out share of each source)"),
-            *[(0 <= v <= 1, f"{k}={v} must be in [0, 1]") for k, v in (("fim_rate", self.fim_rate),
-              ("fim_spm_rate", self.fim_spm_rate))],
-            (self.max_bad_steps > 0 and self.dist_timeout > 0, f"max_bad_steps={self.max_bad_steps} and "
+            *[(0 <= v < 1, f"{k}={v} must be in [0, 1)")
+              for k, v in (("beta1", self.beta1), ("beta2", self.beta2))],
+            (0 < self.val_frac < 1,
+             f"val_frac={self.val_frac} must be between 0 and 1 "
+             "(the held-out share of each source)"),
+            *[(0 <= v <= 1, f"{k}={v} must be in [0, 1]")
+              for k, v in (("fim_rate", self.fim_rate), ("fim_spm_rate", self.fim_spm_rate))],
+            (self.max_bad_steps > 0 and self.dist_timeout > 0,
+             f"max_bad_steps={self.max_bad_steps} and "
              f"dist_timeout={self.dist_timeout} must be positive"),
-            (self.tokenizer_vocab >= 256 and self.tokenizer_sample > 0, f"tokenizer_vocab={self.tokenizer_vocab} must be "
+            (self.tokenizer_vocab >= 256 and self.tokenizer_sample > 0,
+             f"tokenizer_vocab={self.tokenizer_vocab} must be "
              f">= 256 (the bytes) and tokenizer_sample={self.tokenizer_sample} positive"),
         ]
         for ok, msg in checks:
@@ -194,18 +245,40 @@ def global_batch(cfg, world_size):
     return cfg.global_batch_size or cfg.batch_size * world_size
 
 
+def uses_bf16(cfg, device_type):
+    """Whether a run of cfg computes in bf16 on a device of this type ("cuda", "cpu", ...)."""
+    return cfg.dtype == "bfloat16" or cfg.dtype == "auto" and device_type == "cuda"
+
+
 def resolve_vocab(mcfg, n_tokens):
     """Set mcfg.vocab_size from a tokenizer of n_tokens when it is 0 (padded to a multiple of 64,
     which matmuls like), and refuse a vocabulary too small for the tokenizer."""
     if mcfg.vocab_size == 0:
         mcfg.vocab_size = (n_tokens + 63) // 64 * 64
     if mcfg.vocab_size < n_tokens:
-        raise ConfigError(f"vocab_size={mcfg.vocab_size} is smaller than the tokenizer's {n_tokens} tokens")
+        raise ConfigError(f"vocab_size={mcfg.vocab_size} is smaller than "
+                          f"the tokenizer's {n_tokens} tokens")
     return mcfg
 
 
 # -----------------------------------------------------------------------------
 # files of plain assignments, then --key=value overrides
+
+# keys that were renamed: an old config, flag or checkpoint still reads, with a one-line note
+RENAMED = {"raw_data": "docs_dir", "data_dir": "tokens_dir", "verify_data": "hash_shards"}
+_noted = set()
+
+
+def renamed(key, where):
+    """The current name of key (a note on stderr, once per key, when it is an old one)."""
+    new = RENAMED.get(key)
+    if new is None:
+        return key
+    if key not in _noted:
+        _noted.add(key)
+        print(f"note: {where}: {key} is now called {new}; read as {new}", file=sys.stderr)
+    return new
+
 
 def key_types():
     types = {}
@@ -226,7 +299,8 @@ def check_value(key, value, typ, where):
         return float(value)
     if isinstance(value, typ) and not (typ is int and isinstance(value, bool)):
         return value
-    raise ConfigError(f"{where}: {key} = {value!r} is {type(value).__name__}, expected {typ.__name__}")
+    raise ConfigError(f"{where}: {key} = {value!r} is {type(value).__name__}, "
+                      f"expected {typ.__name__}")
 
 
 def parse_flag(raw, typ):
@@ -263,21 +337,25 @@ def read_config_file(path, types):
         if key.startswith("_") or callable(value) or type(value).__name__ == "module":
             continue
         where = f"{path}:{lines.get(key, '?')}"
+        key = renamed(key, where)
         check_key(key, where, types)
         values[key] = (value, where)
     return values
 
 
 def load_config(argv):
-    """[config.py] [--key=value ...] -> (TrainConfig, ModelConfig); config/toy.py when no file is given."""
+    """[config.py] [--key=value ...] -> (TrainConfig, ModelConfig);
+    config/toy.py when no file is given."""
     types = key_types()
     argv = list(argv)
     path = argv.pop(0) if argv and not argv[0].startswith("-") else DEFAULT_CONFIG
     values = read_config_file(path, types)
     for arg in argv:
         if not arg.startswith("--"):
-            raise ConfigError(f"unexpected argument {arg!r}: give one config file first, then --key=value overrides")
+            raise ConfigError(f"unexpected argument {arg!r}: give one config file first, "
+                              "then --key=value overrides")
         key, eq, raw = arg[2:].partition("=")
+        key = renamed(key, arg)
         check_key(key, arg, types)
         if not eq and types[key][1] is not bool:
             raise ConfigError(f"{arg}: needs a value, as in --{key}=VALUE")
@@ -287,18 +365,54 @@ def load_config(argv):
         cls, typ = types[key]
         parts[cls][key] = check_value(key, value, typ, where)
     try:
-        return TrainConfig(**parts[TrainConfig]), ModelConfig(**parts[ModelConfig])
+        cfg, mcfg = TrainConfig(**parts[TrainConfig]), ModelConfig(**parts[ModelConfig])
     except ValueError as e:
         raise ConfigError(f"{path} with {' '.join(argv) or 'no overrides'}: {e}") from None
+    if cfg.warmup_steps > cfg.max_steps:  # a quick try shorter than the warmup: allowed, said
+        print(f"warning: warmup_steps={cfg.warmup_steps} is longer than the run "
+              f"(max_steps={cfg.max_steps}): "
+              f"the learning rate stops short of lr={cfg.lr:g}", file=sys.stderr)
+    return cfg, mcfg
 
 
 def config_from_dict(d):
     """(TrainConfig, ModelConfig) from a checkpoint's meta.json "config"."""
     train, model = dict(d["train"]), dict(d["model"])
-    for key in ("attn_impl", "loss_chunk"):  # run settings that older checkpoints kept with the model
+    # run settings that older checkpoints kept with the model
+    for key in ("attn_impl", "loss_chunk"):
         if key in model:
             train.setdefault(key, model.pop(key))
+    train = {renamed(k, "a checkpoint's meta.json"): v for k, v in train.items()}
     return TrainConfig(**train), ModelConfig(**model)
+
+
+# -----------------------------------------------------------------------------
+# the command line and the process a command runs in
+
+def place(array=False):
+    """(rank, world size, local rank) of this process among the processes of one job: the
+    RANK, WORLD_SIZE and LOCAL_RANK torchrun sets (any launcher may set them); with array (a
+    curation stage), else a Slurm array task's id and count; else (0, 1, 0)."""
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
+    if array and "SLURM_ARRAY_TASK_COUNT" in env:
+        first = int(env.get("SLURM_ARRAY_TASK_MIN", 0))
+        return int(env["SLURM_ARRAY_TASK_ID"]) - first, int(env["SLURM_ARRAY_TASK_COUNT"]), 0
+    return 0, 1, 0
+
+
+def git_revision():
+    """The code's git commit, with -dirty when tracked files changed; "unknown" outside git."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+    try:
+        rev = git("rev-parse", "HEAD")
+        dirty = "-dirty" if git("status", "--porcelain", "--untracked-files=no") else ""
+        return rev + dirty if rev else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 def pop_flag(args, flag):

@@ -1,13 +1,15 @@
 # Amber-7B (LLM360, arXiv 2312.06550): the LLaMA-7B architecture trained on 1.26T tokens.
 # Figures from the paper and the released configs (LLM360/amber-train).
-# `python train.py config/amber7b.py --dry_run --world_size=224` prints the plan of the original run.
+# `python train.py config/amber7b.py --dry_run --world_size=224` prints the plan of the
+# original run.
 
 out_dir = "out/amber7b"
-raw_data = ""                  # bring your own corpus: python data.py prepare config/amber7b.py --raw_data=DIR
-data_dir = "data/amber/tokens"
+# bring your own corpus: python data.py tokenize config/amber7b.py --docs_dir=DIR
+docs_dir = ""
+tokens_dir = "data/amber/tokens"
 tokenizer = "bpe"
 tokenizer_vocab = 31995        # + 5 special tokens = 32000, LLaMA's vocabulary size
-verify_data = False            # hashing terabytes at every start costs hours
+hash_shards = False            # hashing terabytes at every start costs hours
 val_frac = 0.001               # held out per source; the evaluation reads eval_seqs of it
 
 vocab_size = 32000
@@ -25,7 +27,8 @@ init_std = 0.02
 
 seq_len = 2048
 global_batch_size = 2240       # 2240 x 2048 = 4.59M tokens per step
-batch_size = 2                 # per GPU; 2240 splits evenly over 8, 16, 32, 56, 112 or 224 GPUs at this size
+batch_size = 2                 # per GPU; 2240 splits evenly over 8, 16, 32, 56, 112 or 224 GPUs
+                               # at this size
 max_steps = 274_658            # 1.26T tokens / 4.59M per step
 lr = 3e-4
 min_lr = 3e-5

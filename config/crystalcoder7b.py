@@ -1,16 +1,17 @@
 # CrystalCoder-7B (LLM360), phase 1 of 3: GPT-style blocks with LayerNorm and biases, SwiGLU,
-# rotary on 32 of 128 dims, tied embeddings, and muP. Figures from the LLM360 paper (arXiv 2312.06550) and
-# the released params/phase1/params.yaml (LLM360/crystalcoder-train).
+# rotary on 32 of 128 dims, tied embeddings, and muP. Figures from the LLM360 paper
+# (arXiv 2312.06550) and the released params/phase1/params.yaml (LLM360/crystalcoder-train).
 # The three phases are one linear schedule (warmup 86 steps, then 0.012 -> 0.00012408 over
 # 294,337 steps) cut into runs with different data: phase 2 starts at lr 0.0087825, which is
-# where this line stands at step 79,721. Phases 2 and 3 change the data mixture (the `mixture` lines below).
+# where this line stands at step 79,721. Phases 2 and 3 change the data mixture (the `mixture`
+# lines below).
 
 out_dir = "out/crystalcoder7b"
-raw_data = ""
-data_dir = "data/crystalcoder/tokens"
+docs_dir = ""
+tokens_dir = "data/crystalcoder/tokens"
 tokenizer = "bpe"
 tokenizer_vocab = 31995        # + 5 special tokens; the model's table has 32032 rows
-verify_data = False
+hash_shards = False
 val_frac = 0.001               # held out per source; the evaluation reads eval_seqs of it
 
 vocab_size = 32032
@@ -61,5 +62,6 @@ ckpt_interval = 1500
 # run above trains on the first; a later phase sets its own FIM rate, applied to fim_sources):
 # mixture = [(0, {"web": 1}),
 #            (79721, {"web": 0.4, "starcoder": 0.6}, {"fim_rate": 0.9, "fim_spm_rate": 0.5}),
-#            (173000, {"python": 0.5, "html": 0.2, "javascript": 0.2, "css": 0.1}, {"fim_rate": 0.3})]
+#            (173000, {"python": 0.5, "html": 0.2, "javascript": 0.2, "css": 0.1},
+#             {"fim_rate": 0.3})]
 # fim_sources = ["starcoder", "python", "html", "javascript", "css"]

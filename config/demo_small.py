@@ -2,16 +2,17 @@
 # classics and poetry, Python source (~66 MB). First build the data (README, "The data pipeline"):
 #   python curate.py fetch-demo && python curate.py pipeline config/demo_small.py
 #   (clean, dedup, train-tokenizer, then python data.py tokenize: each also a command of its own)
-# then: python train.py config/demo_small.py   (one GPU: minutes; a laptop CPU: hours, try --max_steps=200)
+# then: python train.py config/demo_small.py
+#   (one GPU: minutes; a laptop CPU: hours, try --max_steps=200)
 
 out_dir = "out/demo_small"
 source_dir = "data/demo/raw"       # python curate.py fetch-demo writes it
 clean_dir = "data/demo/clean"
-raw_data = "data/demo/dedup"
+docs_dir = "data/demo/dedup"
 tokenizer = "data/demo/tokenizer_16k.tiktoken"
 tokenizer_vocab = 16379           # + 5 special tokens = 16384
 tokenizer_sample = 30_000_000
-data_dir = "data/demo/tokens_16k"
+tokens_dir = "data/demo/tokens_16k"
 val_frac = 0.01
 
 n_layer = 6
@@ -33,6 +34,7 @@ ckpt_interval = 500
 
 # MAP-Neo's two phases in miniature: a fundamental phase, then a decay phase with a new mix
 # (here: more code and Chinese); train.py prints how many epochs of each source the run takes
-mixture = [(0, {"en_books": 3, "en_speeches": 1, "en_docs": 1, "zh_poetry": 3, "zh_classics": 1, "code": 2}),
+mixture = [(0, {"en_books": 3, "en_speeches": 1, "en_docs": 1,
+                "zh_poetry": 3, "zh_classics": 1, "code": 2}),
            (2500, {"en_books": 1, "en_docs": 1, "zh_poetry": 2, "zh_classics": 2, "code": 3})]
 fim_rate = 0.5                    # fill-in-the-middle on half of the code documents

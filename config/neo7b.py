@@ -4,11 +4,11 @@
 # (12.6M tokens) is our reading: 4.5T tokens then take ~358k steps, matching its ~365k-step cosine.
 
 out_dir = "out/neo7b"
-raw_data = ""
-data_dir = "data/neo/tokens"
+docs_dir = ""
+tokens_dir = "data/neo/tokens"
 tokenizer = "bpe"
 tokenizer_vocab = 63995        # + 5 special tokens = 64000, MAP-Neo's vocabulary
-verify_data = False
+hash_shards = False
 val_frac = 0.001               # held out per source; the evaluation reads eval_seqs of it
 
 vocab_size = 64256             # 64000 padded
@@ -53,4 +53,5 @@ keep_every = 2384
 # corpus whose sources carry these names; the first mix follows the paper (~52% web, ~22% code,
 # the rest papers and books), the decay mix is illustrative (the paper does not give it):
 # mixture = [(0, {"web_en": 0.37, "web_zh": 0.15, "code": 0.22, "papers": 0.13, "books": 0.13}),
-#            (296000, {"web_en": 0.25, "web_zh": 0.15, "code": 0.30, "papers": 0.15, "books": 0.15})]
+#            (296000, {"web_en": 0.25, "web_zh": 0.15, "code": 0.30, "papers": 0.15,
+#                      "books": 0.15})]

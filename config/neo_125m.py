@@ -2,13 +2,14 @@
 # 64k vocabulary) for one GPU: the bottom of the ladder neo_125m -> neo_1b -> neo7b.
 
 out_dir = "out/neo_125m"
-# the demo corpus through the pipeline (README, "The data pipeline"); any folder of .jsonl/.txt works as raw_data
+# the demo corpus through the pipeline (README, "The data pipeline"); any folder of
+# .jsonl/.txt works as docs_dir
 source_dir = "data/demo/raw"
 clean_dir = "data/demo/clean"
-raw_data = "data/demo/dedup"
+docs_dir = "data/demo/dedup"
 tokenizer = "data/demo/tokenizer_64k.tiktoken"
 tokenizer_vocab = 63995
-data_dir = "data/demo/tokens_64k"
+tokens_dir = "data/demo/tokens_64k"
 
 vocab_size = 64256
 n_layer = 6

@@ -2,13 +2,14 @@
 # 64k vocabulary) for one GPU, at sequence length 4096.
 
 out_dir = "out/neo_1b"
-# the demo corpus through the pipeline (README, "The data pipeline"); any folder of .jsonl/.txt works as raw_data
+# the demo corpus through the pipeline (README, "The data pipeline"); any folder of
+# .jsonl/.txt works as docs_dir
 source_dir = "data/demo/raw"
 clean_dir = "data/demo/clean"
-raw_data = "data/demo/dedup"
+docs_dir = "data/demo/dedup"
 tokenizer = "data/demo/tokenizer_64k.tiktoken"
 tokenizer_vocab = 63995
-data_dir = "data/demo/tokens_64k"
+tokens_dir = "data/demo/tokens_64k"
 
 vocab_size = 64256
 n_layer = 12

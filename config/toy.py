@@ -3,9 +3,9 @@
 # every key of train.py's TrainConfig and model.py's ModelConfig can be set here or as --key=value.
 
 out_dir = "out/toy"
-raw_data = "data/tiny"          # prepared into data_dir on the first run (seconds)
-data_dir = "data/tiny/tokens"
-tokenizer = "bpe"               # a byte-level BPE trained on raw_data
+docs_dir = "data/tiny"          # tokenized into tokens_dir on the first run (seconds)
+tokens_dir = "data/tiny/tokens"
+tokenizer = "bpe"               # a byte-level BPE trained on docs_dir
 tokenizer_vocab = 4096
 
 # model: MAP-Neo's shape (RMSNorm, SwiGLU, full rotary, untied), shrunk

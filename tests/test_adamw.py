@@ -1,4 +1,4 @@
-"""kernels/adamw.py against torch.optim.AdamW, in the Triton CPU interpreter (conftest sets
+"""nanokernels/adamw.py against torch.optim.AdamW, in the Triton CPU interpreter (conftest sets
 TRITON_INTERPRET=1 without a GPU) and, with -m gpu, on CUDA."""
 import copy, json, os, subprocess, sys
 
@@ -7,9 +7,9 @@ import torch
 
 import train
 from config import ConfigError
-from conftest import ROOT, small_args
+from helpers import ROOT, free_port, small_args
 
-adamw = pytest.importorskip("kernels.adamw", reason="needs triton")
+adamw = pytest.importorskip("nanokernels.adamw", reason="needs triton")
 DEVICE = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
 
 # a 1-element tensor, sizes that are not multiples of the kernel's block, one of several blocks
@@ -145,7 +145,7 @@ def test_clear_errors():
     with pytest.raises(ValueError, match="amsgrad or maximize"):
         adamw.AdamW([torch.nn.Parameter(torch.zeros(2))]).load_state_dict(sd)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    code = ("import torch; from kernels.adamw import AdamW; p = torch.nn.Parameter(torch.zeros(3)); "
+    code = ("import torch; from nanokernels.adamw import AdamW; p = torch.nn.Parameter(torch.zeros(3)); "
             "p.grad = torch.ones(3); AdamW([p]).step()")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
     assert r.returncode != 0 and "AdamW (Triton) needs CUDA tensors, got a tensor on cpu" in r.stderr
@@ -223,12 +223,8 @@ def _fsdp_worker(rank, world, port, out):
 def test_fsdp2_shards_match_unsharded_torch_adamw(tmp_path):
     # 2 processes, gloo, DTensor parameters: the kernel updates each rank's local shard, and the
     # clipping norm is summed over the shards
-    import socket
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     out = str(tmp_path / "result.json")
-    torch.multiprocessing.spawn(_fsdp_worker, args=(2, port, out), nprocs=2)
+    torch.multiprocessing.spawn(_fsdp_worker, args=(2, free_port(), out), nprocs=2)
     result = json.load(open(out))
     assert result["err"] < 1e-5, result
     for norm, ref_norm in result["norms"]:

@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 
 import curate as clean
-from conftest import ROOT
+from helpers import ROOT
 
 TINY = os.path.join(ROOT, "data", "tiny")
 

@@ -5,13 +5,16 @@ import pytest
 import torch
 
 import data
+import stage
+import tokenizer
 import train
 from config import ConfigError, load_config
-from conftest import ROOT, small_args
+from model import doc_ids
+from helpers import ROOT, small_args, tokenize_tiny
 
 
 def test_tokenizer_round_trip(tiny_data):
-    enc = data.tokenizer_of(tiny_data, data.load_manifest(tiny_data))
+    enc = tokenizer.tokenizer_of(tiny_data, data.load_manifest(tiny_data))
     samples = ["It is a truth universally acknowledged, that a single man in possession of a good fortune",
                "子曰：“学而时习之，不亦说乎？有朋自远方来，不亦乐乎？”",
                "def f(x):\n\treturn {'a': x ** 2, \"b\": [1, 2, 3]}  # ünïcödé\r\n",
@@ -21,15 +24,15 @@ def test_tokenizer_round_trip(tiny_data):
     for text in samples:
         ids = enc.encode_ordinary(text)
         assert enc.decode(ids) == text
-        assert max(ids) < 512 + len(data.SPECIAL_TOKENS)
+        assert max(ids) < 512 + len(tokenizer.SPECIAL_TOKENS)
     raw = random.Random(1).randbytes(2000)  # arbitrary bytes, mostly invalid UTF-8
     assert enc.decode_bytes(enc._encode_bytes(raw)) == raw
     for b in range(256):  # byte-level: every single byte is a token, so nothing is ever unknown
         assert enc.decode_single_token_bytes(enc.encode_single_token(bytes([b]))) == bytes([b])
     # digits are split one by one, as MAP-Neo does
     assert [enc.decode([t]) for t in enc.encode_ordinary("2024")] == ["2", "0", "2", "4"]
-    assert enc.eot_token == 512 and enc.n_vocab == 512 + len(data.SPECIAL_TOKENS)
-    assert enc.encode(data.EOT, allowed_special="all") == [enc.eot_token]
+    assert enc.eot_token == 512 and enc.n_vocab == 512 + len(tokenizer.SPECIAL_TOKENS)
+    assert enc.encode(tokenizer.EOT, allowed_special="all") == [enc.eot_token]
 
 
 def test_tokenizer_file_is_plain_tiktoken(tiny_data):
@@ -37,7 +40,7 @@ def test_tokenizer_file_is_plain_tiktoken(tiny_data):
     from tiktoken.load import load_tiktoken_bpe
     path = os.path.join(tiny_data, "tokenizer.tiktoken")
     ranks = load_tiktoken_bpe(path)
-    assert len(ranks) == 512 and data.load_tokenizer(path)._mergeable_ranks == ranks
+    assert len(ranks) == 512 and tokenizer.load_tokenizer(path)._mergeable_ranks == ranks
 
 
 def test_prepare_writes_manifest_and_splits(tiny_data):
@@ -63,7 +66,7 @@ def test_documents_sources_and_bad_lines(tmp_path):
     (tmp_path / "books").mkdir()
     (tmp_path / "books" / "a.txt").write_bytes(b"caf\xe9 latin-1")
     problems = []
-    docs = list(data.iter_documents(str(tmp_path), problems))
+    docs = [(d["source"], d["text"]) for d in stage.iter_documents(str(tmp_path), problems)]
     assert sorted(docs) == [("books", "caf\ufffd latin-1"), ("gz", "zipped"), ("web", "one"), ("wiki", "two")]
     assert problems == [f"{tmp_path}/books/a.txt: invalid UTF-8, bad bytes replaced by U+FFFD",
                         f"{tmp_path}/web.jsonl:2: not JSON (Expecting value)",
@@ -81,11 +84,11 @@ def test_shard_round_trip_and_errors(tmp_path):
         assert np.frombuffer(raw[:32], "<i8").tolist() == [data.MAGIC, data.VERSION, tokens.itemsize, 1000]
     truncated = str(tmp_path / "truncated.bin")
     open(truncated, "wb").write(raw[:-5])
-    with pytest.raises(data.DataError, match=f"{truncated}: truncated or corrupt.*1,000 tokens"):
+    with pytest.raises(stage.DataError, match=f"{truncated}: truncated or corrupt.*1,000 tokens"):
         data.read_shard(truncated)
     wrong = str(tmp_path / "wrong.bin")
     open(wrong, "wb").write(b"\x00" * 40)
-    with pytest.raises(data.DataError, match=f"{wrong}: not a nano360 token shard"):
+    with pytest.raises(stage.DataError, match=f"{wrong}: not a nano360 token shard"):
         data.read_shard(wrong)
 
 
@@ -101,13 +104,13 @@ def test_corrupted_shard_and_manifest_are_named(tiny_data, tmp_path):
     raw = bytearray(open(shard, "rb").read())
     raw[100] ^= 0xFF  # one flipped byte: the size is right, the content is not
     open(shard, "wb").write(raw)
-    data.load_manifest(d, verify=False)  # header and size still fine
-    with pytest.raises(data.DataError, match=f"{shard}: sha256 .* does not match {d}/manifest.json"):
+    data.load_manifest(d, hash_shards=False)  # header and size still fine
+    with pytest.raises(stage.DataError, match=f"{shard}: sha256 .* does not match {d}/manifest.json"):
         data.load_manifest(d)
     open(os.path.join(d, "manifest.json"), "w").write('{"shards": [\n  oops\n]}')
-    with pytest.raises(data.DataError, match=f"{d}/manifest.json:2: not valid JSON"):
+    with pytest.raises(stage.DataError, match=f"{d}/manifest.json:2: not valid JSON"):
         data.load_manifest(d)
-    with pytest.raises(data.DataError, match="no manifest .*data.py prepare"):
+    with pytest.raises(stage.DataError, match="no manifest .*data.py tokenize"):
         data.load_manifest(str(tmp_path / "nowhere"))
 
 
@@ -157,7 +160,7 @@ def test_show_prints_the_text_of_a_step(tiny_data, tmp_path, capsys):
     out = capsys.readouterr().out
     cfg, _ = load_config(args)
     b = data.Batches(tiny_data, cfg.seq_len, cfg.global_batch_size or cfg.batch_size, cfg.seed)
-    enc = data.tokenizer_of(tiny_data, b.manifest)
+    enc = tokenizer.tokenizer_of(tiny_data, b.manifest)
     for row in b.batch(3):
         assert enc.decode(row.tolist()) in out
     assert out.count("=== step 3 · sequence") == cfg.batch_size
@@ -170,7 +173,7 @@ def test_show_ckpt_prints_the_last_step_before_the_save(tiny_data, tmp_path, cap
     assert data.main(["show", "--ckpt", str(tmp_path / "out" / "ckpt_0000003")]) == 0
     out = capsys.readouterr().out
     b = data.Batches(tiny_data, 32, 8, 1337)
-    enc = data.tokenizer_of(tiny_data, b.manifest)
+    enc = tokenizer.tokenizer_of(tiny_data, b.manifest)
     assert out.count("=== step 2 · sequence") == 8
     assert all(enc.decode(row.tolist()) in out for row in b.batch(2))
     with pytest.raises(ConfigError, match="checkpoint not found"):
@@ -180,23 +183,23 @@ def test_show_ckpt_prints_the_last_step_before_the_save(tiny_data, tmp_path, cap
 def test_prepare_warns_on_a_short_vocabulary_and_batches_refuse_tiny_data(tmp_path, capsys):
     (tmp_path / "raw").mkdir()
     (tmp_path / "raw" / "a.jsonl").write_text('{"text": "hello world, hello there"}\n')
-    data.prepare(str(tmp_path / "raw"), str(tmp_path / "tok"), "bpe", 4096, 0.05)
+    tokenize_tiny(str(tmp_path / "tok"), 4096, 0.05, docs=str(tmp_path / "raw"))
     assert "the BPE stopped at" in capsys.readouterr().err
-    with pytest.raises(data.DataError, match=f"{tmp_path / 'tok'}: no train shard holds seq_len \\+ 1 = 257 tokens"):
+    with pytest.raises(stage.DataError, match=f"{tmp_path / 'tok'}: no train shard holds seq_len \\+ 1 = 257 tokens"):
         data.Batches(str(tmp_path / "tok"), 256, 8, 0)
-    with pytest.raises(data.DataError, match="no documents found"):
-        data.prepare(str(tmp_path / "tok"), str(tmp_path / "x"), "bpe", 300, 0.05)  # shards are no documents
+    with pytest.raises(stage.DataError, match="no documents found"):
+        tokenize_tiny(str(tmp_path / "x"), 300, 0.05, docs=str(tmp_path / "tok"))  # shards are no documents
 
 
 def test_doc_ids_split_at_end_of_text():
     # the end-of-text token (9) closes a document and opens the next id
     x = torch.tensor([[1, 2, 9, 3, 9, 9, 4], [9, 5, 6, 7, 8, 1, 2]])
-    assert data.doc_ids(x, 9).tolist() == [[0, 0, 1, 1, 2, 3, 3], [1, 1, 1, 1, 1, 1, 1]]
+    assert doc_ids(x, 9).tolist() == [[0, 0, 1, 1, 2, 3, 3], [1, 1, 1, 1, 1, 1, 1]]
 
 
 def test_mixture_proportions_phases_and_upsampling(tiny_data):
     mixture = [(0, {"en": 2, "zh": 1, "code": 1}), (5, {"zh": 1})]
-    b = data.Batches(tiny_data, 32, 64, seed=3, verify=False, mixture=mixture)
+    b = data.Batches(tiny_data, 32, 64, seed=3, hash_shards=False, mixture=mixture)
     source = lambda ids: [b.sources[s] for s in b.locate(ids)[0]]
     first = source(np.concatenate([b.sample_ids(s) for s in range(5)]))  # 320 samples of phase 1
     for name, share in (("en", 0.5), ("zh", 0.25), ("code", 0.25)):
@@ -210,11 +213,11 @@ def test_mixture_proportions_phases_and_upsampling(tiny_data):
     assert len(zh) > 2 * n and sorted(zh[:n]) == list(range(lo, hi)) and sorted(zh[n:2 * n]) == list(range(lo, hi))
     assert b.epochs(200)["zh"] > 2 and b.epochs(200)["en"] < 1
     # a pure function of (manifest, mixture, seed): a new instance, and 2 ranks, give the same samples
-    again = data.Batches(tiny_data, 32, 64, seed=3, verify=False, mixture=mixture)
+    again = data.Batches(tiny_data, 32, 64, seed=3, hash_shards=False, mixture=mixture)
     assert (again.sample_ids(7) == b.sample_ids(7)).all()
     assert (np.concatenate([b.sample_ids(6, r, 2) for r in range(2)]) == b.sample_ids(6)).all()
-    with pytest.raises(data.DataError, match=r"unknown: \['web'\]"):
-        data.Batches(tiny_data, 32, 64, seed=3, verify=False, mixture=[(0, {"web": 1})])
+    with pytest.raises(stage.DataError, match=r"unknown: \['web'\]"):
+        data.Batches(tiny_data, 32, 64, seed=3, hash_shards=False, mixture=[(0, {"web": 1})])
 
 
 def unfim(tokens, fim_ids):
@@ -231,8 +234,8 @@ def unfim(tokens, fim_ids):
 
 
 def test_fim_is_deterministic_and_invertible(tiny_data):
-    b = data.Batches(tiny_data, 64, 32, seed=1, verify=False, fim_rate=1.0, fim_spm_rate=0.5)
-    plain = data.Batches(tiny_data, 64, 32, seed=1, verify=False)
+    b = data.Batches(tiny_data, 64, 32, seed=1, hash_shards=False, fim_rate=1.0, fim_spm_rate=0.5)
+    plain = data.Batches(tiny_data, 64, 32, seed=1, hash_shards=False)
     ids = np.concatenate([b.sample_ids(s) for s in range(30)])
     code = ids[[b.sources[s] == "code" for s in b.locate(ids)[0]]]
     assert len(code) > 20
@@ -250,7 +253,7 @@ def test_fim_is_deterministic_and_invertible(tiny_data):
                 spm, psm = spm + (p[1] == suf), psm + (p[1] != suf)
     assert spm > 0 and psm > 0  # both orders occur at fim_spm_rate 0.5
     # a phase may set its own rate (CrystalCoder: 0.9, then 0.3): here none from step 10 on
-    phased = data.Batches(tiny_data, 64, 32, seed=1, verify=False, fim_rate=1.0,
+    phased = data.Batches(tiny_data, 64, 32, seed=1, hash_shards=False, fim_rate=1.0,
                           mixture=[(0, {"code": 1}), (10, {"code": 1}, {"fim_rate": 0.0})])
     assert (phased.tokens(code[:5], step=3) == b.tokens(code[:5])).all()
     assert (phased.tokens(code[:5], step=12) == plain.tokens(code[:5])).all()
@@ -263,27 +266,27 @@ def test_a_folder_is_written_whole_with_done_last(tmp_path):
     final = tmp_path / "out"
     final.mkdir()
     (final / "old.txt").write_text("the previous complete version")
-    tmp = data.tmp_dir(str(final))
+    tmp = stage.tmp_dir(str(final))
     assert os.path.basename(tmp) == ".tmp_out" and os.listdir(tmp) == []
     (open(os.path.join(tmp, "new.txt"), "w")).write("half written")
     # a crash here leaves the final folder as it was, and no DONE anywhere
-    assert os.listdir(final) == ["old.txt"] and not data.is_done(tmp)
-    assert data.tmp_dir(str(final), create=False) == tmp and os.listdir(tmp) == ["new.txt"]  # other ranks: the name only
-    data.commit_dir(tmp, str(final))
-    assert sorted(os.listdir(final)) == ["DONE", "new.txt"] and not os.path.exists(tmp) and data.is_done(str(final))
-    assert data.tmp_dir(str(final)) == tmp and os.listdir(tmp) == []  # a leftover is emptied before reuse
+    assert os.listdir(final) == ["old.txt"] and not stage.is_done(tmp)
+    assert stage.tmp_dir(str(final), create=False) == tmp and os.listdir(tmp) == ["new.txt"]  # other ranks: the name only
+    stage.commit_dir(tmp, str(final))
+    assert sorted(os.listdir(final)) == ["DONE", "new.txt"] and not os.path.exists(tmp) and stage.is_done(str(final))
+    assert stage.tmp_dir(str(final)) == tmp and os.listdir(tmp) == []  # a leftover is emptied before reuse
 
 
-def test_prepared_builds_a_folder_without_done_again(tmp_path, capsys):
-    cfg, _ = load_config([f"--raw_data={ROOT}/data/tiny/code.jsonl", f"--data_dir={tmp_path / 'tok'}",
+def test_tokenized_builds_a_folder_without_done_again(tmp_path, capsys):
+    cfg, _ = load_config([f"--docs_dir={ROOT}/data/tiny/code.jsonl", f"--tokens_dir={tmp_path / 'tok'}",
                           "--tokenizer_vocab=300"])
     (tmp_path / "tok").mkdir()
     (tmp_path / "tok" / "manifest.json").write_text("{}")  # what a crash of older code could leave
-    m = data.prepared(cfg)
-    assert "preparing" in capsys.readouterr().out and set(m["sources"]) == {"code"}
-    assert data.is_done(str(tmp_path / "tok")) and not os.path.exists(tmp_path / ".tmp_tok")
-    data.prepared(cfg)  # complete now: not prepared again
-    assert "preparing" not in capsys.readouterr().out
+    m = data.tokenized(cfg)
+    assert "tokenizing" in capsys.readouterr().out and set(m["sources"]) == {"code"}
+    assert stage.is_done(str(tmp_path / "tok")) and not os.path.exists(tmp_path / ".tmp_tok")
+    data.tokenized(cfg)  # complete now: not tokenized again
+    assert "tokenizing" not in capsys.readouterr().out
 
 
 def test_command_line_errors_are_one_line():

@@ -8,9 +8,13 @@ import torch
 
 import data
 import eval as ev
+import stage
+import tasks
+import tokenizer
 import train
-from conftest import ROOT, small_args
-from model import ModelConfig, sample_text
+from config import ModelConfig
+from helpers import ROOT, small_args
+from model import sample_text
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +34,9 @@ def test_bits_per_byte_of_a_uniform_model(run3):
         model.lm_head.weight.zero_()
     got = ev.loss_and_bpb(model, cfg, enc, max_seqs=3)
     V = model.cfg.vocab_size
-    manifest = data.load_manifest(cfg.data_dir, verify=False)
+    manifest = data.load_manifest(cfg.tokens_dir, hash_shards=False)
     tokens = nbytes = 0
-    for source, seqs in data.val_sequences(cfg.data_dir, manifest, cfg.seq_len, 3).items():
+    for source, seqs in data.val_sequences(cfg.tokens_dir, manifest, cfg.seq_len, 3).items():
         # the text's UTF-8 bytes: the end-of-text marker is not text
         text_bytes = sum(len(enc.decode_bytes(row)) - row.count(enc.eot_token) * len(b"<|endoftext|>")
                          for row in seqs[:, 1:].tolist())
@@ -46,7 +50,7 @@ def test_document_bits_per_byte_is_lm_eval_s(run3):
     # whole documents, every token predicted once (the first after end-of-text), no end-of-text:
     # with a uniform model that is (tokens x log2 V) / bytes, whatever the windows
     model, cfg, enc, _ = ev.load(str(run3 / "ckpt_0000006"))
-    manifest = data.load_manifest(cfg.data_dir, verify=False)
+    manifest = data.load_manifest(cfg.tokens_dir, hash_shards=False)
     docs = ev.held_out_documents(cfg, manifest, 3)
     assert all(enc.eot_token not in d for ds in docs.values() for d in ds)
     assert max(len(d) for ds in docs.values() for d in ds) > model.cfg.max_seq_len  # several windows
@@ -56,7 +60,7 @@ def test_document_bits_per_byte_is_lm_eval_s(run3):
     x = torch.tensor([[enc.eot_token] + doc])
     with torch.no_grad():
         logp = torch.log_softmax(model(x[:, :-1]).double(), -1)[0]
-    assert -ev.loglikelihoods(model, [([enc.eot_token], doc)])[0] == pytest.approx(
+    assert -tasks.loglikelihoods(model, [([enc.eot_token], doc)])[0] == pytest.approx(
         -logp.gather(1, x[0, 1:, None]).sum().item(), rel=1e-6)
     with torch.no_grad():
         model.lm_head.weight.zero_()
@@ -92,26 +96,26 @@ def task_copy(tmp_path, task, shots):
     path = tmp_path / f"{task}.jsonl"
     shutil.copy(os.path.join(ROOT, "data", "evals", task + ".jsonl"), path)
     if shots:
-        shutil.copy(path, ev.shots_file(str(path)))
+        shutil.copy(path, tasks.shots_file(str(path)))
     return str(path)
 
 
-@pytest.mark.parametrize("task", ev.TASKS)
+@pytest.mark.parametrize("task", tasks.TASKS)
 @pytest.mark.parametrize("shots", [0, 1])
 def test_every_task_format_is_read_and_scored(task, shots, tiny_data, tmp_path):
     path = task_copy(tmp_path, task, shots)
-    items = ev.read_task(path)
+    items = tasks.read_task(path)
     assert len(items) >= 2 and all(0 <= it.gold < len(it.choices) for it in items)
-    enc = data.tokenizer_of(tiny_data, data.load_manifest(tiny_data, verify=False))
-    ctxs = ev.contexts(path, items, shots)
-    golds = [sum(ev.encode_pair(enc, c, " " + it.choices[it.gold]), []) for c, it in zip(ctxs, items)]
-    right = ev.run_task(Oracle(golds, enc.n_vocab), enc, path, shots, batch_size=3)
+    enc = tokenizer.tokenizer_of(tiny_data, data.load_manifest(tiny_data, hash_shards=False))
+    ctxs = tasks.contexts(path, items, shots)
+    golds = [sum(tasks.encode_pair(enc, c, " " + it.choices[it.gold]), []) for c, it in zip(ctxs, items)]
+    right = tasks.run_task(Oracle(golds, enc.n_vocab), enc, path, shots, batch_size=3)
     assert right["acc"] == right["acc_norm"] == 1.0 and right["n"] == len(items) and right["shots"] == shots
     assert right["acc_stderr"] == 0.0
     # no preference: each token costs ln V, so acc picks the answer of fewest tokens and acc_norm
     # the fewest tokens per character of answer (without the space before it)
-    flat = ev.run_task(Oracle([], enc.n_vocab), enc, path, shots)
-    ntok = [[len(ev.encode_pair(enc, c, " " + ch)[1]) for ch in it.choices] for c, it in zip(ctxs, items)]
+    flat = tasks.run_task(Oracle([], enc.n_vocab), enc, path, shots)
+    ntok = [[len(tasks.encode_pair(enc, c, " " + ch)[1]) for ch in it.choices] for c, it in zip(ctxs, items)]
     assert flat["acc"] == np.mean([int(np.argmin(ns)) == it.gold for ns, it in zip(ntok, items)])
     per_char = [[-n / len(ch) for n, ch in zip(ns, it.choices)] for ns, it in zip(ntok, items)]
     assert flat["acc_norm"] == np.mean([int(np.argmax(pc)) == it.gold for pc, it in zip(per_char, items)])
@@ -142,13 +146,13 @@ def test_prompts_are_lm_eval_s_by_hand(tmp_path):
     for task, row in rows.items():
         path = tmp_path / f"{task}.jsonl"
         path.write_text(json.dumps(row, ensure_ascii=False) + "\n")
-        items = ev.read_task(str(path))
-        assert (ev.contexts(str(path), items, 0)[0], items[0].choices, items[0].gold) == want[task], task
+        items = tasks.read_task(str(path))
+        assert (tasks.contexts(str(path), items, 0)[0], items[0].choices, items[0].gold) == want[task], task
     # one shot of MMLU: the description once, then the solved item, a blank line, the question
     shutil.copy(tmp_path / "mmlu.jsonl", tmp_path / "mmlu.dev.jsonl")
-    items = ev.read_task(str(tmp_path / "mmlu.jsonl"))
+    items = tasks.read_task(str(tmp_path / "mmlu.jsonl"))
     q = "What is 2+2?\nA. 3\nB. 4\nC. 5\nD. 6\nAnswer:"
-    assert ev.contexts(str(tmp_path / "mmlu.jsonl"), items, 1)[0] == \
+    assert tasks.contexts(str(tmp_path / "mmlu.jsonl"), items, 1)[0] == \
         f"The following are multiple choice questions (with answers) about high school math.\n\n{q} B\n\n{q}"
 
 
@@ -163,7 +167,7 @@ def test_shots_come_as_lm_eval_draws_them(tmp_path):
     rnd = random.Random(1234)
     want = ["".join(f"Question: q{10 + j}?\nAnswer: y\n\n" for j in rnd.sample(range(6), 2)) + f"Question: q{i}?\nAnswer:"
             for i in range(3)]
-    assert ev.contexts(path, ev.read_task(path), 2) == want
+    assert tasks.contexts(path, tasks.read_task(path), 2) == want
     # HellaSwag: lm-eval 0.4.13 draws one more each time (its fewshot and test splits are both unset)
     hs = lambda i: {"activity_label": "A", "ctx_a": f"c{i}", "ctx_b": "", "endings": ["x", "y"], "label": "1"}
     (tmp_path / "hellaswag.jsonl").write_text("".join(json.dumps(hs(i)) + "\n" for i in range(3)))
@@ -171,32 +175,32 @@ def test_shots_come_as_lm_eval_draws_them(tmp_path):
     rnd = random.Random(1234)
     want = ["".join(f"A: c{10 + j} y\n\n" for j in rnd.sample(range(6), 3)[:2]) + f"A: c{i}" for i in range(3)]
     path = str(tmp_path / "hellaswag.jsonl")
-    assert ev.contexts(path, ev.read_task(path), 2) == want
+    assert tasks.contexts(path, tasks.read_task(path), 2) == want
     mm = lambda q, s: {"question": q, "choices": list("abcd"), "answer": 0, "subject": s}
     (tmp_path / "mmlu.jsonl").write_text(json.dumps(mm("Q", "law")) + "\n")
     (tmp_path / "mmlu.dev.jsonl").write_text("".join(json.dumps(mm(f"d{i}", s)) + "\n"
                                                      for i, s in enumerate(["art", "law", "art", "law", "law"])))
-    ctx = ev.contexts(str(tmp_path / "mmlu.jsonl"), ev.read_task(str(tmp_path / "mmlu.jsonl")), 2)[0]
+    ctx = tasks.contexts(str(tmp_path / "mmlu.jsonl"), tasks.read_task(str(tmp_path / "mmlu.jsonl")), 2)[0]
     assert "d1\n" in ctx and "d3\n" in ctx and "d4" not in ctx and "d0" not in ctx
-    with pytest.raises(data.DataError, match="mmlu.dev.jsonl: 5 items, fewer than the 6 shots asked"):
-        ev.contexts(str(tmp_path / "mmlu.jsonl"), ev.read_task(str(tmp_path / "mmlu.jsonl")), 6)
+    with pytest.raises(stage.DataError, match="mmlu.dev.jsonl: 5 items, fewer than the 6 shots asked"):
+        tasks.contexts(str(tmp_path / "mmlu.jsonl"), tasks.read_task(str(tmp_path / "mmlu.jsonl")), 6)
 
 
 def test_the_boundary_rule_acc_norm_and_standard_errors(tiny_data, tmp_path, monkeypatch):
-    enc = data.tokenizer_of(tiny_data, data.load_manifest(tiny_data, verify=False))
+    enc = tokenizer.tokenizer_of(tiny_data, data.load_manifest(tiny_data, hash_shards=False))
     # trailing whitespace of the context goes to the continuation, which is what the whole adds
-    ctx, cont = ev.encode_pair(enc, "Answer: ", "A")
+    ctx, cont = tasks.encode_pair(enc, "Answer: ", "A")
     assert ctx == enc.encode_ordinary("Answer:") and ctx + cont == enc.encode_ordinary("Answer: A")
-    assert ev.encode_pair(enc, "", "hi") == ([enc.eot_token], enc.encode_ordinary("hi"))
+    assert tasks.encode_pair(enc, "", "hi") == ([enc.eot_token], enc.encode_ordinary("hi"))
     # acc_norm divides by the answer's length without the space: -3/1 < -9/4, so the second wins
     # (with the space, -3/2 > -9/5 would pick the first)
     row = {"question": "q?", "choices": {"text": ["a", "abcd"], "label": ["A", "B"]}, "answerKey": "B"}
     (tmp_path / "arc_easy.jsonl").write_text(json.dumps(row) + "\n")
-    monkeypatch.setattr(ev, "loglikelihoods", lambda model, reqs, *a, **k: [-3.0, -9.0])
-    r = ev.run_task(None, enc, str(tmp_path / "arc_easy.jsonl"), 0)
+    monkeypatch.setattr(tasks, "loglikelihoods", lambda model, reqs, *a, **k: [-3.0, -9.0])
+    r = tasks.run_task(None, enc, str(tmp_path / "arc_easy.jsonl"), 0)
     assert (r["acc"], r["acc_norm"]) == (0.0, 1.0)
     # the sample standard deviation over sqrt(n): hits 1, 0, 1, 1 -> 0.5 / 2
-    assert ev.stderr([1.0, 0.0, 1.0, 1.0]) == pytest.approx(0.25)
+    assert tasks.stderr([1.0, 0.0, 1.0, 1.0]) == pytest.approx(0.25)
 
 
 def test_batched_scoring_equals_one_forward_per_request(tiny_data):
@@ -207,7 +211,7 @@ def test_batched_scoring_equals_one_forward_per_request(tiny_data):
     rnd = lambda n: torch.randint(1, 64, (n,), generator=g).tolist()
     ctx = rnd(7)
     requests = [(ctx, [5]), (ctx, [9]), (ctx, [5, 6]), (rnd(3), rnd(4)), (rnd(30), rnd(2)), ([1], rnd(1))]
-    got = ev.loglikelihoods(model, requests, batch_size=2)
+    got = tasks.loglikelihoods(model, requests, batch_size=2)
     for (c, k), value in zip(requests, got):
         ids = torch.tensor([(c + k)[-17:]])
         with torch.no_grad():
@@ -219,10 +223,10 @@ def test_a_task_file_in_the_wrong_format_names_file_line_and_field(tmp_path):
     bad = tmp_path / "mmlu_bad.jsonl"
     bad.write_text(json.dumps({"question": "q", "choices": ["a", "b"], "answer": 0}) + "\n"
                    + json.dumps({"question": "q", "options": ["a", "b"], "answer": 1}) + "\n")
-    with pytest.raises(data.DataError, match=rf"{bad}:2: missing field 'choices' \(this file is read as mmlu"):
-        ev.read_task(str(bad))
-    with pytest.raises(data.DataError, match="unknown task"):
-        ev.read_task(str(tmp_path / "trivia.jsonl"))
+    with pytest.raises(stage.DataError, match=rf"{bad}:2: missing field 'choices' \(this file is read as mmlu"):
+        tasks.read_task(str(bad))
+    with pytest.raises(stage.DataError, match="unknown task"):
+        tasks.read_task(str(tmp_path / "trivia.jsonl"))
 
 
 def test_memorization_of_an_overfit_sequence_and_of_random_text():
@@ -250,7 +254,7 @@ def test_sweep_over_three_checkpoints_and_again(run3, tmp_path, capsys):
     for r in rows:
         assert {"loss/all", "bpb_window/all", "bpb_doc/all", "mmlu/acc", "mmlu/acc_stderr", "cmmlu/acc_norm", "mem/exact",
                 "mem_heldout/frac"} <= set(r)
-        assert r["tasks"] == {t: 0 for t in ev.TASKS}
+        assert r["tasks"] == {t: 0 for t in tasks.TASKS}
     assert len(open(run3 / "evals.csv").readlines()) == 4 and len(open(run3 / "evals.md").readlines()) == 7
     assert len(open(run3 / "evals.jsonl").readlines()) == 3
     ev.sweep(str(run3), os.path.join(ROOT, "data", "evals"), shots=0, seqs=4)  # evaluated already: skipped
@@ -258,7 +262,7 @@ def test_sweep_over_three_checkpoints_and_again(run3, tmp_path, capsys):
     # another setting is evaluated again, and its rows say which
     task_copy(tmp_path, "mmlu", 1)
     assert ev.settings(str(tmp_path), None) == {"mmlu": 5}  # the published count, where the dev file is
-    assert ev.settings(os.path.join(ROOT, "data", "evals"), None) == {t: 0 for t in ev.TASKS}  # no shot files
+    assert ev.settings(os.path.join(ROOT, "data", "evals"), None) == {t: 0 for t in tasks.TASKS}  # no shot files
     rows = ev.sweep(str(run3), str(tmp_path), shots=1, seqs=4)
     assert [r["tasks"] for r in rows] == [{"mmlu": 1}] * 3 and "mmlu/acc" in rows[0] and "arc_easy/acc" not in rows[0]
     assert len(open(run3 / "evals.jsonl").readlines()) == 6
@@ -288,6 +292,15 @@ def test_export_import_commands_and_init_from(run3, tiny_data, tmp_path):
     transformers = pytest.importorskip("transformers")
     ckpt = str(run3 / "ckpt_0000006")
     assert ev.main(["export", ckpt, str(tmp_path / "hf")]) == 0
+    # run from the project root, where our folders come first on sys.path, transformers loads it
+    # (a folder of ours named `kernels` hid the distribution transformers 5.25 imports)
+    code = ("import sys, transformers; m = transformers.AutoModelForCausalLM.from_pretrained(sys.argv[1]); "
+            "print(type(m).__name__)")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "hf")], cwd=ROOT, capture_output=True, text=True)
+    assert r.stdout.strip() == "LlamaForCausalLM", r.stderr[-2000:]
+    with pytest.raises(SystemExit):  # each command takes its own options: export has no --top_p
+        ev.main(["export", ckpt, str(tmp_path / "hf2"), "--top_p=0.1"])
+    assert not os.path.exists(tmp_path / "hf2")
     model, cfg, enc, _ = ev.load(ckpt)
     hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"), dtype=torch.float32)
     tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
@@ -315,7 +328,7 @@ def test_init_from_weights_of_another_shape_is_a_config_error(tiny_data, tmp_pat
 
 
 def test_eval_loss_is_the_runs_own_validation_loss_with_document_masking(tiny_data, tmp_path):
-    # eval.py and training compute the loss one way (train.evaluate): with doc_mask the packed
+    # eval.py and training compute the loss one way (model.validation_loss): with doc_mask the packed
     # documents of a validation window do not see each other, in both
     out = tmp_path / "run"
     train.main(small_args(tiny_data, str(out), "--max_steps=2", "--eval_interval=2", "--doc_mask=true",

@@ -1,4 +1,4 @@
-"""kernels/flash_attention.py against a float64 softmax(QK^T)V, in the Triton CPU interpreter
+"""nanokernels/flash_attention.py against a float64 softmax(QK^T)V, in the Triton CPU interpreter
 (conftest sets TRITON_INTERPRET=1 without a GPU) and, with -m gpu, in bf16 on CUDA."""
 import json, math, os, subprocess, sys
 
@@ -8,9 +8,9 @@ import torch
 import model as model_py
 import train
 from config import ConfigError, TrainConfig
-from conftest import ROOT, small_args
+from helpers import ROOT, small_args
 
-fa = pytest.importorskip("kernels.flash_attention", reason="needs triton")
+fa = pytest.importorskip("nanokernels.flash_attention", reason="needs triton")
 flash_attn = fa.flash_attn
 
 
@@ -157,7 +157,7 @@ def test_bad_doc_ids_and_cpu_without_interpreter():
     with pytest.raises(ValueError, match=r"doc_ids must be \(B, T\) = \(1, 8\); got \(8,\)"):
         flash_attn(q, q, q, doc_ids=torch.zeros(8))
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    code = "import torch; from kernels.flash_attention import flash_attn; q = torch.zeros(1, 8, 2, 64); flash_attn(q, q, q)"
+    code = "import torch; from nanokernels.flash_attention import flash_attn; q = torch.zeros(1, 8, 2, 64); flash_attn(q, q, q)"
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
     assert r.returncode != 0 and "flash_attn needs CUDA tensors (got q on cpu)" in r.stderr
 
@@ -166,8 +166,8 @@ def test_kernels_compile_for_h100():
     """Every kernel (flash attention and AdamW) at the GPU block sizes compiles for sm_90 (Triton's own ptxas, no GPU needed)
     and fits in shared memory; the interpreter is lenient where the compiler is not."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    r = subprocess.run([sys.executable, "kernels/bench.py", "compile", "--dims=64,192", "--quick"], cwd=ROOT, env=env,
-                       capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "benchmarks/kernel_bench.py", "compile", "--dims=64,192", "--quick"], cwd=ROOT,
+                       env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     # flash: 3 kernels x 2 dims x (documents or not); AdamW: 3 dtype sets of the step, 2 of the norm
     assert sum(l.endswith(" ok") for l in r.stdout.splitlines()) == 12 + 5, r.stdout
@@ -268,10 +268,10 @@ def test_gpu_model_triton_equals_sdpa_under_autocast():
 
 
 def test_gpu_check_in_its_cpu_mode(tmp_path):
-    # kernels/bench.py gpu, as on a GPU but with tiny shapes under the interpreter: every part
+    # benchmarks/gpu_check.py, as on a GPU but with tiny shapes under the interpreter: every part
     # runs, each writes its raw rows, and one table gathers them; at most 8 files, none large
     pytest.importorskip("transformers")
-    r = subprocess.run([sys.executable, "kernels/bench.py", "gpu", "--device=cpu", f"--out={tmp_path}"], cwd=ROOT,
+    r = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--device=cpu", f"--out={tmp_path}"], cwd=ROOT,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     files = os.listdir(tmp_path)
@@ -298,7 +298,7 @@ def test_gpu_check_in_its_cpu_mode(tmp_path):
 
 def test_gpu_check_parts_are_time_boxed(tmp_path):
     import importlib.util, time
-    spec = importlib.util.spec_from_file_location("bench", os.path.join(ROOT, "kernels", "bench.py"))
+    spec = importlib.util.spec_from_file_location("gpu_check", os.path.join(ROOT, "benchmarks", "gpu_check.py"))
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     log, marker = str(tmp_path / "log"), tmp_path / "child_still_running"

@@ -1,22 +1,18 @@
 """Many ranks on a CPU: torchrun with 2 processes, gloo, FSDP2 and torch.distributed.checkpoint
-(all of them work on a CPU). The runs are the shrunken toy of conftest.small_args."""
-import json, os, signal, socket, subprocess, sys, time
+(all of them work on a CPU). The runs are the shrunken toy of helpers.small_args."""
+import json, math, os, signal, subprocess, sys
 
 import pytest
 import torch
 
 import checkpoint
 import data
+import stage
+import tokenizer
 import train
 from config import load_config
-from conftest import ROOT, small_args
+from helpers import ROOT, free_port, small_args
 from model import GPT
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def torchrun(nproc, args, **kw):
@@ -70,6 +66,34 @@ def test_resume_at_another_world_size(tiny_data, tmp_path, first, second):
     assert meta["world_size"] == second and meta["data_position"]["samples"] == 48
 
 
+@pytest.mark.parametrize("first,second", [(1, 2), (2, 1)])
+def test_resume_at_another_world_size_with_the_defaults(tiny_data, tmp_path, capsys, first, second):
+    # global_batch_size is not set, so a fresh run's global batch follows its world size (4 a rank);
+    # a resume on another number of ranks keeps the checkpoint's, says so, and follows the run that
+    # never stopped
+    common = ["--schedule_steps=6", "--ckpt_interval=2", "--eval_interval=3", "--keep_last=10"]
+    split, straight = tmp_path / "split", tmp_path / "straight"
+    train.main(small_args(tiny_data, str(straight), *common, "--max_steps=6", f"--global_batch_size={4 * first}"))
+
+    def go(nproc, steps):
+        args = small_args(tiny_data, str(split), *common, f"--max_steps={steps}")
+        if nproc == 1:
+            capsys.readouterr()
+            train.main(args)
+            return capsys.readouterr().out
+        r = torchrun(nproc, args)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        return r.stdout
+    go(first, 4)
+    said, micro = go(second, 6), math.gcd(4 * first // second, 4)  # the share of a rank, in batch_size parts
+    assert (f"resuming with the global batch of {split / 'ckpt_0000004'}: {4 * first} sequences per step "
+            f"(not {4 * second}: global_batch_size is not set), micro-batches of {micro} per rank") in said
+    (a, va), (b, vb) = losses(straight), losses(split)
+    assert close(a, b) and close(va, vb), (a, b)
+    meta = json.load(open(split / "ckpt_0000006" / "meta.json"))
+    assert (meta["world_size"], meta["data_position"]["global_batch"]) == (second, 4 * first)
+
+
 def test_two_ranks_share_the_checksums_and_fall_back_together(tiny_data, tmp_path):
     # ckpt_4's first shard is hashed by rank 1 (files sorted, dealt round-robin): both ranks must
     # skip ckpt_4 and resume from ckpt_2, and the run must follow the straight one
@@ -107,7 +131,7 @@ def test_a_killed_rank_stops_the_job_and_resume_loses_nothing(tiny_data, tmp_pat
     assert p.wait(timeout=120) != 0
     log = "".join(out)
     assert "ChildFailedError" in log and "Signal 9 (SIGKILL)" in log, log[-2000:]
-    assert train.Checkpointer.newest(str(crashed)).endswith("ckpt_0000002")
+    assert checkpoint.Checkpointer.newest(str(crashed)).endswith("ckpt_0000002")
     run(2, tiny_data, crashed, "--max_steps=6")  # the restart: --resume=auto
     (a, va), (b, vb) = losses(straight), losses(crashed)
     assert close(a, b) and close(va, vb), (a, b)
@@ -127,8 +151,8 @@ def test_checkpoint_contents_and_consolidated_file(tiny_data, tmp_path):
     meta = json.load(open(ckpt / "meta.json"))
     assert {"step", "config", "git", "manifest_sha256", "data_position", "world_size", "files"} <= set(meta)
     assert sorted(meta["files"]) == sorted(names - {"DONE", "meta.json"})  # both ranks' files, summed
-    assert all(meta["files"][n]["sha256"] == data.sha256_file(ckpt / n) for n in meta["files"])
-    assert json.load(open(ckpt / "DONE")) == {"meta.json": data.sha256_file(ckpt / "meta.json")}
+    assert all(meta["files"][n]["sha256"] == stage.sha256_file(ckpt / n) for n in meta["files"])
+    assert json.load(open(ckpt / "DONE")) == {"meta.json": stage.sha256_file(ckpt / "meta.json")}
     # the consolidated single file: a plain state dict that a fresh model loads
     r = subprocess.run([sys.executable, "train.py", "--consolidate", str(ckpt), str(tmp_path / "full.pt")], cwd=ROOT,
                        capture_output=True, text=True)
@@ -139,7 +163,7 @@ def test_checkpoint_contents_and_consolidated_file(tiny_data, tmp_path):
     fresh.load_state_dict(torch.load(tmp_path / "full.pt", weights_only=True))
     resumed = train.build_model(mcfg, "cpu", seed=456)
     opt = torch.optim.AdamW(resumed.param_groups(0.1, False))
-    train.Checkpointer(str(out)).load(str(ckpt), resumed, opt)
+    checkpoint.Checkpointer(str(out)).load(str(ckpt), resumed, opt)
     idx = torch.randint(0, mcfg.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
     assert torch.equal(fresh(idx), resumed(idx))
     assert opt.state_dict()["state"][0]["step"].item() == 2
@@ -261,7 +285,6 @@ def test_activation_checkpointing_recomputes_and_changes_nothing(tiny_data, ac):
 def test_memorization_measures_what_a_fim_two_rank_run_trained_on(tiny_data, tmp_path, capsys):
     # 2 ranks, global_batch_size=0 (so 2 x batch_size a step) and fill-in-the-middle on code:
     # the sequences eval.py prompts with are the ones `data.py show` prints for those steps
-    import data
     import eval as ev
     out = tmp_path / "run"
     r = torchrun(2, small_args(tiny_data, str(out), "--max_steps=8", "--ckpt_interval=8", "--eval_interval=8",
@@ -272,7 +295,7 @@ def test_memorization_measures_what_a_fim_two_rank_run_trained_on(tiny_data, tmp
     assert meta["data_position"]["global_batch"] == 8 and cfg.global_batch_size == 0
     steps, seqs = ev.trained_sequences(cfg, meta, n=8)
     assert steps == list(range(8))
-    fim = {enc.encode_single_token(t) for t in data.SPECIAL_TOKENS[1:4]}
+    fim = {enc.encode_single_token(t) for t in tokenizer.FIM_TOKENS}
     assert any(fim & set(row.tolist()) for row in seqs)  # FIM is applied in what eval.py reads
     capsys.readouterr()
     for step, row in zip(steps, seqs):

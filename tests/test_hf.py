@@ -6,13 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-import data, train
-from model import ModelConfig
+import data
+import stage
+import tasks
+import tokenizer
+import train
+from config import ModelConfig
 import eval as hf
-from conftest import ROOT
+from helpers import ROOT, TINY, llama_tokenizer, load, tokenize_tiny
 
 transformers = pytest.importorskip("transformers")
-TINY = os.path.join(ROOT, "data", "tiny")
 
 
 def make_model(seed=0, **kw):
@@ -108,15 +111,11 @@ def test_import_refuses(change, key, tmp_path):
         hf.import_llama(tmp_path)
 
 
-def tiny_texts(name):
-    return [json.loads(line)["text"] for line in open(os.path.join(TINY, name + ".jsonl"))]
-
-
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("tok")
-    texts = sum((tiny_texts(n) for n in ("en", "zh", "code")), [])
-    enc = data.train_tokenizer(texts, 512, str(d / "tok.tiktoken"))
+    texts = sum((load(n) for n in ("en", "zh", "code")), [])
+    enc = tokenizer.train_bpe(texts, 512, str(d / "tok.tiktoken"))
     out = d / "hf"
     hf.export_llama(make_model(vocab_size=576), out, tokenizer_path=str(d / "tok.tiktoken"))
     return enc, out
@@ -135,11 +134,11 @@ def test_tokenizer_files(tokenizer_dir):
 def test_tokenizer_matches_tiktoken(tokenizer_dir, source):
     enc, out = tokenizer_dir
     tok = transformers.AutoTokenizer.from_pretrained(out)
-    texts = tiny_texts(source) + ["don't  stop\r\n\n\t  x++ 12345 ünïcödé 🙂 中文，标点。", "   ", "a\n\n\nb"]
+    texts = load(source) + ["don't  stop\r\n\n\t  x++ 12345 ünïcödé 🙂 中文，标点。", "   ", "a\n\n\nb"]
     rng = random.Random(source)  # random mixes of the characters the split pattern treats differently
     pool = list("aZé中文'sdtlLvV 123٣  \t\r\n\n.,;:!?-+*/(){}[]\"#@_~<>|\u00a0\u3000") + ["'ll", "'RE", "🙂"]
     texts += ["".join(rng.choices(pool, k=rng.randint(1, 40))) for _ in range(300)]
-    ours = data.load_tokenizer(str(out))  # the same tokenizer.json, read as a released one is
+    ours = tokenizer.load_tokenizer(str(out))  # the same tokenizer.json, read as a released one is
     for text in texts:
         ids = enc.encode_ordinary(text)
         assert tok.encode(text) == ids, text[:80]
@@ -164,58 +163,19 @@ def test_tokenizer_vocab_too_big(tokenizer_dir, tmp_path):
 # a released model's folder: a Llama tokenizer.json (SentencePiece-style BPE: "▁" for spaces,
 # one prepended, <0xNN> byte fallback, <s> added by its post-processor), laid out as LLaMA's is
 
-def llama_tokenizer(folder, vocab_size=700):
-    """Write tokenizer.json + tokenizer_config.json as LLaMA-2 / Amber ship them, the merges
-    learnt by tokenizers' trainer from data/tiny; returns the folder."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    t = Tokenizer(models.BPE())
-    t.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
-    t.train_from_iterator(sum((tiny_texts(n) for n in ("en", "zh", "code")), []),
-                          trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False, limit_alphabet=150))
-    learnt = json.loads(t.to_str())["model"]
-    vocab = {tok: i for i, tok in enumerate(["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)])}
-    for tok, _ in sorted(learnt["vocab"].items(), key=lambda x: x[1]):
-        vocab.setdefault(tok, len(vocab))
-    seq = lambda *parts: [{"SpecialToken": {"id": "<s>", "type_id": i}} if p == "<s>" else {"Sequence": {"id": p, "type_id": i}}
-                          for i, p in parts]
-    spec = {
-        "version": "1.0", "truncation": None, "padding": None,
-        "added_tokens": [dict(id=i, content=c, single_word=False, lstrip=False, rstrip=False, normalized=False, special=True)
-                         for i, c in enumerate(["<unk>", "<s>", "</s>"])],
-        "normalizer": {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "▁"},
-                                                           {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]},
-        "pre_tokenizer": None,
-        "post_processor": {"type": "TemplateProcessing", "single": seq((0, "<s>"), (0, "A")),
-                           "pair": seq((0, "<s>"), (0, "A"), (1, "<s>"), (1, "B")),
-                           "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}}},
-        "decoder": {"type": "Sequence", "decoders": [
-            {"type": "Replace", "pattern": {"String": "▁"}, "content": " "}, {"type": "ByteFallback"}, {"type": "Fuse"},
-            {"type": "Strip", "content": " ", "start": 1, "stop": 0}]},
-        "model": {"type": "BPE", "dropout": None, "unk_token": "<unk>", "continuing_subword_prefix": None,
-                  "end_of_word_suffix": None, "fuse_unk": True, "byte_fallback": True, "vocab": vocab,
-                  "merges": learnt["merges"]}}
-    os.makedirs(folder, exist_ok=True)
-    json.dump(spec, open(os.path.join(folder, "tokenizer.json"), "w"), ensure_ascii=False)
-    # PreTrainedTokenizerFast: transformers runs the file as written (its LlamaTokenizer class rebuilds
-    # the pipeline with legacy=False rules, which differ where a text starts with a space)
-    json.dump(dict(tokenizer_class="PreTrainedTokenizerFast", bos_token="<s>", eos_token="</s>", unk_token="<unk>"),
-              open(os.path.join(folder, "tokenizer_config.json"), "w"))
-    return folder
-
-
 @pytest.fixture(scope="module")
 def llama_dir(tmp_path_factory):
     return llama_tokenizer(str(tmp_path_factory.mktemp("llama")))
 
 
 def test_llama_tokenizer_json_matches_transformers(llama_dir):
-    ours = data.load_tokenizer(llama_dir)
+    ours = tokenizer.load_tokenizer(llama_dir)
     theirs = transformers.AutoTokenizer.from_pretrained(llama_dir)
     assert (ours.eot_token, ours.prefix_token) == (theirs.eos_token_id, theirs.bos_token_id) == (2, 1)
     assert ours.n_vocab == len(theirs)
     rng = random.Random(0)
     pool = list("aZé中文 ü\t\n\n.,:!?") + ["🙂", "  ", "ʕ•ᴥ•ʔ"]
-    texts = sum((tiny_texts(n) for n in ("en", "zh", "code")), []) + \
+    texts = sum((load(n) for n in ("en", "zh", "code")), []) + \
         ["".join(rng.choices(pool, k=rng.randint(1, 30))) for _ in range(200)]
     for text in texts:
         ids = ours.encode_ordinary(text)
@@ -232,20 +192,20 @@ def test_llama_tokenizer_json_matches_transformers(llama_dir):
 
 
 def test_tokenizer_json_errors(llama_dir, tmp_path):
-    with pytest.raises(data.DataError, match="no tokenizer.json"):
-        data.load_tokenizer(str(tmp_path))
+    with pytest.raises(stage.DataError, match="no tokenizer.json"):
+        tokenizer.load_tokenizer(str(tmp_path))
     (tmp_path / "tokenizer.json").write_text('{"version": "1.0", "model": {"type": "BPE", "vocab": [1]}}')
-    with pytest.raises(data.DataError, match="tokenizer.json: not a tokenizer.json"):
-        data.load_tokenizer(str(tmp_path / "tokenizer.json"))
+    with pytest.raises(stage.DataError, match="tokenizer.json: not a tokenizer.json"):
+        tokenizer.load_tokenizer(str(tmp_path / "tokenizer.json"))
     spec = json.load(open(os.path.join(llama_dir, "tokenizer.json")))
     spec["added_tokens"] = spec["added_tokens"][:1]
     del spec["model"]["vocab"]["</s>"], spec["model"]["vocab"]["<s>"]
     json.dump(spec, open(tmp_path / "tokenizer.json", "w"))
-    with pytest.raises(data.DataError, match="cannot tell its end-of-text token"):
-        data.load_tokenizer(str(tmp_path))
+    with pytest.raises(stage.DataError, match="cannot tell its end-of-text token"):
+        tokenizer.load_tokenizer(str(tmp_path))
     json.dump(dict(eos_token="<|im_end|>"), open(tmp_path / "tokenizer_config.json", "w"))
-    with pytest.raises(data.DataError, match="eos_token '<|im_end|>' is not a token"):
-        data.load_tokenizer(str(tmp_path))
+    with pytest.raises(stage.DataError, match="eos_token '<|im_end|>' is not a token"):
+        tokenizer.load_tokenizer(str(tmp_path))
 
 
 def lm_eval_scores(model_dir, tok_dir, path):
@@ -254,9 +214,9 @@ def lm_eval_scores(model_dir, tok_dir, path):
     model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     tok = transformers.AutoTokenizer.from_pretrained(tok_dir)
     enc = lambda s: tok(s)["input_ids"]  # lm-eval 0.4.13: the tokenizer's own framing (LLaMA's <s> first)
-    items = hf.read_task(path)
+    items = tasks.read_task(path)
     hits, hits_norm, lls = [], [], []
-    for context, item in zip(hf.contexts(path, items, 0), items):
+    for context, item in zip(tasks.contexts(path, items, 0), items):
         scores = []
         for c in item.choices:
             ctx, cont = context, " " + c
@@ -279,27 +239,27 @@ def test_eval_released_model_folders_end_to_end(llama_dir, tmp_path):
     llama_tokenizer(str(root))
     for step, seed in ((0, 3), (120, 4)):
         hf.export_llama(make_model(seed, vocab_size=1024, max_seq_len=512), root / f"ckpt_{step:03d}")
-    tasks = os.path.join(ROOT, "data", "evals")
-    assert hf.main([str(root), f"--tasks={tasks}", "--shots=0"]) == 0
+    evals = os.path.join(ROOT, "data", "evals")
+    assert hf.main([str(root), f"--tasks={evals}", "--shots=0"]) == 0
     rows = [json.loads(line) for line in open(root / "evals.jsonl")]
     assert [(r["ckpt"], r["step"]) for r in rows] == [("ckpt_000", 0), ("ckpt_120", 120)]
-    assert all(r["tasks"] == {t[:-6]: 0 for t in os.listdir(tasks) if t.endswith(".jsonl")} for r in rows)
+    assert all(r["tasks"] == {t[:-6]: 0 for t in os.listdir(evals) if t.endswith(".jsonl")} for r in rows)
     for r in rows:  # each row's scores are transformers' own, item by item
         for task in ("arc_easy", "hellaswag", "ceval"):
-            acc, acc_norm, _ = lm_eval_scores(root / r["ckpt"], root, os.path.join(tasks, task + ".jsonl"))
+            acc, acc_norm, _ = lm_eval_scores(root / r["ckpt"], root, os.path.join(evals, task + ".jsonl"))
             assert (r[f"{task}/acc"], r[f"{task}/acc_norm"]) == (acc, acc_norm), (r["ckpt"], task)
     # and the log-likelihoods behind them agree to 1e-4 nats
     model, cfg, enc, meta = hf.load(str(root / "ckpt_120"))
     assert cfg is None and meta["step"] == 120 and enc.eot_token == 2
-    path = os.path.join(tasks, "mmlu.jsonl")
-    items = hf.read_task(path)
-    requests = [hf.encode_pair(enc, ctx, " " + c) for ctx, it in zip(hf.contexts(path, items, 0), items) for c in it.choices]
-    ours = hf.loglikelihoods(model, requests)
+    path = os.path.join(evals, "mmlu.jsonl")
+    items = tasks.read_task(path)
+    requests = [tasks.encode_pair(enc, ctx, " " + c) for ctx, it in zip(tasks.contexts(path, items, 0), items) for c in it.choices]
+    ours = tasks.loglikelihoods(model, requests)
     theirs = lm_eval_scores(root / "ckpt_120", root, path)[2]
     assert max(abs(a - b) for a, b in zip(ours, theirs)) < 1e-4
     # the same command again evaluates nothing; a new checkpoint alone is evaluated
     hf.export_llama(make_model(5, vocab_size=1024, max_seq_len=512), root / "ckpt_240")
-    hf.main([str(root), f"--tasks={tasks}", "--shots=0"])
+    hf.main([str(root), f"--tasks={evals}", "--shots=0"])
     assert [json.loads(line)["ckpt"] for line in open(root / "evals.jsonl")] == ["ckpt_000", "ckpt_120", "ckpt_240"]
     assert "ckpt_240" in open(root / "evals.md").read()
     with pytest.raises(hf.ConfigError, match="--tasks"):  # no run data to measure loss on
@@ -307,18 +267,18 @@ def test_eval_released_model_folders_end_to_end(llama_dir, tmp_path):
 
 
 def test_tokenize_and_train_with_a_released_tokenizer(llama_dir, tmp_path):
-    from conftest import small_args
+    from helpers import small_args
     out = str(tmp_path / "tokens")
-    manifest = data.prepare(TINY, out, llama_dir, val_frac=0.05)
+    manifest = tokenize_tiny(out, docs=TINY, tokenizer=llama_dir)
     assert manifest["tokenizer"] == "tokenizer.json" and manifest["eot"] == 2 and manifest["dtype"] == "uint16"
-    enc, theirs = data.tokenizer_of(out, manifest), transformers.AutoTokenizer.from_pretrained(llama_dir)
+    enc, theirs = tokenizer.tokenizer_of(out, manifest), transformers.AutoTokenizer.from_pretrained(llama_dir)
     # the shards hold each document's ids as transformers gives them (<s> first), then </s>
     zh = np.concatenate([data.read_shard(os.path.join(out, s["file"])) for s in manifest["shards"] if s["source"] == "zh"])
-    want = sum((theirs(t)["input_ids"] + [2] for t in tiny_texts("zh")), [])
+    want = sum((theirs(t)["input_ids"] + [2] for t in load("zh")), [])
     assert want[0] == 1 and enc.bos_ids == [1]
     assert zh.tolist() == want
     assert enc.encode_ordinary("中文") == theirs("中文", add_special_tokens=False)["input_ids"]
-    with pytest.raises(data.DataError, match="lacks <\\|fim_prefix\\|>"):
+    with pytest.raises(stage.DataError, match="lacks <\\|fim_prefix\\|>"):
         data.Batches(out, 32, 4, 0, fim_rate=0.5)
     # train.py prepares its data_dir with the tokenizer its config names, and trains on it
     model = train.main(small_args(str(tmp_path / "tokens2"), str(tmp_path / "run"), f"--tokenizer={llama_dir}",
@@ -330,12 +290,12 @@ def test_tokenize_and_train_with_a_released_tokenizer(llama_dir, tmp_path):
 
 
 def test_export_a_run_trained_with_a_released_tokenizer(llama_dir, tmp_path):
-    from conftest import small_args
+    from helpers import small_args
     train.main(small_args(str(tmp_path / "tokens"), str(tmp_path / "run"), f"--tokenizer={llama_dir}", "--max_steps=2"))
     hf.main(["export", str(tmp_path / "run"), str(tmp_path / "hf")])
-    ours = data.load_tokenizer(str(tmp_path / "hf"))
+    ours = tokenizer.load_tokenizer(str(tmp_path / "hf"))
     theirs = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
-    text = tiny_texts("zh")[0][:300] + " and English"
+    text = load("zh")[0][:300] + " and English"
     assert ours.encode_ordinary(text) == theirs(text, add_special_tokens=False)["input_ids"]
     c = json.load(open(tmp_path / "hf" / "config.json"))
     assert (c["eos_token_id"], c["bos_token_id"]) == (theirs.eos_token_id, theirs.bos_token_id) == (2, 1)

@@ -1,27 +1,25 @@
 """The shape of the tree: imports point one way, so each file reads without the ones above it:
-the kernels, then config, then the model, then data, then curation and checkpoints, then
-training, then evaluation and the benchmarks."""
-import ast, glob, os, subprocess, sys
+the kernels, then config, then the model and the corpus plumbing (stage), then tokenizers,
+checkpoints and tasks, then data, then dedup, then curation, training and evaluation, none of
+which imports another. No module of ours shares its import name with an installed
+distribution or the standard library."""
+import ast, glob, importlib.metadata, os, subprocess, sys
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
-LAYERS = {"kernels": 0, "config": 1, "model": 2, "data": 3, "checkpoint": 4, "curate": 4, "train": 5, "eval": 6,
-          "kernels.bench": 7}
+LAYERS = {"nanokernels": 0, "config": 1, "model": 2, "stage": 2, "tokenizer": 3, "checkpoint": 3, "tasks": 3,
+          "data": 4, "dedup": 5, "curate": 6, "train": 6, "eval": 6}
 
 
 def module_of(path):
     rel = os.path.relpath(path, ROOT)[:-3].replace(os.sep, ".")
-    if rel == "kernels.bench":
-        return rel
-    return rel.split(".")[0] if rel.startswith(("kernels.", "config.")) else rel.replace(".__init__", "")
+    return rel.split(".")[0]
 
 
 def ours(name):
     """The layer key of an imported module name, None for anything not of this tree."""
-    if name == "kernels.bench":
-        return name
     top = name.split(".")[0]
     return top if top in LAYERS else None
 
@@ -47,7 +45,7 @@ def upward(path, source=None):
     return bad
 
 
-FILES = sorted(glob.glob(os.path.join(ROOT, "*.py")) + glob.glob(os.path.join(ROOT, "kernels", "*.py"))
+FILES = sorted(glob.glob(os.path.join(ROOT, "*.py")) + glob.glob(os.path.join(ROOT, "nanokernels", "*.py"))
                + glob.glob(os.path.join(ROOT, "config", "*.py")))
 
 
@@ -63,17 +61,56 @@ def test_the_check_catches_an_upward_import():
     assert upward(data_py, "def show():\n    import train\n") == ["train"]
     assert upward(data_py, "from eval import load\n") == ["eval"]
     assert upward(os.path.join(ROOT, "model.py"), "import train\n") == ["train"]
-    assert upward(os.path.join(ROOT, "kernels", "adamw.py"), "from train import clip_grads\n") == ["train"]
-    assert upward(os.path.join(ROOT, "kernels", "flash_attention.py"), "import model\n") == ["model"]
-    assert upward(os.path.join(ROOT, "config", "__init__.py"), "from model import GPT\n") == ["model"]  # config needs no torch
-    assert upward(os.path.join(ROOT, "checkpoint.py"), "import curate\n") == ["curate"]  # same layer: no
+    assert upward(os.path.join(ROOT, "nanokernels", "adamw.py"), "from train import clip_grads\n") == ["train"]
+    assert upward(os.path.join(ROOT, "nanokernels", "flash_attention.py"), "import model\n") == ["model"]
+    assert upward(os.path.join(ROOT, "config", "__init__.py"), "from model import GPT\n") == ["model"]
+    assert upward(os.path.join(ROOT, "checkpoint.py"), "import tokenizer\n") == ["tokenizer"]  # same layer: no
     assert upward(os.path.join(ROOT, "checkpoint.py"), "from train import build_model\n") == ["train"]
-    assert upward(os.path.join(ROOT, "eval.py"), "import train, data\n") == []
+    assert upward(os.path.join(ROOT, "eval.py"), "import train, data\n") == ["train"]  # eval reads no training code
+    assert upward(os.path.join(ROOT, "stage.py"), "from data import read_shard\n") == ["data"]
+
+
+OURS = {module_of(p) for p in FILES} | {"benchmarks", "tests"}
+
+
+def shadowed(names):
+    """{name: [distributions]} of the names that an installed distribution or the standard
+    library also uses: run from the project root, a folder or file of ours comes first on
+    sys.path and hides it (transformers 5.25 imports the `kernels` distribution)."""
+    installed = importlib.metadata.packages_distributions()
+    clash = {n: installed[n] for n in names if n in installed}
+    return clash | {n: ["the standard library"] for n in names if n in sys.stdlib_module_names}
+
+
+def test_no_module_of_ours_shadows_an_installed_one():
+    assert shadowed(OURS) == {}
+
+
+def test_the_name_check_catches_a_clash(tmp_path, monkeypatch):
+    # a distribution installed under one of our names is caught: here `stage`, as a wheel lays it out
+    (tmp_path / "stage").mkdir()
+    (tmp_path / "stage" / "__init__.py").write_text("")
+    info = tmp_path / "stage-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: stage\nVersion: 1.0\n")
+    (info / "RECORD").write_text("stage/__init__.py,,\nstage-1.0.dist-info/METADATA,,\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert shadowed(OURS) == {"stage": ["stage"]}
+    assert shadowed({"kernels", "json"}) == {"json": ["the standard library"]} | (
+        {"kernels": ["kernels"]} if "kernels" in importlib.metadata.packages_distributions() else {})
 
 
 def test_the_data_side_loads_without_training_or_evaluation():
     # and without torch: a curation command does not pay seconds of import to read its config
-    code = ("import sys, data, curate; bad = {'train', 'eval', 'model', 'torch'} & set(sys.modules); "
-            "assert not bad, bad")
+    code = ("import sys, stage, tokenizer, data, dedup, curate; "
+            "bad = {'train', 'eval', 'model', 'checkpoint', 'torch'} & set(sys.modules); assert not bad, bad")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_the_kernels_folder_holds_the_kernels_only():
+    names = sorted(f for f in os.listdir(os.path.join(ROOT, "nanokernels")) if f.endswith(".py"))
+    assert names == ["__init__.py", "adamw.py", "flash_attention.py"]
+    for f in ("adamw.py", "flash_attention.py"):  # and they import nothing of ours
+        source = open(os.path.join(ROOT, "nanokernels", f), encoding="utf-8").read()
+        assert [n for n in imports(source) if ours(n)] == []

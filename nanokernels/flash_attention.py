@@ -58,14 +58,16 @@ def _fwd_inner(acc, l_i, m_i, q, k_ptr, v_ptr, skt, svt, lo, hi, rows, seg_lo, s
         cols = start + offs_n
         kv_mask = (cols[:, None] < T) & (offs_d[None, :] < D)
         k = tl.load(k_ptr + cols[:, None] * skt + offs_d[None, :], mask=kv_mask, other=0.0)
-        s = _dot(q, tl.trans(k), tl.zeros([q.shape[0], BLOCK_N], tl.float32), PREC, UPCAST) * qk_scale
+        s = _dot(q, tl.trans(k), tl.zeros([q.shape[0], BLOCK_N], tl.float32),
+                 PREC, UPCAST) * qk_scale
         if MASK:  # the diagonal and the ragged end
             ok = cols[None, :] < T
             if CAUSAL:
                 ok = ok & (cols[None, :] <= rows[:, None])
             s = tl.where(ok, s, float("-inf"))
         if DOC:
-            s = tl.where((cols[None, :] >= seg_lo[:, None]) & (cols[None, :] < seg_hi[:, None]), s, float("-inf"))
+            s = tl.where((cols[None, :] >= seg_lo[:, None]) & (cols[None, :] < seg_hi[:, None]),
+                         s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         if DOC:  # a row may have seen no key of its document yet: keep exp2 away from -inf - -inf
             m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -106,8 +108,9 @@ def _key_range(SEG_LO, SEG_HI, b64, rows, m0, T, BLOCK_M: tl.constexpr, BLOCK_N:
 def _fwd_kernel(Q, K, V, O, LSE, SEG_LO, SEG_HI,
                 sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, sob, sot, soh,
                 T, H, GROUP, qk_scale,
-                D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                CAUSAL: tl.constexpr, DOC: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+                D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+                BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, DOC: tl.constexpr,
+                PREC: tl.constexpr, UPCAST: tl.constexpr):
     m0 = tl.program_id(0) * BLOCK_M
     b, h = tl.program_id(1) // H, tl.program_id(1) % H
     b64, hk = b.to(tl.int64), h // GROUP
@@ -115,19 +118,22 @@ def _fwd_kernel(Q, K, V, O, LSE, SEG_LO, SEG_HI,
     q = tl.load(Q + b64 * sqb + h * sqh + rows[:, None] * sqt + offs_d[None, :],
                 mask=(rows[:, None] < T) & (offs_d[None, :] < D), other=0.0)
     k_ptr, v_ptr = K + b64 * skb + hk * skh, V + b64 * svb + hk * svh
-    lo, mid, hi, seg_lo, seg_hi = _key_range(SEG_LO, SEG_HI, b64, rows, m0, T, BLOCK_M, BLOCK_N, CAUSAL, DOC)
+    lo, mid, hi, seg_lo, seg_hi = _key_range(SEG_LO, SEG_HI, b64, rows, m0, T, BLOCK_M, BLOCK_N,
+                                             CAUSAL, DOC)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptr, v_ptr, skt, svt, lo, mid, rows, seg_lo, seg_hi, T, qk_scale,
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptr, v_ptr, skt, svt, lo, mid,
+                               rows, seg_lo, seg_hi, T, qk_scale,
                                D, BLOCK_D, BLOCK_N, False, CAUSAL, DOC, PREC, UPCAST)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptr, v_ptr, skt, svt, mid, hi, rows, seg_lo, seg_hi, T, qk_scale,
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptr, v_ptr, skt, svt, mid, hi,
+                               rows, seg_lo, seg_hi, T, qk_scale,
                                D, BLOCK_D, BLOCK_N, True, CAUSAL, DOC, PREC, UPCAST)
     if DOC:  # rows past T saw nothing: keep 0/0 out of the (discarded) result
         l_i = tl.where(l_i == 0.0, 1.0, l_i)
     o = acc / l_i[:, None]
-    tl.store(O + b64 * sob + h * soh + rows[:, None] * sot + offs_d[None, :], o.to(O.dtype.element_ty),
-             mask=(rows[:, None] < T) & (offs_d[None, :] < D))
+    tl.store(O + b64 * sob + h * soh + rows[:, None] * sot + offs_d[None, :],
+             o.to(O.dtype.element_ty), mask=(rows[:, None] < T) & (offs_d[None, :] < D))
     tl.store(LSE + (b64 * H + h) * T + rows, m_i + tl.math.log2(l_i), mask=rows < T)  # base 2
 
 
@@ -138,13 +144,17 @@ def _bwd_delta(O, DO, DELTA, sob, sot, soh, sdb, sdt, sdh, T, H,
     b, h = tl.program_id(1) // H, tl.program_id(1) % H
     b64 = b.to(tl.int64)
     mask = (rows[:, None] < T) & (offs_d[None, :] < D)
-    o = tl.load(O + b64 * sob + h * soh + rows[:, None] * sot + offs_d[None, :], mask=mask, other=0.0)
-    do = tl.load(DO + b64 * sdb + h * sdh + rows[:, None] * sdt + offs_d[None, :], mask=mask, other=0.0)
-    tl.store(DELTA + (b64 * H + h) * T + rows, tl.sum(o.to(tl.float32) * do.to(tl.float32), 1), mask=rows < T)
+    o = tl.load(O + b64 * sob + h * soh + rows[:, None] * sot + offs_d[None, :],
+                mask=mask, other=0.0)
+    do = tl.load(DO + b64 * sdb + h * sdh + rows[:, None] * sdt + offs_d[None, :],
+                 mask=mask, other=0.0)
+    tl.store(DELTA + (b64 * H + h) * T + rows, tl.sum(o.to(tl.float32) * do.to(tl.float32), 1),
+             mask=rows < T)
 
 
 @triton.jit
-def _dkdv_inner(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, sqt, sdt, lo, hi, cols, seg_lo, seg_hi, T, qk_scale,
+def _dkdv_inner(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, sqt, sdt, lo, hi,
+                cols, seg_lo, seg_hi, T, qk_scale,
                 D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, MASK: tl.constexpr,
                 DOC: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
     # queries past T load as zeros with lse = delta = 0, which adds exactly zero to dK and dV
@@ -157,12 +167,14 @@ def _dkdv_inner(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, sqt, sdt, lo, h
         lse = tl.load(lse_ptr + rows, mask=rows < T, other=0.0)
         delta = tl.load(delta_ptr + rows, mask=rows < T, other=0.0)
         # transposed, (keys, queries), so that P^T and dS^T need no transpose before their dots
-        pT = tl.math.exp2(_dot(k, tl.trans(q), tl.zeros([k.shape[0], BLOCK_M], tl.float32), PREC, UPCAST)
+        pT = tl.math.exp2(_dot(k, tl.trans(q), tl.zeros([k.shape[0], BLOCK_M], tl.float32),
+                               PREC, UPCAST)
                           * qk_scale - lse[None, :])
         if MASK:  # causal diagonal
             pT = tl.where(rows[None, :] >= cols[:, None], pT, 0.0)
         if DOC:
-            pT = tl.where((rows[None, :] >= seg_lo[:, None]) & (rows[None, :] < seg_hi[:, None]), pT, 0.0)
+            pT = tl.where((rows[None, :] >= seg_lo[:, None]) & (rows[None, :] < seg_hi[:, None]),
+                          pT, 0.0)
         dv = _dot(pT.to(do.dtype), do, dv, PREC, UPCAST)
         dpT = _dot(v, tl.trans(do), tl.zeros([k.shape[0], BLOCK_M], tl.float32), PREC, UPCAST)
         dsT = pT * (dpT - delta[None, :])
@@ -174,15 +186,18 @@ def _dkdv_inner(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, sqt, sdt, lo, h
 def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, SEG_LO, SEG_HI,
                      sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, sdb, sdt, sdh, sgb, sgt, sgh,
                      T, H, HK, GROUP, sm_scale, qk_scale,
-                     D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                     CAUSAL: tl.constexpr, DOC: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+                     D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+                     BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, DOC: tl.constexpr,
+                     PREC: tl.constexpr, UPCAST: tl.constexpr):
     n0 = tl.program_id(0) * BLOCK_N
     b, hk = tl.program_id(1) // HK, tl.program_id(1) % HK
     b64 = b.to(tl.int64)
     cols, offs_d = n0 + tl.arange(0, BLOCK_N), tl.arange(0, BLOCK_D)
     kv_mask = (cols[:, None] < T) & (offs_d[None, :] < D)
-    k = tl.load(K + b64 * skb + hk * skh + cols[:, None] * skt + offs_d[None, :], mask=kv_mask, other=0.0)
-    v = tl.load(V + b64 * svb + hk * svh + cols[:, None] * svt + offs_d[None, :], mask=kv_mask, other=0.0)
+    k = tl.load(K + b64 * skb + hk * skh + cols[:, None] * skt + offs_d[None, :],
+                mask=kv_mask, other=0.0)
+    v = tl.load(V + b64 * svb + hk * svh + cols[:, None] * svt + offs_d[None, :],
+                mask=kv_mask, other=0.0)
     # the queries that may see this block of keys: [lo, hi), the first ones through the causal mask
     lo, hi = 0, T
     if CAUSAL:
@@ -203,17 +218,21 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, SEG_LO, SEG_HI,
         h = hk * GROUP + g
         q_ptr, do_ptr = Q + b64 * sqb + h * sqh, DO + b64 * sdb + h * sdh
         lse_ptr, delta_ptr = LSE + (b64 * H + h) * T, DELTA + (b64 * H + h) * T
-        dk, dv = _dkdv_inner(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, sqt, sdt, lo, mid, cols, seg_lo, seg_hi,
-                             T, qk_scale, D, BLOCK_D, BLOCK_M, True, DOC, PREC, UPCAST)
-        dk, dv = _dkdv_inner(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, sqt, sdt, mid, hi, cols, seg_lo, seg_hi,
-                             T, qk_scale, D, BLOCK_D, BLOCK_M, False, DOC, PREC, UPCAST)
-    tl.store(DK + b64 * sgb + hk * sgh + cols[:, None] * sgt + offs_d[None, :], (dk * sm_scale).to(DK.dtype.element_ty),
-             mask=kv_mask)
-    tl.store(DV + b64 * sgb + hk * sgh + cols[:, None] * sgt + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=kv_mask)
+        dk, dv = _dkdv_inner(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, sqt, sdt, lo, mid,
+                             cols, seg_lo, seg_hi, T, qk_scale,
+                             D, BLOCK_D, BLOCK_M, True, DOC, PREC, UPCAST)
+        dk, dv = _dkdv_inner(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, sqt, sdt, mid, hi,
+                             cols, seg_lo, seg_hi, T, qk_scale,
+                             D, BLOCK_D, BLOCK_M, False, DOC, PREC, UPCAST)
+    tl.store(DK + b64 * sgb + hk * sgh + cols[:, None] * sgt + offs_d[None, :],
+             (dk * sm_scale).to(DK.dtype.element_ty), mask=kv_mask)
+    tl.store(DV + b64 * sgb + hk * sgh + cols[:, None] * sgt + offs_d[None, :],
+             dv.to(DV.dtype.element_ty), mask=kv_mask)
 
 
 @triton.jit
-def _dq_inner(dq, q, do, lse, delta, k_ptr, v_ptr, skt, svt, lo, hi, rows, seg_lo, seg_hi, T, qk_scale,
+def _dq_inner(dq, q, do, lse, delta, k_ptr, v_ptr, skt, svt, lo, hi,
+              rows, seg_lo, seg_hi, T, qk_scale,
               D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, MASK: tl.constexpr,
               CAUSAL: tl.constexpr, DOC: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
     offs_n, offs_d = tl.arange(0, BLOCK_N), tl.arange(0, BLOCK_D)
@@ -222,7 +241,8 @@ def _dq_inner(dq, q, do, lse, delta, k_ptr, v_ptr, skt, svt, lo, hi, rows, seg_l
         kv_mask = (cols[:, None] < T) & (offs_d[None, :] < D)
         k = tl.load(k_ptr + cols[:, None] * skt + offs_d[None, :], mask=kv_mask, other=0.0)
         v = tl.load(v_ptr + cols[:, None] * svt + offs_d[None, :], mask=kv_mask, other=0.0)
-        p = tl.math.exp2(_dot(q, tl.trans(k), tl.zeros([q.shape[0], BLOCK_N], tl.float32), PREC, UPCAST)
+        p = tl.math.exp2(_dot(q, tl.trans(k), tl.zeros([q.shape[0], BLOCK_N], tl.float32),
+                              PREC, UPCAST)
                          * qk_scale - lse[:, None])
         if MASK:  # the diagonal and the ragged end (where exp2 of a large -lse could overflow)
             ok = cols[None, :] < T
@@ -230,7 +250,8 @@ def _dq_inner(dq, q, do, lse, delta, k_ptr, v_ptr, skt, svt, lo, hi, rows, seg_l
                 ok = ok & (cols[None, :] <= rows[:, None])
             p = tl.where(ok, p, 0.0)
         if DOC:
-            p = tl.where((cols[None, :] >= seg_lo[:, None]) & (cols[None, :] < seg_hi[:, None]), p, 0.0)
+            p = tl.where((cols[None, :] >= seg_lo[:, None]) & (cols[None, :] < seg_hi[:, None]),
+                         p, 0.0)
         dp = _dot(do, tl.trans(v), tl.zeros([q.shape[0], BLOCK_N], tl.float32), PREC, UPCAST)
         ds = p * (dp - delta[:, None])
         dq = _dot(ds.to(k.dtype), k, dq, PREC, UPCAST)
@@ -241,26 +262,32 @@ def _dq_inner(dq, q, do, lse, delta, k_ptr, v_ptr, skt, svt, lo, hi, rows, seg_l
 def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, SEG_LO, SEG_HI,
                    sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, sdb, sdt, sdh, sgb, sgt, sgh,
                    T, H, GROUP, sm_scale, qk_scale,
-                   D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                   CAUSAL: tl.constexpr, DOC: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+                   D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+                   BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, DOC: tl.constexpr,
+                   PREC: tl.constexpr, UPCAST: tl.constexpr):
     m0 = tl.program_id(0) * BLOCK_M
     b, h = tl.program_id(1) // H, tl.program_id(1) % H
     b64, hk = b.to(tl.int64), h // GROUP
     rows, offs_d = m0 + tl.arange(0, BLOCK_M), tl.arange(0, BLOCK_D)
     mask = (rows[:, None] < T) & (offs_d[None, :] < D)
-    q = tl.load(Q + b64 * sqb + h * sqh + rows[:, None] * sqt + offs_d[None, :], mask=mask, other=0.0)
-    do = tl.load(DO + b64 * sdb + h * sdh + rows[:, None] * sdt + offs_d[None, :], mask=mask, other=0.0)
+    q = tl.load(Q + b64 * sqb + h * sqh + rows[:, None] * sqt + offs_d[None, :],
+                mask=mask, other=0.0)
+    do = tl.load(DO + b64 * sdb + h * sdh + rows[:, None] * sdt + offs_d[None, :],
+                 mask=mask, other=0.0)
     lse = tl.load(LSE + (b64 * H + h) * T + rows, mask=rows < T, other=0.0)
     delta = tl.load(DELTA + (b64 * H + h) * T + rows, mask=rows < T, other=0.0)
     k_ptr, v_ptr = K + b64 * skb + hk * skh, V + b64 * svb + hk * svh
-    lo, mid, hi, seg_lo, seg_hi = _key_range(SEG_LO, SEG_HI, b64, rows, m0, T, BLOCK_M, BLOCK_N, CAUSAL, DOC)
+    lo, mid, hi, seg_lo, seg_hi = _key_range(SEG_LO, SEG_HI, b64, rows, m0, T, BLOCK_M, BLOCK_N,
+                                             CAUSAL, DOC)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    dq = _dq_inner(dq, q, do, lse, delta, k_ptr, v_ptr, skt, svt, lo, mid, rows, seg_lo, seg_hi, T, qk_scale,
+    dq = _dq_inner(dq, q, do, lse, delta, k_ptr, v_ptr, skt, svt, lo, mid,
+                   rows, seg_lo, seg_hi, T, qk_scale,
                    D, BLOCK_D, BLOCK_N, False, CAUSAL, DOC, PREC, UPCAST)
-    dq = _dq_inner(dq, q, do, lse, delta, k_ptr, v_ptr, skt, svt, mid, hi, rows, seg_lo, seg_hi, T, qk_scale,
+    dq = _dq_inner(dq, q, do, lse, delta, k_ptr, v_ptr, skt, svt, mid, hi,
+                   rows, seg_lo, seg_hi, T, qk_scale,
                    D, BLOCK_D, BLOCK_N, True, CAUSAL, DOC, PREC, UPCAST)
-    tl.store(DQ + b64 * sgb + h * sgh + rows[:, None] * sgt + offs_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty),
-             mask=mask)
+    tl.store(DQ + b64 * sgb + h * sgh + rows[:, None] * sgt + offs_d[None, :],
+             (dq * sm_scale).to(DQ.dtype.element_ty), mask=mask)
 
 
 # ----------------------------------------------------------------------------- launch
@@ -269,7 +296,7 @@ def block_sizes(D, interpret=INTERPRET):
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) of the forward, dK/dV and dQ kernels. Forward
     and dQ need BLOCK_M % BLOCK_N == 0, dK/dV BLOCK_N % BLOCK_M == 0 (the causal diagonal).
     GPU sizes: the largest tiles that compile for sm_90 without register spills and within
-    shared memory (`python kernels/bench.py compile` prints that table)."""
+    shared memory (`python benchmarks/kernel_bench.py compile` prints that table)."""
     if interpret:  # small blocks, so that short test sequences still cross several of them
         return dict(fwd=(32, 16, 4, 1), dkdv=(16, 32, 4, 1), dq=(32, 16, 4, 1))
     if D <= 64:
@@ -280,7 +307,8 @@ def block_sizes(D, interpret=INTERPRET):
 
 
 def _meta(q, D):
-    # constexprs shared by every kernel: padded head dim, dot precision, the interpreter's bf16 workaround
+    # constexprs shared by every kernel: padded head dim, dot precision, the interpreter's bf16
+    # workaround
     return dict(D=D, BLOCK_D=max(16, triton.next_power_of_2(D)),
                 PREC="ieee" if q.dtype == torch.float32 else "tf32",
                 UPCAST=INTERPRET and q.dtype == torch.bfloat16)
@@ -300,7 +328,8 @@ def _forward(q, k, v, causal, scale, seg_lo, seg_hi):
         q, k, v, o, lse, seg_lo if doc else lse, seg_hi if doc else lse,
         *_strides(q), *_strides(k), *_strides(v), *_strides(o),
         T, H, H // k.size(2), scale * LOG2E,
-        BLOCK_M=BM, BLOCK_N=BN, CAUSAL=causal, DOC=doc, num_warps=warps, num_stages=stages, **_meta(q, D))
+        BLOCK_M=BM, BLOCK_N=BN, CAUSAL=causal, DOC=doc, num_warps=warps, num_stages=stages,
+        **_meta(q, D))
     return o, lse
 
 
@@ -337,20 +366,22 @@ def _backward(do, q, k, v, o, lse, causal, scale, seg_lo, seg_hi):
 
 @torch.library.custom_op("nano360::flash_attn_fwd", mutates_args=())
 def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float,
-            seg_lo: torch.Tensor | None, seg_hi: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+            seg_lo: torch.Tensor | None, seg_hi: torch.Tensor | None
+            ) -> tuple[torch.Tensor, torch.Tensor]:
     return _forward(q, k, v, causal, scale, seg_lo, seg_hi)
 
 
 @_fwd_op.register_fake
 def _(q, k, v, causal, scale, seg_lo, seg_hi):
     B, T, H, _ = q.shape
-    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty((B, H, T), dtype=torch.float32)
+    return (torch.empty_like(q, memory_format=torch.contiguous_format),
+            q.new_empty((B, H, T), dtype=torch.float32))
 
 
 @torch.library.custom_op("nano360::flash_attn_bwd", mutates_args=())
-def _bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
-            causal: bool, scale: float, seg_lo: torch.Tensor | None, seg_hi: torch.Tensor | None
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
+            lse: torch.Tensor, causal: bool, scale: float, seg_lo: torch.Tensor | None,
+            seg_hi: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return _backward(do, q, k, v, o, lse, causal, scale, seg_lo, seg_hi)
 
 
@@ -400,17 +431,22 @@ def flash_attn(q, k, v, causal=True, softmax_scale=None, doc_ids=None):
                          f"k {tuple(k.shape)}, v {tuple(v.shape)}")
     B, T, H, D = q.shape
     if k.shape != v.shape or k.shape[:2] != (B, T) or k.size(3) != D or H % k.size(2):
-        raise ValueError(f"flash_attn: k and v must be (B, T, Hkv, D) with the B, T and D of q and Hq a multiple "
-                         f"of Hkv; got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+        raise ValueError("flash_attn: k and v must be (B, T, Hkv, D) with the B, T and D of q "
+                         f"and Hq a multiple of Hkv; got q {tuple(q.shape)}, k {tuple(k.shape)}, "
+                         f"v {tuple(v.shape)}")
     if D > 256:
         raise ValueError(f"flash_attn supports head dims up to 256; got q {tuple(q.shape)} (D={D})")
-    if not q.dtype == k.dtype == v.dtype or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        raise ValueError(f"flash_attn wants q, k, v all float16, bfloat16 or float32; got {q.dtype}, {k.dtype}, {v.dtype}")
+    if (not q.dtype == k.dtype == v.dtype
+            or q.dtype not in (torch.float16, torch.bfloat16, torch.float32)):
+        raise ValueError("flash_attn wants q, k, v all float16, bfloat16 or float32; "
+                         f"got {q.dtype}, {k.dtype}, {v.dtype}")
     if not INTERPRET and not (q.is_cuda and k.is_cuda and v.is_cuda):
-        raise ValueError(f"flash_attn needs CUDA tensors (got q on {q.device}); on a CPU use attn_impl='sdpa', or set "
-                         "TRITON_INTERPRET=1 before triton is imported to run the kernels (slowly) in the interpreter")
+        raise ValueError(f"flash_attn needs CUDA tensors (got q on {q.device}); on a CPU use "
+                         "attn_impl='sdpa', or set TRITON_INTERPRET=1 before triton is imported "
+                         "to run the kernels (slowly) in the interpreter")
     if doc_ids is not None and tuple(doc_ids.shape) != (B, T):
-        raise ValueError(f"flash_attn: doc_ids must be (B, T) = {(B, T)}; got {tuple(doc_ids.shape)}")
+        raise ValueError(f"flash_attn: doc_ids must be (B, T) = {(B, T)}; "
+                         f"got {tuple(doc_ids.shape)}")
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     seg_lo, seg_hi = doc_segments(doc_ids) if doc_ids is not None else (None, None)
     scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(D)

@@ -1,0 +1,526 @@
+"""
+Dedup as MAP-Neo's "Matrix" recipe does it: exact documents, then MinHash-LSH near-duplicates
+(character n-grams, 128 permutations, 9 bands x 13 rows, connected components), then exact
+paragraphs repeated from an earlier kept document. The first occurrence wins, in the input's
+order.
+
+    dedup_texts(texts)        the whole recipe on a list of texts in memory: the reference
+                              the stage is tested against (tests/test_pipeline.py)
+    dedup_corpus(src, out)    the same steps over shards of any size: `python curate.py dedup`
+
+The stage (datatrove's MinHash pipeline, plus the exact and paragraph steps) runs six phases,
+each a set of independent tasks, every one called as fn(stage, i, folder, params, partitions):
+task i of the phase, the folder it writes whole, the DEDUP parameters and the number of
+partitions of the key hashes:
+
+    signatures  per input task: each document's exact key, signature and band hashes, written
+                sorted by partition; its paragraph keys, by document
+    buckets     per partition: exact copies (same key), and LSH candidates (same band hash)
+                whose signatures agree
+    clusters    one task: the connected components of the agreeing pairs
+    keys        per input task: the paragraph keys of its documents that are kept, by partition
+    paragraphs  per partition: long paragraphs already in an earlier kept document
+    filter      per input task: its documents again, minus what the decisions removed
+
+A document is known by its place packed in a uint64, task << 32 | index in its task: the fixed
+global order in which the first occurrence wins, whatever the number of workers. A partition
+task holds at most PART_RECORDS key records at a time (a larger partition is read in ranges of
+its key hashes), a filter task one task's decisions: memory per worker does not grow with the
+corpus, except in the clusters phase, which holds the agreeing pairs (near-duplicates, not
+documents). Nothing here imports torch.
+"""
+import functools, hashlib, json, os, re, time, unicodedata
+from itertools import repeat
+
+import numpy as np
+
+from stage import (DocWriter, Stage, already_done, count, input_files, read_json, splitmix64,
+                   write_json)
+
+_NON_WORD = re.compile(r"[\W_]+")  # \w is every unicode letter and digit, CJK included
+
+
+def norm_for_dedup(text):
+    """NFKC, lower case, punctuation and symbols gone, whitespace runs -> one space."""
+    return _NON_WORD.sub(" ", unicodedata.normalize("NFKC", text).lower()).strip()
+
+
+def _key128(normed):
+    return np.frombuffer(hashlib.blake2b(normed.encode(), digest_size=16).digest(), "<u8")
+
+
+# -----------------------------------------------------------------------------
+# minhash
+#
+# shingle size: an edit destroys every shingle that overlaps it, so small n keeps edited copies
+# similar; but small n also makes unrelated text similar, as a long document comes to hold most
+# of its language's common n-grams. n is one word in either script: 5 characters of english (a
+# word is ~4.7 letters and a space), 2 of chinese (a word is ~1.5 characters); docs/data.md has
+# the measurements behind it. The size is chosen per position, not per document: a shingle that
+# starts on a CJK character (kana included; Hangul has spaces, so it counts as english), or on
+# the space before one (punctuation, once normalised), is 2 characters long, any other 5. So
+# Chinese technical prose full of commands and identifiers gets word-sized shingles in both of
+# its scripts, and all-Chinese and all-English text get what they would get alone.
+
+def _is_cjk(c):
+    return (((c >= 0x2E80) & (c <= 0x9FFF)) | ((c >= 0xF900) & (c <= 0xFAFF))
+            | ((c >= 0x20000) & (c <= 0x3FFFF)))
+
+
+def _window_hashes(c, n, m):
+    # polynomial hash of each of the first m windows of n characters, all windows at once
+    h = np.zeros(max(m, 0), dtype=np.uint64)
+    for j in range(n if m > 0 else 0):
+        h = h * np.uint64(0x100000001B3) + c[j:j + m]
+    return h
+
+
+def shingles(text, ngram=5, ngram_cjk=2, normed=False):
+    """Sorted unique 32-bit hashes of the character n-grams of norm_for_dedup(text) (text itself
+    when normed): ngram_cjk characters from a CJK character, ngram from any other."""
+    c = np.frombuffer((text if normed else norm_for_dedup(text)).encode("utf-32-le"),
+                      np.uint32).astype(np.uint64)
+    cjk = _is_cjk(c)
+    # a space before a CJK character (punctuation, once normalised) starts a CJK window too
+    if cjk.any():
+        cjk[:-1] |= (c[:-1] == 32) & cjk[1:]
+    h = _window_hashes(c, ngram, len(c) - ngram + 1)
+    if cjk.any():  # a window that starts on a CJK character is ngram_cjk long
+        h = np.concatenate(
+            [h[~cjk[:len(h)]],
+             _window_hashes(c, ngram_cjk, len(c) - ngram_cjk + 1)[cjk[:len(c) - ngram_cjk + 1]]])
+    if len(h) == 0:  # shorter than a window: one shingle, the whole text
+        h = _window_hashes(c, len(c), 1)
+    x = np.sort((splitmix64(h) >> np.uint64(32)).astype(np.uint32))
+    return x[np.concatenate(([True], x[1:] != x[:-1]))]  # np.unique, minus its per-call overhead
+
+
+@functools.lru_cache(maxsize=8)
+def _perm_params(num_perm, seed):
+    # a_i, b_i from splitmix64 rather than np.random: Generator streams may change between numpy
+    # versions, and signatures must match across runs and machines
+    i = np.arange(2 * num_perm, dtype=np.uint64) + np.uint64(seed) * np.uint64(2 * num_perm)
+    ab = splitmix64(splitmix64(i) ^ np.uint64(0x5DEECE66D))
+    return ab[:num_perm, None], ab[num_perm:, None]
+
+
+def minhash(text, ngram=5, ngram_cjk=2, num_perm=128, seed=0, normed=False):
+    """MinHash signature, uint32 (num_perm,), a pure function of (text, parameters).
+    Permutation i is h_i(x) = ((a_i x + b_i) mod 2^64) >> 32 on 32-bit shingle hashes x:
+    Dietzfelbinger's multiply-add-shift, strongly universal like (a x + b) mod p, but with no
+    modulo and no overflow to guard. The shift is monotone, so only the minimum is shifted."""
+    x = shingles(text, ngram, ngram_cjk, normed).astype(np.uint64)
+    a, b = _perm_params(num_perm, seed)
+    sig = np.full(num_perm, np.iinfo(np.uint64).max, dtype=np.uint64)
+    for i in range(0, len(x), 4096):  # blocks keep the (num_perm, block) matrix in cache
+        h = a * x[None, i:i + 4096]
+        h += b
+        np.minimum(sig, h.min(axis=1), out=sig)
+    return (sig >> np.uint64(32)).astype(np.uint32)
+
+
+# -----------------------------------------------------------------------------
+# locality-sensitive hashing
+#
+# two documents become candidates when all r rows of at least one of b bands agree. a row agrees
+# with probability s (their Jaccard similarity), so P(candidate) = 1 - (1 - s^r)^b, an s-curve
+# whose steepest point is near (1/b)^(1/r). with MAP-Neo's b=9, r=13 (117 of the 128
+# permutations; the other 11 are unused) that threshold is (1/9)^(1/13) = 0.845:
+#     s       0.5     0.6     0.7    0.8    0.85   0.9    0.95
+#     P    0.0011   0.012   0.084   0.40   0.69   0.93   0.998
+# the shingle size sets which edits keep s above it (see minhash above). A band is one 64-bit
+# hash of its r rows (a collision only adds a candidate, which agreeing() then judges).
+
+def band_hashes(signatures, bands=9, rows=13):
+    """(n, bands) uint64: a hash of each band of rows of each signature."""
+    assert bands * rows <= signatures.shape[1], "bands * rows must fit in num_perm"
+    s = signatures[:, :bands * rows].astype(np.uint64).reshape(len(signatures), bands, rows)
+    h = np.full(s.shape[:2], 0x9E3779B97F4A7C15, np.uint64)
+    for r in range(rows):
+        h = splitmix64(h ^ s[:, :, r])
+    return h
+
+
+def _groups(keys, docs):
+    # rows sorted by (keys, doc): the order, and which rows open a run of equal keys
+    order = np.lexsort((docs, *keys.T[::-1]))
+    k = keys[order]
+    new = np.ones(len(order), bool)
+    new[1:] = (k[1:] != k[:-1]).any(axis=1)
+    return order, new
+
+
+def first_pairs(keys, docs):
+    """(first, doc) for every doc that shares its key with an earlier one: first is the smallest
+    doc of that key. keys: (n, k) uint64 rows; docs: (n,) uint64, any order."""
+    order, new = _groups(keys, docs)
+    d = docs[order]
+    first = d[np.flatnonzero(new)[np.cumsum(new) - 1]]
+    return np.stack([first[~new], d[~new]], axis=1)
+
+
+def roots(pairs):
+    """(nodes, root of each): the nodes of the graph of pairs (sorted) and the smallest node of
+    each one's connected component. Min-label propagation with pointer jumping, in numpy:
+    memory in the number of pairs, not of documents."""
+    nodes, inv = np.unique(np.asarray(pairs, np.uint64).reshape(-1, 2), return_inverse=True)
+    u, v = inv.reshape(-1, 2).T
+    label = np.arange(len(nodes))
+    while True:
+        new = label.copy()
+        low = np.minimum(label[u], label[v])
+        np.minimum.at(new, u, low)
+        np.minimum.at(new, v, low)
+        new = new[new]
+        if (new == label).all():
+            return nodes, nodes[label]
+        label = new
+
+
+def agreeing(pairs, sig_of, min_agree):
+    """The pairs whose signatures agree on at least min_agree of their permutations (an estimate
+    of their Jaccard similarity, standard error <= 0.045 at 128 permutations). Banding alone
+    lets 8% of pairs at s=0.7 and 0.1% at s=0.5 through, and one such edge can chain two
+    clusters."""
+    if min_agree <= 0 or len(pairs) == 0:
+        return pairs
+    return pairs[(sig_of(pairs[:, 0]) == sig_of(pairs[:, 1])).mean(axis=1) >= min_agree]
+
+
+# -----------------------------------------------------------------------------
+# the dedup steps, each on arrays of one partition of the corpus, and dedup_texts() on a list
+
+DEDUP = dict(ngram=5, ngram_cjk=2, num_perm=128, bands=9, rows=13, seed=0, min_agree=0.7,
+             min_para=50)
+
+
+def paragraphs(text, min_para):
+    """The paragraphs of text (split at blank lines) and a 128-bit key of each normalised one of
+    at least min_para characters (None for shorter ones, which are never removed)."""
+    paras = text.split("\n\n")
+    normed = [norm_for_dedup(t) for t in paras]
+    return paras, [_key128(t) if len(t) >= min_para else None for t in normed]
+
+
+def features(text, p=DEDUP):
+    """What dedup needs of one document: its exact key (2 uint64), its MinHash signature and
+    the distinct keys of its long paragraphs ((k, 2) uint64)."""
+    normed = norm_for_dedup(text)
+    keys = {tuple(k) for k in paragraphs(text, p["min_para"])[1] if k is not None}
+    return (_key128(normed),
+            minhash(normed, p["ngram"], p["ngram_cjk"], p["num_perm"], p["seed"], normed=True),
+            np.array(sorted(keys), np.uint64).reshape(-1, 2))
+
+
+def paragraph_drops(records):
+    """(doc, key_hi, key_lo) of each long paragraph already in an earlier document, sorted.
+    records: (doc, key_hi, key_lo), the distinct paragraph keys of each kept document (exact
+    and near duplicates own nothing; a document later dropped for its paragraphs still owns
+    those it had first)."""
+    order, new = _groups(records[:, 1:], records[:, 0])
+    drops = records[order][~new]  # every record of a key but the first (smallest) document's
+    return drops[np.lexsort((drops[:, 2], drops[:, 1], drops[:, 0]))]
+
+
+def without_paragraphs(text, drops, min_para):
+    """text without its paragraphs whose keys are in drops (a set of (hi, lo)); None when less
+    than min_para normalised characters would be left."""
+    if not drops:
+        return text
+    paras, keys = paragraphs(text, min_para)
+    kept = [t for t, k in zip(paras, keys) if k is None or tuple(k.tolist()) not in drops]
+    if len(kept) == len(paras):
+        return text
+    text = "\n\n".join(kept)
+    return None if len(norm_for_dedup(text)) < min_para else text
+
+
+def dedup_texts(docs, workers=1, **params):
+    """Exact, near-duplicate and paragraph dedup of a list of texts, in memory; the first copy
+    is kept. Parameters (DEDUP): shingle sizes, num_perm, bands x rows, seed; min_agree: a
+    candidate pair is joined only if its signatures agree on >= min_agree of the permutations
+    (0 turns it off); min_para: paragraphs shorter than this (normalised characters) are never
+    removed, so lines like "CHAPTER I" survive; a document left with less than that is
+    dropped. Returns dict(keep=[kept indices], texts={index: new text where paragraphs went},
+    removed=[(index, "exact" | "near" | "paragraphs", kept index or None)],
+    clusters=[[indices] of every near-duplicate cluster of size > 1]). workers > 1: the
+    features in that many processes (the same numbers)."""
+    p = {**DEDUP, **params}
+    if workers > 1 and len(docs) > 64:
+        from multiprocessing import get_context
+        with get_context("spawn").Pool(workers) as pool:
+            feats = pool.starmap(features, zip(docs, repeat(p)), chunksize=32)
+    else:
+        feats = [features(t, p) for t in docs]
+    n, ids = len(docs), np.arange(len(docs), dtype=np.uint64)
+    keys = np.array([f[0] for f in feats], np.uint64).reshape(n, 2)
+    sigs = np.array([f[1] for f in feats], np.uint32).reshape(n, p["num_perm"])
+    exact = first_pairs(keys, ids)  # (kept, copy)
+    h = band_hashes(sigs, p["bands"], p["rows"])
+    cand = np.unique(np.concatenate([first_pairs(h[:, [b]], ids) for b in range(p["bands"])]),
+                     axis=0)
+    nodes, root = roots(agreeing(cand, lambda d: sigs[d.astype(np.int64)], p["min_agree"]))
+    copies = np.sort(exact[:, 1])
+    live = ~_isin(nodes, copies)  # exact copies sit in their original's cluster: left out
+    nodes, root = nodes[live], root[live]
+    near = nodes != root
+    records = np.concatenate([np.c_[np.full(len(f[2]), i, np.uint64), f[2]]
+                              for i, f in enumerate(feats)] + [np.zeros((0, 3), np.uint64)])
+    gone = np.sort(np.concatenate([copies, nodes[near]]))
+    drops = paragraph_drops(records[~_isin(records[:, 0], gone)])
+    removed = [(int(c), "exact", int(k)) for k, c in exact.tolist()] + \
+              [(int(d), "near", int(r)) for d, r in zip(nodes[near].tolist(), root[near].tolist())]
+    gone, keep, texts = {i for i, _, _ in removed}, [], {}
+    per_doc = {}
+    for d, hi, lo in drops.tolist():
+        per_doc.setdefault(d, set()).add((hi, lo))
+    for i in range(n):
+        if i in gone:
+            continue
+        text = without_paragraphs(docs[i], per_doc.get(i), p["min_para"])
+        if text is None:
+            removed.append((i, "paragraphs", None))
+            continue
+        keep.append(i)
+        if text is not docs[i]:
+            texts[i] = text
+    clusters = {}
+    for d, r in zip(nodes.tolist(), root.tolist()):
+        clusters.setdefault(r, []).append(d)
+    return dict(keep=keep, texts=texts, removed=sorted(removed),
+                clusters=[sorted(c) for _, c in sorted(clusters.items()) if len(c) > 1])
+
+
+def _isin(x, sorted_arr):
+    """x in sorted_arr, elementwise (sorted_arr may be a memmap: binary search, no copy)."""
+    if len(sorted_arr) == 0:
+        return np.zeros(len(x), bool)
+    i = np.searchsorted(sorted_arr, x)
+    return sorted_arr[np.minimum(i, len(sorted_arr) - 1)] == x
+
+
+# -----------------------------------------------------------------------------
+# the stage over shards (the phases: see the top of this file)
+
+PART_BYTES = 1 << 30  # input bytes per partition (for parallelism; at most MAX_PARTS of them)
+MAX_PARTS = 256       # (each filter task reads every partition's decisions about its documents)
+PART_RECORDS = 1 << 21  # key records (24 bytes) a task holds at once; ~150 MB with their sorting
+
+
+def _save_parts(out, name, records, part, n):
+    # records sorted by partition, then by their columns; name.idx.npy: where each partition starts
+    order = np.lexsort((*records.T[::-1], part))
+    np.save(os.path.join(out, name + ".npy"), records[order])
+    np.save(os.path.join(out, name + ".idx.npy"), np.searchsorted(part[order], np.arange(n + 1)))
+
+
+def _ranges(st, phase, name, p, width):
+    """The records of partition p that every task of phase wrote (_save_parts), at most about
+    PART_RECORDS at a time: the partition cut into ranges of its first column, a hash (ranges
+    of equal width hold about as many records, and a run of equal keys is never cut), each
+    range read from every task's sorted records by binary search, one file open at a time."""
+    spans = []
+    for i in range(len(st.tasks)):
+        a, b = np.load(os.path.join(st.path(phase, i), name + ".idx.npy"))[[p, p + 1]].tolist()
+        if b > a:
+            spans.append((os.path.join(st.path(phase, i), name + ".npy"), a, b))
+    ranges = max(1, -(-sum(b - a for _, a, b in spans) // PART_RECORDS))
+    edges = np.array([(k << 64) // ranges for k in range(1, ranges)], np.uint64)
+    cuts = []
+    for path, a, b in spans:
+        inner = (a + np.searchsorted(np.load(path, mmap_mode="r")[a:b, 0], edges)
+                 if ranges > 1 else [])
+        cuts.append([a, *inner, b])
+    for k in range(ranges):
+        parts = [np.array(np.load(path, mmap_mode="r")[c[k]:c[k + 1]])
+                 for (path, _, _), c in zip(spans, cuts) if c[k + 1] > c[k]]
+        yield np.concatenate(parts) if parts else np.zeros((0, width), np.uint64)
+
+
+def _each(st, phase, tasks, prefix):
+    """The arrays prefix_*.npy that tasks of phase wrote, one at a time (memory-mapped)."""
+    for k in tasks:
+        folder = st.path(phase, k)
+        for f in sorted(os.listdir(folder)):
+            if f.startswith(prefix) and f.endswith(".npy"):
+                yield np.load(os.path.join(folder, f), mmap_mode="r")
+
+
+def _signature_task(st, i, out, p, n_part):
+    feats, names = [], []
+    for doc in st.documents(i, []):  # (the filter phase reports the problems)
+        feats.append(features(doc["text"], p))
+        names.append(json.dumps([doc["id"], doc["text"][:80]], ensure_ascii=False) + "\n")
+    n, doc = len(feats), (np.uint64(i) << np.uint64(32)) + np.arange(len(feats), dtype=np.uint64)
+    keys = np.array([f[0] for f in feats], np.uint64).reshape(n, 2)
+    sigs = np.array([f[1] for f in feats], np.uint32).reshape(n, p["num_perm"])
+    np.save(os.path.join(out, "sigs.npy"), sigs)
+    _save_parts(out, "exact", np.c_[keys, doc], keys[:, 0] % np.uint64(n_part), n_part)
+    h = band_hashes(sigs, p["bands"], p["rows"])  # (n, bands)
+    band = np.repeat(np.arange(p["bands"], dtype=np.uint64)[None], n, axis=0)
+    _save_parts(out, "bands", np.c_[h.ravel(), np.repeat(doc, p["bands"])],
+                (band * np.uint64(n_part) + h % np.uint64(n_part)).ravel(), p["bands"] * n_part)
+    np.save(os.path.join(out, "paras.npy"), np.concatenate(  # (doc, key_hi, key_lo), sorted by doc
+        [np.c_[np.full(len(f[2]), d, np.uint64), f[2]] for d, f in zip(doc, feats)]
+        + [np.zeros((0, 3), np.uint64)]))
+    with open(os.path.join(out, "names.jsonl"), "w", encoding="utf-8") as f:
+        f.writelines(names)
+    np.save(os.path.join(out, "names.idx.npy"), np.cumsum([0] + [len(x.encode()) for x in names]))
+
+
+class _Lookup:
+    """Signatures and (id, start of text) of any document, by its place, from the signatures phase
+    (files opened as needed, a few indexes kept: never one open file per task of the corpus)."""
+
+    def __init__(self, st):
+        self.st = st
+
+    def sig(self, docs):
+        task, j = ((docs >> np.uint64(32)).astype(np.int64),
+                   (docs & np.uint64(0xFFFFFFFF)).astype(np.int64))
+        out = None
+        for t in np.unique(task).tolist():
+            sigs = np.load(os.path.join(self.st.path("signatures", t), "sigs.npy"), mmap_mode="r")
+            out = np.empty((len(docs), sigs.shape[1]), np.uint32) if out is None else out
+            out[task == t] = sigs[j[task == t]]
+            del sigs
+        return out
+
+    def name(self, doc):
+        folder = self.st.path("signatures", int(doc) >> 32)
+        with open(os.path.join(folder, "names.jsonl"), "rb") as f:
+            f.seek(int(_names_index(folder)[int(doc) & 0xFFFFFFFF]))
+            return json.loads(f.readline())  # [id, start of text]
+
+
+@functools.lru_cache(maxsize=64)
+def _names_index(folder):
+    return np.load(os.path.join(folder, "names.idx.npy"))
+
+
+def _bucket_task(st, k, out, p, n_part):
+    exact = k < n_part  # the tasks: the exact key partitions, then the band partitions
+    name, part, width = ("exact", k, 3) if exact else ("bands", k - n_part, 2)
+    for r, rec in enumerate(_ranges(st, "signatures", name, part, width)):
+        if exact:  # exact copies: (copy, original), sorted by copy
+            copies = first_pairs(rec[:, :2], rec[:, 2])[:, ::-1]
+            np.save(os.path.join(out, f"copies_{r:05d}.npy"), copies[np.argsort(copies[:, 0])])
+        else:  # LSH candidates, those that agree kept, a block at a time (its signatures in memory)
+            pairs, lookup = first_pairs(rec[:, :1], rec[:, 1]), _Lookup(st)
+            np.save(os.path.join(out, f"pairs_{r:05d}.npy"), np.concatenate(
+                [agreeing(pairs[a:a + 8192], lookup.sig, p["min_agree"])
+                 for a in range(0, len(pairs), 8192)]
+                + [np.zeros((0, 2), np.uint64)]))
+
+
+def _cluster_task(st, _, out, p, n_part):
+    # an exact copy has its original's signature, so it sits in its original's buckets and
+    # joins nothing the original does not: its pairs are left out (it is removed as a copy)
+    pairs = []
+    for a in _each(st, "buckets", range(n_part, n_part * (1 + p["bands"])), "pairs"):
+        a = np.array(a)
+        for c in _each(st, "buckets", range(n_part), "copies"):
+            a = a[~_isin(a[:, 1], c[:, 0])]
+        pairs.append(a)
+    nodes, root = roots(np.unique(np.concatenate(pairs + [np.zeros((0, 2), np.uint64)]), axis=0))
+    near = nodes != root
+    # (doc, root), sorted by doc
+    np.save(os.path.join(out, "near.npy"), np.c_[nodes[near], root[near]])
+    names, order = _Lookup(st), np.lexsort((nodes, root))
+    with open(os.path.join(out, "clusters.jsonl"), "w", encoding="utf-8") as f:
+        for members in np.split(nodes[order], np.flatnonzero(np.diff(root[order])) + 1):
+            if len(members) > 1:
+                f.write(json.dumps([dict(zip(("id", "start"), names.name(d)))
+                                    for d in members.tolist()], ensure_ascii=False) + "\n")
+
+
+def _decided(st, i, n_part):
+    """What exact and near dedup decided about the documents of task i: {doc: kept doc} each."""
+    lo, hi = np.uint64(i) << np.uint64(32), np.uint64(i + 1) << np.uint64(32)
+
+    def mine(a):
+        return a[np.searchsorted(a[:, 0], lo):np.searchsorted(a[:, 0], hi)].tolist()
+
+    copies = {d: o for c in _each(st, "buckets", range(n_part), "copies") for d, o in mine(c)}
+    return copies, dict(mine(np.load(os.path.join(st.path("clusters", 0), "near.npy"),
+                                     mmap_mode="r")))
+
+
+def _keys_task(st, i, out, p, n_part):
+    # the paragraph keys of the documents kept: those of a copy or a near-duplicate own nothing
+    copies, near = _decided(st, i, n_part)
+    paras = np.load(os.path.join(st.path("signatures", i), "paras.npy"))
+    gone = np.array(sorted(set(copies) | set(near)), np.uint64)
+    rec = paras[~_isin(paras[:, 0], gone)][:, [1, 2, 0]]  # (key_hi, key_lo, doc)
+    _save_parts(out, "paras", rec, rec[:, 0] % np.uint64(n_part), n_part)
+
+
+def _paragraph_task(st, r, out, p, n_part):
+    for k, rec in enumerate(_ranges(st, "keys", "paras", r, 3)):
+        np.save(os.path.join(out, f"drops_{k:05d}.npy"), paragraph_drops(rec[:, [2, 0, 1]]))
+
+
+def _filter_task(st, i, out, p, n_part, shard_bytes):
+    copy_of, near_of = _decided(st, i, n_part)
+    lo, hi = np.uint64(i) << np.uint64(32), np.uint64(i + 1) << np.uint64(32)
+    drops = {}
+    for a in _each(st, "paragraphs", range(n_part), "drops"):
+        for d, x, y in a[np.searchsorted(a[:, 0], lo):np.searchsorted(a[:, 0], hi)].tolist():
+            drops.setdefault(d, set()).add((x, y))
+    names, problems, report = _Lookup(st), [], {}
+    with DocWriter(out, "docs", shard_bytes) as kept, \
+         DocWriter(out, "removed", shard_bytes) as removed:
+        for j, doc in enumerate(st.documents(i, problems)):
+            d, size = (i << 32) | j, len(doc["text"].encode())
+            of = copy_of.get(d, near_of.get(d))
+            text = (doc["text"] if of is not None
+                    else without_paragraphs(doc["text"], drops.get(d), p["min_para"]))
+            if d in copy_of:
+                reason = "exact"
+            elif d in near_of:
+                reason = "near"
+            elif text is None:
+                reason = "paragraphs"
+            else:
+                reason = None
+            if reason:
+                removed.write(dict(id=doc["id"], source=doc["source"], reason=reason,
+                                   duplicate_of=names.name(of)[0] if of is not None else None))
+                count(report, doc["source"], size, reason)
+            else:
+                kept.write({**doc, "text": text})
+                count(report, doc["source"], size, size_out=len(text.encode()))
+    write_json(os.path.join(out, "report.json"),
+               dict(docs=kept.files, removed=removed.files, sources=report, problems=problems))
+
+
+def dedup_corpus(src, out_dir, params=None, shard_mb=16, workers=0, rank=0, world=1):
+    """Exact, near-duplicate (MinHash-LSH) and paragraph dedup over all documents of all sources
+    together (the first occurrence wins, in the input's order); removed/ names the reason and
+    the document kept instead, clusters/clusters.jsonl every near-duplicate cluster (the id and
+    start of each member)."""
+    if already_done(out_dir, "dedup"):
+        return read_json(os.path.join(out_dir, "report.json"))
+    p = {**DEDUP, **(params or {})}
+    size = sum(map(os.path.getsize, input_files(src)[0]))
+    n_part = min(MAX_PARTS, max(1, -(-size // PART_BYTES)))
+    settings = dict(p, partitions=n_part)
+    with Stage("dedup", src, out_dir, settings, shard_mb * 2**20, workers, rank, world) as st:
+        t0, n = time.time(), len(st.tasks)
+        st.run("signatures", n, _signature_task, p, n_part)
+        st.run("buckets", n_part * (1 + p["bands"]), _bucket_task, p, n_part)
+        st.run("clusters", 1, _cluster_task, p, n_part)
+        st.run("keys", n, _keys_task, p, n_part)
+        st.run("paragraphs", n_part, _paragraph_task, p, n_part)
+        st.run("filter", n, _filter_task, p, n_part, int(shard_mb * 2**20))
+
+        def finish(tmp):
+            st.move("clusters", 0, "clusters.jsonl",
+                    os.path.join(tmp, "clusters", "clusters.jsonl"))
+            clusters = sum(1 for _ in open(os.path.join(tmp, "clusters", "clusters.jsonl"),
+                                           encoding="utf-8"))
+            report = dict(params=p, partitions=n_part, clusters=clusters)
+            st.finish_documents(tmp, "filter", report, time.time() - t0)
+            print(f"dedup: {clusters} near-duplicate clusters ({out_dir}/clusters/clusters.jsonl)")
+        st.finish(finish)
+    return read_json(os.path.join(out_dir, "report.json"))

