@@ -100,9 +100,9 @@ def tokenizer_size(cfg):
     tokenize would use: its file or tiktoken name, or a BPE (tokenizer_vocab + the special
     tokens) when that is to be trained (tokenizer="bpe", or a file curate.py has not written
     yet)."""
-    if is_done(cfg.tokens_dir):
-        return tokenizer_of(cfg.tokens_dir,
-                            read_json(os.path.join(cfg.tokens_dir, "manifest.json"))).n_vocab
+    manifest = read_json(os.path.join(cfg.tokens_dir, "manifest.json"))
+    if is_done(cfg.tokens_dir) and manifest:
+        return tokenizer_of(cfg.tokens_dir, manifest).n_vocab
     t = cfg.tokenizer
     if t != "bpe" and (os.path.exists(t)
                        or not (t.endswith((".tiktoken", ".json")) or os.sep in t)):
