@@ -8,13 +8,10 @@ batch of every step (order, mixtures, fill-in-the-middle); the validation window
     python data.py show --step S [CONFIG] [--key=value ...]   the text step S trains on
     python data.py show --ckpt out/toy/ckpt_0000100 [--step S]  the step that checkpoint saved last
 
-tokenize is a stage over shards (stage.Stage, as curation's are): independent tasks over pieces
-of the input, on --workers local processes, one worker per torchrun rank, or one Slurm array
-task; resumable; the same bytes for any number of workers.
-
-The order of training samples is a pure function of (manifest, mixture, seed): batch(step,
-rank, world_size) needs nothing else, so a resumed run, a run at another world size and
-`show` all see the same data at the same step.
+tokenize is a stage over shards, as curation's are (stage.Stage: any number of workers, ranks
+or Slurm array tasks, resumable, the same bytes). The order of training samples is a pure
+function of (manifest, mixture, seed): batch(step, rank, world_size) needs nothing else, so a
+resumed run, a run at another world size and `show` all see the same data at the same step.
 """
 import hashlib, json, os, re, sys, time
 
