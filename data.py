@@ -16,12 +16,11 @@ resumed run, a run at another world size and `show` all see the same data at the
 import hashlib, json, os, re, sys, time
 
 import numpy as np
-from tqdm import tqdm
 
 from config import (RENAMED, ConfigError, config_from_dict, global_batch, load_config, place,
                     pop_flag, run_command)
-from stage import (DataError, Stage, already_done, is_done, read_json, sha256_file, splitmix64,
-                   write_json)
+from stage import (DataError, Progress, Stage, already_done, is_done, read_json, sha256_file,
+                   splitmix64, write_json)
 from tokenizer import FIM_TOKENS, install, tokenizer_of
 
 # shard header: int64 magic, version, bytes per token, count
@@ -73,7 +72,8 @@ def load_manifest(tokens_dir, hash_shards=True):
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
     quiet = not hash_shards or len(manifest["shards"]) < 50
-    for s in tqdm(manifest["shards"], desc="checking shards", disable=quiet):
+    for s in manifest["shards"] if quiet else Progress("checking shards", manifest["shards"],
+                                                       " shards"):
         shard = os.path.join(tokens_dir, s["file"])
         n = len(read_shard(shard))
         if n != s["tokens"]:

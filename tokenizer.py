@@ -28,6 +28,8 @@ def train_bpe(texts, vocab_size, path):
     """A byte-level BPE of vocab_size tokens (plus SPECIAL_TOKENS) learnt from texts by rustbpe,
     written to path (.tiktoken) and path.json."""
     import rustbpe
+    # flushed: a log shows what the next minutes are spent on
+    print(f"training a {vocab_size}-token BPE on {sum(map(len, texts)):,} characters", flush=True)
     tok = rustbpe.Tokenizer()
     tok.train_from_iterator(iter(texts), vocab_size, pattern=SPLIT_PATTERN)
     with open(path, "w") as f:

@@ -11,7 +11,32 @@ Train a nano360 model: setup -> model -> FSDP2 -> the loop (train_step, log, val
 A config file is plain Python assignments; --key=value overrides it. Every field of
 config.TrainConfig and of config.ModelConfig is a key.
 """
-import datetime, functools, json, math, os, random, signal, sys, time
+import sys
+
+from config import help_text, load_config, pop_flag, read_values, run_command, shown
+
+
+def parse(argv):
+    """train.py's command line: ("consolidate", CKPT, OUT) or (TrainConfig, ModelConfig).
+    --help prints every key with its value and what it does."""
+    argv = list(argv)
+    if "--help" in argv or "-h" in argv:
+        argv = [a for a in argv if a not in ("--help", "-h")]
+        path, values = read_values(argv)
+        flags = " and your flags" if any(a.startswith("--") for a in argv) else ""
+        print(f"{__doc__.strip()}\n\nEvery key, with its value from {shown(path)}{flags}:\n")
+        print(help_text({k: v for k, (v, _) in values.items()}))
+        sys.exit(0)
+    ckpt = pop_flag(argv, "--consolidate")
+    if ckpt:  # python train.py --consolidate CKPT [OUT.pt]
+        return "consolidate", ckpt, argv[0] if argv else None
+    return load_config(argv)
+
+
+if __name__ == "__main__":  # --help and a config mistake answer now, before torch loads (seconds)
+    ARGS = run_command(parse, done=False)
+
+import json, math, os, random, signal, time  # noqa: E402 (after parse)
 from contextlib import contextmanager
 from dataclasses import asdict
 
@@ -23,9 +48,11 @@ from tqdm import tqdm
 import data
 from checkpoint import (Checkpointer, CheckpointError, RunLock, barrier, consolidate, damage,
                         read_meta, step_of)
-from config import (ConfigError, TrainConfig, config_from_dict, git_revision, global_batch,
-                    load_config, place, pop_flag, resolve_vocab, run_command, uses_bf16)
-from model import GPT, HAVE_TRITON, autocast, doc_ids, sample_text, validation_loss
+from config import (ConfigError, config_from_dict, git_revision, global_batch, place,
+                    resolve_vocab, uses_bf16)
+from model import GPT, autocast, doc_ids, sample_text, validation_loss
+from parallel import (build_model, check_kernels, clip_grads, make_optimizer, peak_flops,
+                      setup_distributed)
 from stage import DataError
 from tokenizer import tokenizer_of, tokenizer_size
 
@@ -84,156 +111,19 @@ def lr_at(step, cfg):
 
 
 # -----------------------------------------------------------------------------
-# the pieces of a run: devices, the model, the optimizer, the data
+# the learning-rate schedule, and what moves it
 
-def check_device(name, local=0):
-    """A one-line error for a device this machine does not have
-    (the format is checked with the config)."""
-    if name.startswith("cuda"):
-        n = int(name[5:]) if ":" in name else local
-        if not torch.cuda.is_available():
-            build = ("a CPU-only build" if torch.version.cuda is None
-                     else f"CUDA {torch.version.cuda}")
-            raise ConfigError(f"device={name!r}, but torch {torch.__version__} ({build}) "
-                              "sees no GPU here: use --device=cpu or --device=auto")
-        if n >= torch.cuda.device_count():
-            raise ConfigError(f"device={name!r}, but this machine has "
-                              f"{torch.cuda.device_count()} GPU(s): cuda:0 to "
-                              f"cuda:{torch.cuda.device_count() - 1}")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("device='mps', but torch sees no Apple GPU here: "
-                          "use --device=cpu or --device=auto")
+# keys the learning rate of every step depends on: a resume that changes one is warned
+SCHEDULE_KEYS = ("schedule", "lr", "min_lr", "max_steps", "warmup_steps", "schedule_steps",
+                 "decay_steps")
 
 
-def setup_distributed(cfg):
-    """(rank, world_size, device, mesh): torchrun's environment, or one process without it."""
-    rank, world_size, local = place()
-    check_device(cfg.device, local)
-    cuda = cfg.device.startswith("cuda") or cfg.device == "auto" and torch.cuda.is_available()
-    if cuda:
-        device = torch.device(f"cuda:{local}" if world_size > 1 else "cuda")
-    else:
-        device = torch.device("cpu" if cfg.device == "auto" else cfg.device)
-    if world_size == 1:
-        return rank, world_size, device, None
-    if cuda:
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if cuda else "gloo",
-                            timeout=datetime.timedelta(seconds=cfg.dist_timeout))
-    from torch.distributed.device_mesh import init_device_mesh
-    if cfg.fsdp == "hsdp":  # replicate across nodes, shard within one
-        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
-        if world_size % per_node:
-            raise ConfigError(f"fsdp='hsdp' needs the same number of ranks on every node "
-                              f"({world_size} over {per_node})")
-        mesh = init_device_mesh(device.type, (world_size // per_node, per_node),
-                                mesh_dim_names=("replicate", "shard"))
-    else:
-        mesh = init_device_mesh(device.type, (world_size,), mesh_dim_names=("shard",))
-    return rank, world_size, device, mesh
-
-
-# ops whose outputs selective activation checkpointing saves (the rest is recomputed)
-SAVED_OPS = {"aten::mm", "aten::addmm", "aten::_scaled_dot_product_flash_attention",
-             "aten::_scaled_dot_product_cudnn_attention",
-             "aten::_scaled_dot_product_efficient_attention", "nano360::flash_attn_fwd"}
-
-
-def keep_matmuls(ctx, op, *args, **kwargs):
-    from torch.utils.checkpoint import CheckpointPolicy
-    return (CheckpointPolicy.MUST_SAVE if op.name() in SAVED_OPS
-            else CheckpointPolicy.PREFER_RECOMPUTE)
-
-
-def recomputed(forward, selective):
-    """forward with its activations recomputed in the backward (all of them, or all but the
-    matmul outputs). A plain function around the checkpoint, so that torch.compile traces it."""
-    from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts
-    extra = (dict(context_fn=functools.partial(create_selective_checkpoint_contexts, keep_matmuls))
-             if selective else {})
-
-    def run(*args):
-        return checkpoint(forward, *args, use_reentrant=False, **extra)
-    return run
-
-
-def build_model(mcfg, device, seed, cfg=None, mesh=None, bf16=False):
-    """The torchtitan order: the model on the meta device, activation checkpointing and compile
-    per block (cfg, a TrainConfig, also gives attn_impl and loss_chunk), FSDP2 per block then
-    the root (mesh), and only then memory and init_weights(), which gives the same weights at
-    any world size."""
-    cfg = cfg or TrainConfig()
-    with torch.device("meta"):
-        model = GPT(mcfg, cfg.attn_impl, cfg.loss_chunk)
-    for i, block in enumerate(model.blocks):
-        every = int(cfg.ac[6:]) if cfg.ac.startswith("every:") else 1
-        if cfg.ac != "none" and i % every == 0:
-            block.forward = recomputed(block.forward, cfg.ac == "selective")
-        if cfg.compile:
-            block.compile()
-    if mesh is not None:
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if bf16 else None,
-                                      reduce_dtype=torch.float32)
-        for block in model.blocks:
-            fully_shard(block, mesh=mesh, mp_policy=policy)
-        fully_shard(model, mesh=mesh, mp_policy=policy)
-    model.to_empty(device=device)
-    model.init_weights(seed)
-    return model
-
-
-def triton_adamw(cfg, device):
-    return (cfg.optimizer == "adamw_triton"
-            or cfg.optimizer == "auto" and device.type == "cuda" and HAVE_TRITON)
-
-
-def check_kernels(cfg, device):
-    """The kernel choices of cfg can run on device: one-line errors before any work is done."""
-    for key, value, other in (("attn_impl", cfg.attn_impl, "sdpa"),
-                              ("optimizer", cfg.optimizer, "adamw_torch")):
-        if ("triton" in value and device.type != "cuda"
-                and os.environ.get("TRITON_INTERPRET") != "1"):
-            raise ConfigError(f"{key}={value!r} runs on CUDA, not {device}: "
-                              f"use {key}='auto' or {other!r}, or set "
-                              "TRITON_INTERPRET=1 to run the kernels "
-                              "in Triton's (slow) interpreter")
-    if cfg.optim_state_dtype == "bfloat16" and not triton_adamw(cfg, device):
-        raise ConfigError("optim_state_dtype='bfloat16' needs optimizer='adamw_triton'")
-
-
-def make_optimizer(model, cfg, device, torch_fused=None):
-    """AdamW over the model's parameter groups: the Triton kernel (nanokernels/adamw.py) or torch's
-    (torch_fused: its fused=True kernel, which the benchmarks compare against)."""
-    groups = model.param_groups(cfg.weight_decay, cfg.weight_decay_all)
-    if triton_adamw(cfg, device):
-        from nanokernels.adamw import AdamW
-        return AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
-                     state_dtype=getattr(torch, cfg.optim_state_dtype))
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
-                             fused=torch_fused)
-
-
-def clip_grads(model, optimizer, max_norm):
-    """Clip the gradients to max_norm (0: no clipping); their norm before, as a float. The
-    Triton AdamW takes one reduction and clips inside its next step."""
-    max_norm = max_norm or float("inf")
-    if hasattr(optimizer, "clip_grad_norm_"):
-        return optimizer.clip_grad_norm_(max_norm).item()
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-    return (norm.full_tensor() if hasattr(norm, "full_tensor") else norm).item()
-
-
-# dense bf16 peak per GPU from the datasheets, for MFU
-PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40": 362e12, "4090": 165e12}
-
-
-def peak_flops(device):
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
-    for key, flops in PEAK_FLOPS.items():
-        if key in name:
-            return flops
-    return 0.0
+def horizon(cfg):
+    """Where cfg's schedule decays: the step cosine / linear reach min_lr, or the decay phase of
+    wsd / cosine_exp as (first step, last step)."""
+    if cfg.schedule in ("wsd", "cosine_exp"):
+        return (cfg.max_steps - cfg.decay_steps, cfg.max_steps)
+    return cfg.schedule_steps or cfg.max_steps
 
 
 def fmt_time(s):
@@ -277,21 +167,26 @@ class Trainer:
         self.ckpt = Checkpointer(cfg.out_dir, rank, cfg.keep_last, cfg.keep_every, cfg.async_ckpt)
         self.resume_from = self.find_resume()
         self.resume_meta = read_meta(self.resume_from) if self.resume_from else None
+        self.finished = bool(self.resume_meta) and self.resume_meta["step"] >= cfg.max_steps
+        if self.finished:  # nothing to set up: train() says so
+            return
         self.setup_data()
         self.model = build_model(mcfg, device, cfg.seed, cfg, mesh, self.bf16)
         self.optimizer = make_optimizer(self.model, cfg, device)
         self.metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
         self.start = self.resume()
-        self.metrics = self.open_metrics()
+        self.metrics, self.wandb = self.open_metrics(), self.open_wandb()
         self.tokens_per_step = self.gb * cfg.seq_len
         self.flops_per_token, self.peak = self.model.estimate_flops(cfg.seq_len), peak_flops(device)
         self.stop, self.bad = [], 0
         print0(f"{self.model.num_params():,} parameters | "
                f"{self.tokens_per_step:,} tokens/step ({self.gb} x {cfg.seq_len}, "
-               f"{self.accum} micro-batches of {self.micro} x {world_size} "
+               f"{self.accum} micro-batch{'es' * (self.accum > 1)} of {self.micro} x {world_size} "
                f"rank{'s' * (world_size > 1)}) | "
                f"{self.batches.n:,} samples/epoch | "
-               f"{device}{', FSDP2 ' + cfg.fsdp if mesh else ''}, "
+               f"{device}{', FSDP2 ' + cfg.fsdp if mesh else ''}"
+               # float sums differ between CPU instruction sets: the figures say which
+               f"{f' ({torch.backends.cpu.get_cpu_capability()})' if device.type == 'cpu' else ''}, "
                f"{'bf16' if self.bf16 else 'fp32'}")
 
     def find_resume(self):
@@ -327,6 +222,10 @@ class Trainer:
             epochs = self.batches.epochs(cfg.max_steps).items()
             print0("epochs per source over the run: "
                    + ", ".join(f"{k} {v:.2f}" for k, v in epochs))
+            for k, (first, weights) in enumerate(cfg.mixture):
+                if first >= cfg.max_steps:
+                    print0(f"note: mixture phase {k} ({weights}) starts at step {first}, "
+                           f"after max_steps={cfg.max_steps}: this run never reaches it")
         self.val = data.val_sequences(cfg.tokens_dir, self.manifest, cfg.seq_len, cfg.eval_seqs)
         self.eot = self.manifest["eot"] if cfg.doc_mask else None
 
@@ -360,8 +259,9 @@ class Trainer:
             self.check_same_run(path, self.resume_meta)
             meta = self.ckpt.load(path, self.model, self.optimizer, checked=True)
             start = meta["step"]
-            print0(f"resuming from {path} at step {start} "
-                   f"(saved by {meta['world_size']} ranks, now {self.world_size})")
+            print0(f"resuming from {path} at step {start} (saved by {meta['world_size']} "
+                   f"rank{'s' * (meta['world_size'] > 1)}, now {self.world_size})")
+            self.check_schedule(config_from_dict(meta["config"])[0], start)
             newer = [p for p in Checkpointer.complete(cfg.out_dir) if step_of(p) > start]
             self.ckpt.set_aside(newer, f"newer than step {start}, which this run goes on from")
             barrier()
@@ -413,6 +313,19 @@ class Trainer:
                                   f"this run has {here!r}: resuming would change the data order; "
                                   f"set --{key}={there!r} or choose another out_dir")
 
+    def check_schedule(self, theirs, start):
+        """A warning when a resumed run's settings move its learning-rate schedule."""
+        cfg = self.cfg
+        keys = [k for k in SCHEDULE_KEYS if getattr(theirs, k) != getattr(cfg, k)]
+        was, now = lr_at(start, theirs), lr_at(start, cfg)
+        if keys and (horizon(theirs) != horizon(cfg) or not math.isclose(was, now)):
+            changes = ", ".join(f"{k} {getattr(theirs, k)} -> {getattr(cfg, k)}" for k in keys)
+            print0(f"warning: {changes} moves the learning-rate schedule of the run resumed: "
+                   f"its horizon {horizon(theirs)} becomes {horizon(cfg)}, and step {start + 1} "
+                   f"trains at lr {now:.2e} where the schedule had {was:.2e}"
+                   + (f" (--schedule_steps={horizon(theirs)} keeps the old horizon)"
+                      if cfg.schedule in ("cosine", "linear") and not cfg.schedule_steps else ""))
+
     def open_metrics(self):
         """metrics.jsonl in out_dir (rank 0), without the lines of steps after the one resumed
         and without torn lines (a crash or a full disk mid-write), replaced whole."""
@@ -436,7 +349,30 @@ class Trainer:
         os.replace(path + ".tmp", path)
         return open(path, "a")
 
+    def open_wandb(self):
+        """A W&B run (rank 0, when wandb_project is set; wandb is imported only then), which gets
+        every row of metrics.jsonl. Its id is kept in out_dir, so a resumed run goes on there."""
+        cfg = self.cfg
+        if self.rank != 0 or not cfg.wandb_project:
+            return None
+        try:
+            import wandb
+        except ImportError:
+            raise ConfigError("wandb_project is set but wandb is not installed: "
+                              "pip install wandb (or --wandb_project= to log without it)") from None
+        id_file = os.path.join(cfg.out_dir, "wandb_id")
+        if not os.path.exists(id_file):
+            open(id_file, "w").write(os.urandom(4).hex())  # an id W&B accepts
+        return wandb.init(project=cfg.wandb_project, id=open(id_file).read().strip(),
+                          name=cfg.wandb_name or os.path.basename(os.path.abspath(cfg.out_dir)),
+                          resume="allow", config=dict(train=asdict(cfg), model=asdict(self.mcfg)),
+                          dir=cfg.out_dir)  # its files beside ours, not in the working folder
+
     def log(self, **row):
+        if self.wandb:  # W&B's own names: loss, val/en, ...
+            self.wandb.log({f"val/{k}" if "val" in row else k: v
+                            for k, v in row.get("val", row).items()
+                            if k != "step" and isinstance(v, (int, float))}, step=row["step"])
         try:
             self.metrics.write(json.dumps(row) + "\n")
             self.metrics.flush()
@@ -475,6 +411,8 @@ class Trainer:
             finally:
                 bar.close()
                 self.metrics.close()
+                if self.wandb:
+                    self.wandb.finish()
 
     def train_step(self, step):
         """One optimizer step on this rank's share of step's global batch: (lr, mean loss over all
@@ -571,6 +509,13 @@ def train(cfg, mcfg):
     try:
         lock = on_rank0(lambda: RunLock(cfg.out_dir))
         trainer = Trainer(cfg, mcfg, rank, world_size, device, mesh)
+        if trainer.finished:
+            step, path = trainer.resume_meta["step"], trainer.resume_from
+            print0(f"{path} is at max_steps: nothing to train (raise --max_steps to continue)"
+                   if step == cfg.max_steps else
+                   f"{path} is at step {step}, past max_steps={cfg.max_steps}: nothing to train "
+                   f"(raise --max_steps above {step} to continue it, or give another --out_dir)")
+            return None
         trainer.fit()
         if cfg.sample_tokens:
             trainer.sample()
@@ -618,14 +563,14 @@ def dry_run(cfg, mcfg):
           f"{(states + plan['activations, full checkpointing']) / gib:.2f} GiB")
 
 
-def main(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
-    ckpt = pop_flag(argv, "--consolidate")
-    if ckpt:  # python train.py --consolidate CKPT [OUT.pt]
-        return consolidate(ckpt, argv[0] if argv else None)
-    cfg, mcfg = load_config(argv)
+def main(argv=None, parsed=None):
+    parsed = parsed or parse(sys.argv[1:] if argv is None else argv)
+    if parsed[0] == "consolidate":
+        return consolidate(*parsed[1:])
+    cfg, mcfg = parsed
     return dry_run(cfg, mcfg) if cfg.dry_run else train(cfg, mcfg)
 
 
 if __name__ == "__main__":
-    run_command(main, DataError, TrainingError)  # CheckpointError is a DataError
+    # CheckpointError is a DataError
+    run_command(lambda argv: main(parsed=ARGS), DataError, TrainingError)

@@ -14,7 +14,7 @@ import torch  # noqa: E402
 import torch.distributed.checkpoint as dcp  # noqa: E402
 from torch.distributed.checkpoint.state_dict import get_state_dict  # noqa: E402
 
-import checkpoint, train  # noqa: E402
+import checkpoint, parallel  # noqa: E402
 from config import load_config, resolve_vocab  # noqa: E402
 
 warnings.filterwarnings("ignore")
@@ -34,7 +34,7 @@ def main(argv):
     cfg_file = next((a for a in argv if a.endswith(".py")), "config/neo_125m.py")
     cfg, mcfg = load_config([cfg_file, "--device=cpu"])
     resolve_vocab(mcfg, 64_000)
-    model = train.build_model(mcfg, torch.device("cpu"), 0)
+    model = parallel.build_model(mcfg, torch.device("cpu"), 0)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     for p in model.parameters():  # AdamW state exists, as after a step
         p.grad = torch.zeros_like(p)

@@ -8,10 +8,12 @@ fails or hangs does not eat the rest): pytest -m gpu; flash attention against SD
 128, 192, causal, 1k-8k); AdamW against torch's fused; training steps of neo_1b and neo_125m
 (compile on) against transformers' Llama, each optimisation off in turn; neo7b's width at 1
 and 3 layers, extrapolated to 28 layers on 8 GPUs; the chunked loss. Into DIR (default
-benchmarks/gpu_check_<date>/), at most 8 files: gpu_check.md (one table of every figure
-against its peer and target, the parts' status, versions, nvidia-smi; also printed),
-gpu_check.log (all output) and each part's raw JSON. --device=cpu: the same with tiny shapes
-under the interpreter (the test suite runs it). Needs no rustbpe and no data.
+benchmarks/gpu_check_<date>/, to be committed), at most 8 files: gpu_check.md (one table of
+every figure against its peer and target, the parts' status, versions, nvidia-smi; also
+printed), gpu_check.log (all output) and each part's raw JSON. --device=cpu: the same with tiny
+shapes under the interpreter (the test suite runs it), into out/gpu_check_cpu_<date>/ by
+default (ignored by git: it checks the harness, its figures are not worth keeping). Needs no
+rustbpe and no data.
 
 The parts are the table PARTS below; kernel_bench.py and train_bench.py measure, and each
 part's summarizer turns its raw rows into rows of the one table.
@@ -250,6 +252,7 @@ def gpu_check(device, out, budget):
     out/: gpu_check.md, gpu_check.log (every part's output) and each part's raw JSON."""
     from config import git_revision
     os.makedirs(out, exist_ok=True)
+    print(f"gpu_check: writing {out}", flush=True)
     env, t0 = harness.environment(device), time.time()
     log, report = os.path.join(out, "gpu_check.log"), os.path.join(out, "gpu_check.md")
     open(log, "w").close()
@@ -270,20 +273,29 @@ def gpu_check(device, out, budget):
         head = f"{stamp}; {time.time() - t0:.0f} s of a {budget} s budget"
         write_report(report, env, head, parts, rows)
     print(open(report).read())
+    print(f"gpu_check: wrote {report} and the raw output beside it")
     return 0 if all(s == "ok" for _, s, _ in parts) else 1
+
+
+def default_out(device, date):
+    """The folder without --out: on a GPU figures to commit, on a CPU a self-check of the
+    harness, kept out of the working tree (out/ is ignored by git)."""
+    if device == "cpu":
+        return os.path.join(ROOT, "out", f"gpu_check_cpu_{date}")
+    return os.path.join(ROOT, "benchmarks", f"gpu_check_{date}")
 
 
 def main(argv):
     ap = argparse.ArgumentParser(prog="python benchmarks/gpu_check.py", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=None, help="the folder (default benchmarks/gpu_check_<date>)")
+    ap.add_argument("--out", default=None, help="the folder (default benchmarks/gpu_check_<date>"
+                    ", with --device=cpu out/gpu_check_cpu_<date>)")
     ap.add_argument("--budget", type=int, default=480, help="seconds for all the parts")
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
                     help="cpu: tiny shapes under TRITON_INTERPRET=1, to check the harness")
     args = ap.parse_args(argv)
     harness.use_device(args.device, "gpu_check")
-    today = datetime.date.today().isoformat()
-    out = args.out or os.path.join(ROOT, "benchmarks", f"gpu_check_{today}")
+    out = args.out or default_out(args.device, datetime.date.today().isoformat())
     return gpu_check(args.device, out, args.budget)
 
 

@@ -4,7 +4,7 @@ A whole training step of a config on a GPU, against the model most users would o
     python benchmarks/train_bench.py train [config/neo_1b.py] [--steps=10] [--write]
                                            [-- --key=value ...]
         a training step of the config on random tokens: tokens/s, MFU against the measured
-        bf16 matmul peak and against the GPU's datasheet peak (train.PEAK_FLOPS), peak memory,
+        bf16 matmul peak and against the GPU's datasheet peak (parallel.PEAK_FLOPS), peak memory,
         ms of forward, backward and optimizer; each optimisation toggled off in turn (Triton
         attention, Triton AdamW, compile, activation checkpointing as configured vs full), and
         transformers' LlamaForCausalLM of the same shape with fused torch AdamW, bf16 autocast
@@ -48,9 +48,9 @@ def matmul_peak(device):
 def peaks(device, env):
     """(measured, datasheet) bf16 FLOP/s of device, 0 where unknown (a CPU); noted in env."""
     import torch
-    import train
+    import parallel
     measured = matmul_peak(device) if device == "cuda" else 0.0
-    datasheet = train.peak_flops(torch.device(device))
+    datasheet = parallel.peak_flops(torch.device(device))
     env["matmul_peak_tflops"], env["datasheet_peak_tflops"] = measured / 1e12, datasheet / 1e12
     return measured, datasheet
 
@@ -69,7 +69,7 @@ def step_timer(run, model, optimizer, x, device, clip):
     """One training step as (forward, backward, optimizer) milliseconds."""
     import time
     import torch
-    from train import clip_grads
+    from parallel import clip_grads
     marks = []
 
     def mark():
@@ -110,7 +110,7 @@ def contestant(name, cfg, mcfg, device):
     """(model, fn(idx, targets) -> loss, optimizer, FLOPs per token): ours as cfg builds it,
     or the transformers peer of its shape."""
     import torch
-    import train
+    import parallel
     from model import GPT
     if name == PEER:
         model, run = llama_peer(mcfg, device)
@@ -118,8 +118,8 @@ def contestant(name, cfg, mcfg, device):
         with torch.device("meta"):  # the same arithmetic as ours, counted the same way
             flops = GPT(mcfg).estimate_flops(cfg.seq_len)
         return model, run, optimizer, flops
-    model = train.build_model(mcfg, device, cfg.seed, cfg)
-    optimizer = train.make_optimizer(model, cfg, torch.device(device), torch_fused=device == "cuda")
+    model = parallel.build_model(mcfg, device, cfg.seed, cfg)
+    optimizer = parallel.make_optimizer(model, cfg, torch.device(device), torch_fused=device == "cuda")
     return model, model, optimizer, model.estimate_flops(cfg.seq_len)
 
 

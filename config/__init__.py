@@ -8,8 +8,8 @@ read from a file of plain Python assignments and --key=value overrides.
 Every field of TrainConfig and of ModelConfig below is a key. A mistake is a ConfigError
 of one line naming the file and line (or the flag), the key and what was expected.
 """
-import ast, difflib, importlib.util, math, os, re, subprocess, sys, typing
-from dataclasses import dataclass, field, fields
+import ast, difflib, importlib.util, json, math, os, re, subprocess, sys, time, typing
+from dataclasses import MISSING, dataclass, field, fields
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the project
 DEFAULT_CONFIG = os.path.join(ROOT, "config", "toy.py")
@@ -177,6 +177,9 @@ class TrainConfig:
     init_from: str = ""          # a fresh run starts from these weights
                                  # (eval.py import of a Llama, or --consolidate)
     sample_tokens: int = 64      # tokens sampled per prompt at the end; 0: no samples
+    wandb_project: str = ""      # W&B project that also gets metrics.jsonl's rows (rank 0);
+                                 # "": off. Needs `pip install wandb`; WANDB_MODE=offline: local
+    wandb_name: str = ""         # the run's name in W&B; "": out_dir's folder name
 
     def __post_init__(self):
         checks = [
@@ -291,7 +294,41 @@ def key_types():
 def check_key(key, where, types):
     if key not in types:
         near = difflib.get_close_matches(key, types, n=1, cutoff=0.0)
-        raise ConfigError(f"{where}: unknown key '{key}' (did you mean '{near[0]}'?)")
+        raise ConfigError(f"{where}: unknown key '{key}' (did you mean '{near[0]}'? "
+                          "`python train.py --help` lists every key)")
+
+
+def shown(path):
+    """path as a message shows it: relative to the working folder when under it."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
+
+def help_text(values):
+    """Every key with its value (from values, {key: value} of a file and flags, else the
+    default) and its comment, in the groups of the two dataclasses above: their source is the
+    one description of the keys."""
+    src = open(__file__, encoding="utf-8").read().splitlines()
+    out = []
+    for cls in (ModelConfig, TrainConfig):
+        defaults = {f.name: f.default if f.default_factory is MISSING else f.default_factory()
+                    for f in fields(cls)}
+        start = src.index(f"class {cls.__name__}:")
+        out.append(f"\n{cls.__name__}")
+        for line in src[start + 1:]:
+            if not line.startswith("    ") or line.strip().startswith("def "):
+                break
+            key = re.match(r"    (\w+):", line)
+            comment = line.split("#", 1)[1].strip() if "#" in line else ""
+            if key:  # a key: its value, then what it does
+                value = values.get(key[1], defaults[key[1]])
+                shown_value = value if isinstance(value, str) else repr(value)
+                out.append((f"  --{key[1]}={shown_value}".ljust(32) + " " + comment).rstrip())
+            elif line.startswith("    #"):  # a group's heading
+                out.append(f" # {comment}")
+            elif comment:  # the comment of the line above goes on
+                out[-1] += " " + comment
+    return "\n".join(out).lstrip("\n")
 
 
 def check_value(key, value, typ, where):
@@ -317,11 +354,11 @@ def parse_flag(raw, typ):
 def read_config_file(path, types):
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
-    src = open(path, encoding="utf-8").read()
+    src, name = open(path, encoding="utf-8").read(), shown(path)
     try:
         tree = ast.parse(src, path)
     except SyntaxError as e:
-        raise ConfigError(f"{path}:{e.lineno}: syntax error: {e.msg}") from None
+        raise ConfigError(f"{name}:{e.lineno}: syntax error: {e.msg}") from None
     lines = {t.id: node.lineno for node in ast.walk(tree) if isinstance(node, ast.Assign)
              for t in node.targets if isinstance(t, ast.Name)}
     namespace = {}
@@ -331,21 +368,20 @@ def read_config_file(path, types):
         tb = e.__traceback__
         while tb.tb_next:
             tb = tb.tb_next
-        raise ConfigError(f"{path}:{tb.tb_lineno}: {type(e).__name__}: {e}") from None
+        raise ConfigError(f"{name}:{tb.tb_lineno}: {type(e).__name__}: {e}") from None
     values = {}
     for key, value in namespace.items():
         if key.startswith("_") or callable(value) or type(value).__name__ == "module":
             continue
-        where = f"{path}:{lines.get(key, '?')}"
+        where = f"{name}:{lines.get(key, '?')}"
         key = renamed(key, where)
         check_key(key, where, types)
         values[key] = (value, where)
     return values
 
 
-def load_config(argv):
-    """[config.py] [--key=value ...] -> (TrainConfig, ModelConfig);
-    config/toy.py when no file is given."""
+def read_values(argv):
+    """[config.py] [--key=value ...] -> (the file, {key: (value, where it was set)})."""
     types = key_types()
     argv = list(argv)
     path = argv.pop(0) if argv and not argv[0].startswith("-") else DEFAULT_CONFIG
@@ -353,13 +389,22 @@ def load_config(argv):
     for arg in argv:
         if not arg.startswith("--"):
             raise ConfigError(f"unexpected argument {arg!r}: give one config file first, "
-                              "then --key=value overrides")
+                              "then --key=value overrides (`python train.py --help`)")
         key, eq, raw = arg[2:].partition("=")
         key = renamed(key, arg)
         check_key(key, arg, types)
         if not eq and types[key][1] is not bool:
             raise ConfigError(f"{arg}: needs a value, as in --{key}=VALUE")
         values[key] = (parse_flag(raw, types[key][1]) if eq else True, arg)
+    return path, values
+
+
+def load_config(argv):
+    """[config.py] [--key=value ...] -> (TrainConfig, ModelConfig);
+    config/toy.py when no file is given."""
+    types = key_types()
+    path, values = read_values(argv)
+    argv = argv[1:] if argv and not argv[0].startswith("-") else argv
     parts = {ModelConfig: {}, TrainConfig: {}}
     for key, (value, where) in values.items():
         cls, typ = types[key]
@@ -367,8 +412,8 @@ def load_config(argv):
     try:
         cfg, mcfg = TrainConfig(**parts[TrainConfig]), ModelConfig(**parts[ModelConfig])
     except ValueError as e:
-        raise ConfigError(f"{path} with {' '.join(argv) or 'no overrides'}: {e}") from None
-    if cfg.warmup_steps > cfg.max_steps:  # a quick try shorter than the warmup: allowed, said
+        raise ConfigError(f"{shown(path)} with {' '.join(argv) or 'no overrides'}: {e}") from None
+    if cfg.warmup_steps > cfg.max_steps and place()[0] == 0:  # a quick try: allowed, said
         print(f"warning: warmup_steps={cfg.warmup_steps} is longer than the run "
               f"(max_steps={cfg.max_steps}): "
               f"the learning rate stops short of lr={cfg.lr:g}", file=sys.stderr)
@@ -428,16 +473,36 @@ def pop_flag(args, flag):
     return None
 
 
-def run_command(main, *errors):
+def report(msg):
+    """The one line of a failed command: on stderr, and in torchrun's error file, whose line
+    its summary shows as the root cause. Under torchrun the other ranks give rank 0 a moment
+    first (torchrun stops every rank when one exits), so an error every rank meets is said
+    once, and one that only a later rank meets is still said."""
+    rank = place()[0]
+    if rank:
+        time.sleep(5)
+        msg = f"rank {rank}: {msg}"
+    print(msg, file=sys.stderr, flush=True)
+    if os.environ.get("TORCHELASTIC_ERROR_FILE"):
+        info = {"py_callstack": msg, "timestamp": str(int(time.time()))}
+        with open(os.environ["TORCHELASTIC_ERROR_FILE"], "w") as f:
+            json.dump({"message": {"message": msg, "extraInfo": info}}, f)
+
+
+def run_command(main, *errors, done=True):
     """`python X.py ...`: main(argv); a ConfigError or one of errors ends it in one line on stderr
-    with status 2, Ctrl-C with 130, a closed pipe (`... | head`) quietly."""
+    (from rank 0 alone under torchrun) with status 2, Ctrl-C with 130, a closed pipe
+    (`... | head`) quietly. done=False: main's result comes back instead of the exit."""
+    sys.stdout.reconfigure(line_buffering=True)  # a log file gets each line as it is said
     try:
         status = main(sys.argv[1:])
     except (ConfigError, *errors) as e:
-        print(f"error: {e}", file=sys.stderr)
+        report(f"error: {e}")
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(0)
+    if not done:
+        return status
     sys.exit(status if isinstance(status, int) else 0)

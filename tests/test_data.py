@@ -292,6 +292,7 @@ def test_tokenized_builds_a_folder_without_done_again(tmp_path, capsys):
 def test_command_line_errors_are_one_line():
     for cmd, expected in ((["data.py", "show", "--ckpt", "nope"], "error: checkpoint not found: nope\n"),
                           (["curate.py", "clean", "--clean_dirr=x"],
-                           "error: --clean_dirr=x: unknown key 'clean_dirr' (did you mean 'clean_dir'?)\n")):
+                           "error: --clean_dirr=x: unknown key 'clean_dirr' "
+                           "(did you mean 'clean_dir'? `python train.py --help` lists every key)\n")):
         r = subprocess.run([sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True)
         assert (r.returncode, r.stderr) == (2, expected)

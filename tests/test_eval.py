@@ -1,5 +1,5 @@
 """eval.py: bits per byte on a hand-checked case, every task format, memorization, the sweep,
-sampling."""
+sampling, export's message and file modes, where one Hugging Face folder's results go."""
 import json, math, os, random, shutil, subprocess, sys
 
 import numpy as np
@@ -11,6 +11,7 @@ import eval as ev
 import stage
 import tasks
 import tokenizer
+import parallel
 import train
 from config import ModelConfig
 from helpers import ROOT, small_args
@@ -206,7 +207,7 @@ def test_the_boundary_rule_acc_norm_and_standard_errors(tiny_data, tmp_path, mon
 def test_batched_scoring_equals_one_forward_per_request(tiny_data):
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=64, n_layer=2, d_model=32, n_head=2, ffn_hidden=64, max_seq_len=16)
-    model = train.build_model(cfg, "cpu", 0).eval()
+    model = parallel.build_model(cfg, "cpu", 0).eval()
     g = torch.Generator().manual_seed(1)
     rnd = lambda n: torch.randint(1, 64, (n,), generator=g).tolist()
     ctx = rnd(7)
@@ -232,7 +233,7 @@ def test_a_task_file_in_the_wrong_format_names_file_line_and_field(tmp_path):
 def test_memorization_of_an_overfit_sequence_and_of_random_text():
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=64, n_layer=2, d_model=64, n_head=4, ffn_hidden=128, max_seq_len=64)
-    model = train.build_model(cfg, "cpu", 0)
+    model = parallel.build_model(cfg, "cpu", 0)
     seq = torch.randint(0, 64, (1, 64), generator=torch.Generator().manual_seed(1))
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for _ in range(300):  # learn one sequence by heart
@@ -319,6 +320,56 @@ def test_export_import_commands_and_init_from(run3, tiny_data, tmp_path):
     first = json.loads(open(out / "metrics.jsonl").readline())["val"]["all"]
     original = [json.loads(l) for l in open(run3 / "metrics.jsonl") if '"val"' in l][-1]["val"]["all"]
     assert first == pytest.approx(original, rel=1e-5)
+
+
+def test_export_says_what_it_wrote_and_writes_normal_file_modes(run3, tmp_path, capsys):
+    # safetensors 0.8 writes model.safetensors 0600 whatever the umask; every file gets what
+    # open() gives, 0o666 less the umask, under two umasks (so neither 0600 nor a fixed 0644 passes)
+    pytest.importorskip("safetensors")
+    ckpt = str(run3 / "ckpt_0000006")
+    n = ev.load(ckpt)[0].num_params()
+    for umask in (0o022, 0o027):
+        out = str(tmp_path / f"hf_{umask:o}")
+        old = os.umask(umask)
+        try:
+            assert ev.main(["export", str(run3), out]) == 0
+        finally:
+            os.umask(old)
+        assert capsys.readouterr().out == (
+            f"wrote {out}: Llama, {n:,} parameters, tokenizer.json (from {ckpt}); "
+            f'load it with transformers.AutoModelForCausalLM.from_pretrained("{out}")\n')
+        files = sorted(os.listdir(out))
+        assert "model.safetensors" in files and "tokenizer.json" in files
+        assert {f: oct(os.stat(os.path.join(out, f)).st_mode & 0o777) for f in files} == \
+            {f: oct(0o666 & ~umask) for f in files}
+
+
+def test_sample_names_the_checkpoint_on_stderr(run3, capsys):
+    assert ev.main(["sample", str(run3), "--tokens=4", "--prompt=子曰："]) == 0
+    out, err = capsys.readouterr()
+    assert err == f"sampling {run3 / 'ckpt_0000006'} (step 6)\n"
+    assert out.startswith("子曰：") and "sampling" not in out  # stdout is the text alone
+
+
+def test_one_hugging_face_folder_s_results_go_beside_it(run3, tmp_path, monkeypatch):
+    pytest.importorskip("safetensors")
+    pytest.importorskip("tokenizers")
+    hf = tmp_path / "models" / "foo"
+    ev.main(["export", str(run3 / "ckpt_0000006"), str(hf)])
+    before = sorted(os.listdir(hf))
+    evals = os.path.join(ROOT, "data", "evals")
+    rows = ev.sweep(str(hf) + "/", evals, shots=0)  # a trailing slash names the same folder
+    assert [(r["ckpt"], r["step"]) for r in rows] == [("foo", None)]
+    beside = tmp_path / "models" / "foo.evals"
+    assert sorted(os.listdir(beside)) == ["evals.csv", "evals.jsonl", "evals.md", "evals.png"]
+    assert sorted(os.listdir(tmp_path / "models")) == ["foo", "foo.evals"]  # nothing in the parent
+    assert sorted(os.listdir(hf)) == before  # nor in the model's folder
+    assert [json.loads(l)["ckpt"] for l in open(beside / "evals.jsonl")] == ["foo"]
+    ev.sweep(str(hf), evals, shots=0)  # evaluated already: found there, not evaluated again
+    assert len(open(beside / "evals.jsonl").readlines()) == 1
+    monkeypatch.chdir(hf)  # from inside the folder: "." has no name, its real one is used
+    ev.sweep(".", evals, shots=0)
+    assert len(open(beside / "evals.jsonl").readlines()) == 1 and sorted(os.listdir(hf)) == before
 
 
 def test_init_from_weights_of_another_shape_is_a_config_error(tiny_data, tmp_path):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import model as model_py
+import parallel
 import train
 from config import ConfigError, TrainConfig
 from helpers import ROOT, small_args
@@ -182,7 +183,7 @@ def test_model_triton_equals_sdpa(name, docs):
     losses, grads = [], []
     for impl in ("sdpa", "triton"):
         cfg = variant(name, max_seq_len=64)
-        m = train.build_model(cfg, "cpu", 0, TrainConfig(attn_impl=impl))
+        m = parallel.build_model(cfg, "cpu", 0, TrainConfig(attn_impl=impl))
         gen = torch.Generator().manual_seed(1)
         idx = torch.randint(0, cfg.vocab_size, (2, 48), generator=gen)
         doc_ids = random_docs(2, 48, gen) if docs else None
@@ -260,7 +261,7 @@ def test_gpu_model_triton_equals_sdpa_under_autocast():
                                max_seq_len=1024)
     losses = []
     for impl in ("sdpa", "triton"):
-        m = train.build_model(cfg, "cuda", 0, TrainConfig(attn_impl=impl))
+        m = parallel.build_model(cfg, "cuda", 0, TrainConfig(attn_impl=impl))
         idx = torch.randint(0, 512, (2, 1024), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
         with torch.autocast("cuda", dtype=torch.bfloat16):
             losses.append(m(idx, torch.roll(idx, -1, 1)).item())
@@ -277,7 +278,8 @@ def test_gpu_check_in_its_cpu_mode(tmp_path):
     files = os.listdir(tmp_path)
     assert len(files) <= 8 and all(os.path.getsize(tmp_path / f) < 16 * 2**20 for f in files), files
     report = open(tmp_path / "gpu_check.md").read()
-    assert report in r.stdout  # the table is printed too
+    assert report in r.stdout  # the table is printed too, and where it went
+    assert f"gpu_check: writing {tmp_path}\n" in r.stdout and f"wrote {tmp_path / 'gpu_check.md'}" in r.stdout
     for part in ("pytest -m gpu", "flash attention", "adamw", "train toy", "toy layers", "chunked loss"):
         assert f"| {part} | ok |" in report, (part, report)
     raw = lambda kind: json.load(open(tmp_path / next(f for f in files if f.startswith(kind))))["rows"]
@@ -296,11 +298,17 @@ def test_gpu_check_in_its_cpu_mode(tmp_path):
     assert full["tok_per_s"] == pytest.approx(one["tokens_per_step"] / full["step_ms"] * 1000)
 
 
-def test_gpu_check_parts_are_time_boxed(tmp_path):
-    import importlib.util, time
+def gpu_check_module():
+    import importlib.util
     spec = importlib.util.spec_from_file_location("gpu_check", os.path.join(ROOT, "benchmarks", "gpu_check.py"))
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_gpu_check_parts_are_time_boxed(tmp_path):
+    import time
+    bench = gpu_check_module()
     log, marker = str(tmp_path / "log"), tmp_path / "child_still_running"
     # a part that hangs, with a child of its own (as compile workers are): both stopped at the limit
     child = f"import time; time.sleep(3); open({str(marker)!r}, 'w')"
@@ -313,3 +321,22 @@ def test_gpu_check_parts_are_time_boxed(tmp_path):
     assert not marker.exists()
     assert "started" in open(log).read()
     assert bench.run_part([sys.executable, "-c", "raise SystemExit(3)"], 10, log)[0] == "failed (exit 3)"
+
+
+def test_gpu_check_writes_a_cpu_self_check_under_out(monkeypatch):
+    # a CPU self-check is no figure to commit: by default it goes to out/ (ignored by git), not
+    # into the working tree; a GPU's run goes to benchmarks/, where its figures are committed
+    import datetime
+    bench, ran = gpu_check_module(), []
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # what --device=cpu sets, undone after the test
+    monkeypatch.setattr(bench, "gpu_check", lambda device, out, budget: ran.append((device, out)) or 0)
+    today = datetime.date.today().isoformat()
+    assert bench.main(["--device=cpu"]) == 0
+    monkeypatch.setattr(bench.harness, "use_device", lambda device, what: None)  # as if on a GPU
+    assert bench.main([]) == 0
+    cpu, gpu = os.path.join("out", f"gpu_check_cpu_{today}"), os.path.join("benchmarks", f"gpu_check_{today}")
+    assert ran == [("cpu", os.path.join(ROOT, cpu)), ("cuda", os.path.join(ROOT, gpu))]
+    if os.path.isdir(os.path.join(ROOT, ".git")):  # a checkout: git status stays clean after a CPU check
+        ignored = lambda path: subprocess.run(["git", "check-ignore", "-q", os.path.join(path, "gpu_check.md")],
+                                              cwd=ROOT).returncode == 0
+        assert ignored(cpu) and not ignored(gpu)

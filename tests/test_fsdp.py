@@ -9,6 +9,7 @@ import checkpoint
 import data
 import stage
 import tokenizer
+import parallel
 import train
 from config import load_config
 from helpers import ROOT, free_port, small_args
@@ -159,9 +160,9 @@ def test_checkpoint_contents_and_consolidated_file(tiny_data, tmp_path):
     assert r.returncode == 0, r.stderr
     cfg, mcfg = load_config(small_args(tiny_data, str(out)))
     mcfg.vocab_size = meta["config"]["model"]["vocab_size"]
-    fresh = train.build_model(mcfg, "cpu", seed=123)
+    fresh = parallel.build_model(mcfg, "cpu", seed=123)
     fresh.load_state_dict(torch.load(tmp_path / "full.pt", weights_only=True))
-    resumed = train.build_model(mcfg, "cpu", seed=456)
+    resumed = parallel.build_model(mcfg, "cpu", seed=456)
     opt = torch.optim.AdamW(resumed.param_groups(0.1, False))
     checkpoint.Checkpointer(str(out)).load(str(ckpt), resumed, opt)
     idx = torch.randint(0, mcfg.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
@@ -172,13 +173,13 @@ def test_checkpoint_contents_and_consolidated_file(tiny_data, tmp_path):
 MEMORY = """
 import json, os, sys
 sys.path.insert(0, {root!r})
-import torch, train
+import parallel, torch
 from config import load_config
 from model import GPT
 cfg, mcfg = load_config(sys.argv[1:])
-rank, ws, device, mesh = train.setup_distributed(cfg)
+rank, ws, device, mesh = parallel.setup_distributed(cfg)
 mcfg.vocab_size = 512
-model = train.build_model(mcfg, device, 0, cfg, mesh)
+model = parallel.build_model(mcfg, device, 0, cfg, mesh)
 opt = torch.optim.AdamW(model.parameters())
 for p in model.parameters():
     p.grad = torch.zeros_like(p)
@@ -268,7 +269,7 @@ def test_activation_checkpointing_recomputes_and_changes_nothing(tiny_data, ac):
     cfg, mcfg = load_config(small_args(tiny_data, "unused", "--n_layer=4", f"--ac={ac}"))
     mcfg.vocab_size = 512
     idx = torch.randint(0, 512, (2, 32), generator=torch.Generator().manual_seed(0))
-    plain, wrapped = train.build_model(mcfg, "cpu", 0), train.build_model(mcfg, "cpu", 0, cfg)
+    plain, wrapped = parallel.build_model(mcfg, "cpu", 0), parallel.build_model(mcfg, "cpu", 0, cfg)
     calls = []
     for i, block in enumerate(wrapped.blocks):
         block.mlp.register_forward_pre_hook(lambda m, a, i=i: calls.append(i))  # recomputation stops early: no post-hook

@@ -10,6 +10,7 @@ import data
 import stage
 import tasks
 import tokenizer
+import parallel
 import train
 from config import ModelConfig
 import eval as hf
@@ -20,7 +21,7 @@ transformers = pytest.importorskip("transformers")
 
 def make_model(seed=0, **kw):
     cfg = dict(vocab_size=512, n_layer=2, d_model=64, n_head=4, ffn_hidden=160, max_seq_len=64)
-    model = train.build_model(ModelConfig(**{**cfg, **kw}), "cpu", seed)
+    model = parallel.build_model(ModelConfig(**{**cfg, **kw}), "cpu", seed)
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():  # init leaves norms at 1 and biases at 0: perturb them so a mix-up shows
         for name, p in model.named_parameters():

@@ -1,16 +1,16 @@
 """The shape of the tree: imports point one way, so each file reads without the ones above it:
 the kernels, then config, then the model and the corpus plumbing (stage), then tokenizers,
-checkpoints and tasks, then data, then dedup, then curation, training and evaluation, none of
-which imports another. No module of ours shares its import name with an installed
-distribution or the standard library."""
+checkpoints, tasks and the figures (plots), then data, then dedup, then curation, training and
+evaluation, none of which imports another. No module of ours shares its import name with an
+installed distribution or the standard library."""
 import ast, glob, importlib.metadata, os, subprocess, sys
 
 import pytest
 
 from helpers import ROOT
 
-LAYERS = {"nanokernels": 0, "config": 1, "model": 2, "stage": 2, "tokenizer": 3, "checkpoint": 3, "tasks": 3,
-          "data": 4, "dedup": 5, "curate": 6, "train": 6, "eval": 6}
+LAYERS = {"nanokernels": 0, "config": 1, "model": 2, "stage": 2, "tokenizer": 3, "checkpoint": 3, "tasks": 3, "parallel": 3,
+          "plots": 3, "data": 4, "dedup": 5, "curate": 6, "train": 6, "eval": 6}
 
 
 def module_of(path):
@@ -104,6 +104,13 @@ def test_the_data_side_loads_without_training_or_evaluation():
     # and without torch: a curation command does not pay seconds of import to read its config
     code = ("import sys, stage, tokenizer, data, dedup, curate; "
             "bad = {'train', 'eval', 'model', 'checkpoint', 'torch'} & set(sys.modules); assert not bad, bad")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_the_figures_load_without_torch():
+    # plots.py draws from JSON files: `eval.py plot` pays for torch only because eval.py does
+    code = "import sys, plots; assert 'torch' not in sys.modules"
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
 

@@ -3,7 +3,7 @@ import math, os
 import pytest
 import torch
 
-import train
+import parallel
 from config import TrainConfig, load_config
 from helpers import ROOT
 from config import ModelConfig
@@ -66,7 +66,7 @@ def variant(name, **kw):
 
 def build(cfg, seed=0, dtype=torch.float64, **run):
     """cfg's model in dtype; run: run settings of TrainConfig (attn_impl, loss_chunk)."""
-    model = train.build_model(cfg, "cpu", seed, TrainConfig(**run)).to(dtype)
+    model = parallel.build_model(cfg, "cpu", seed, TrainConfig(**run)).to(dtype)
     with torch.no_grad():  # biases and norm gains away from 0 and 1, so that each one is tested
         g = torch.Generator().manual_seed(seed + 1)
         for name, p in model.named_parameters():
@@ -220,8 +220,8 @@ def test_init_weights_stds_and_determinism():
     cfg = ModelConfig(vocab_size=4096, n_layer=2, d_model=256, n_head=4, ffn_hidden=512, init_std=0.02,
                       init_std_embed=0.073, init_std_out=0.00228, init_truncate=2.0)
     a = build(cfg, seed=7, dtype=torch.float32)
-    b = train.build_model(cfg, "cpu", 7)
-    c = train.build_model(cfg, "cpu", 8)
+    b = parallel.build_model(cfg, "cpu", 7)
+    c = parallel.build_model(cfg, "cpu", 8)
     assert torch.equal(a.blocks[1].mlp.up.weight, b.blocks[1].mlp.up.weight)
     assert not torch.equal(b.blocks[1].mlp.up.weight, c.blocks[1].mlp.up.weight)
     for w, std in ((b.embed.weight, 0.073), (b.blocks[0].attn.qkv.weight, 0.02), (b.blocks[0].mlp.down.weight, 0.00228)):
@@ -229,7 +229,7 @@ def test_init_weights_stds_and_determinism():
         # a normal truncated at +-2 sigma has std 0.8796 sigma
         assert abs(w.std().item() / (0.8796 * std) - 1) < 0.03
     assert torch.equal(b.blocks[0].norm1.weight, torch.ones(256))
-    plain = train.build_model(ModelConfig(vocab_size=64, n_layer=8, d_model=256, n_head=4, ffn_hidden=512), "cpu", 0)
+    plain = parallel.build_model(ModelConfig(vocab_size=64, n_layer=8, d_model=256, n_head=4, ffn_hidden=512), "cpu", 0)
     assert abs(plain.blocks[0].attn.out.weight.std().item() / (0.02 / math.sqrt(16)) - 1) < 0.05  # scaled residual init
 
 

@@ -1,7 +1,7 @@
 """The data pipeline end to end on data/tiny (clean -> dedup -> train-tokenizer -> tokenize ->
 train.py), as stages over shards: the same bytes for any number of workers and under torchrun,
 a stage killed mid-way and rerun, bad input on the way, and fetch-demo's errors."""
-import gzip, hashlib, json, os, signal, subprocess, sys, time
+import gzip, hashlib, json, os, re, signal, subprocess, sys, time
 
 import pytest
 
@@ -209,7 +209,8 @@ def test_bad_input_is_reported_not_fatal(tmp_path, capsys):
     (src / "empty.jsonl").write_bytes(b"")
     (src / "upper.JSONL").write_bytes(good.encode() + b"\n")
     (src / "notes.json").write_text("{}")
-    (src / "readme.md").write_text("#")
+    (src / "notes.md").write_text("#")
+    (src / "readme.md").write_text("#")  # the corpus's documentation: passed over in silence
     whole = gzip.compress(("\n".join(chapters) + "\n").encode())
     (src / "cut.jsonl.gz").write_bytes(whole[:len(whole) // 2])  # a truncated download
     report = curate.clean_corpus(str(src), str(tmp_path / "clean"))
@@ -265,6 +266,42 @@ def test_a_pinned_archive_with_another_sha256_is_refused(tmp_path):
         stage.fetch_pinned("npm", "pkg@1.0", "0" * 64, str(folder))
 
 
+def test_a_fetch_says_each_archive_in_a_log_as_it_goes(tmp_path):
+    # `python curate.py fetch-demo > log 2>&1`: a line as a download starts (in the log while it
+    # runs: the stand-in npm below looks for it there) and one as it ends, or says it was reused
+    log, tools, folder = tmp_path / "log", tmp_path / "bin", tmp_path / "pkg"
+    tools.mkdir()
+    (tools / "npm").write_text(f'#!/bin/sh\ngrep -q "^pkg@1.0: fetching with .npm pack pkg@1.0.$" {log} || exit 3\n'
+                               "head -c 2500000 /dev/zero > pkg-1.0.tgz\n")
+    (tools / "npm").chmod(0o755)
+    pinned = hashlib.sha256(bytes(2_500_000)).hexdigest()
+    code = f"import stage\nfor _ in range(2): stage.fetch_pinned('npm', 'pkg@1.0', {pinned!r}, {str(folder)!r})"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # a file's stdout, buffered
+    with open(log, "w") as f:
+        r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
+                           env={**env, "PATH": f"{tools}{os.pathsep}{env['PATH']}"})
+    said = log.read_text().splitlines()
+    assert r.returncode == 0 and len(said) == 3, said
+    assert said[0] == "pkg@1.0: fetching with `npm pack pkg@1.0`"
+    assert re.fullmatch(r"pkg@1\.0: pkg-1\.0\.tgz, 2\.5 MB in \d+\.\d s", said[1]), said
+    assert said[2] == f"pkg@1.0: pkg-1.0.tgz, 2.5 MB reused (already in {folder})"
+
+
+def test_stages_say_how_far_they_got_where_no_bar_shows(tmp_path, capsys):
+    # stderr captured, so not a terminal: tqdm draws nothing there, and each phase is lines instead
+    cfg = os.path.join(ROOT, "config", "toy.py")
+    run(curate, "clean", cfg, *keys(tmp_path), "--workers=1", "--shard_mb=0.25")
+    out = capsys.readouterr().out
+    n = len(json.load(open(tmp_path / "clean" / "plan.json"))["tasks"])
+    assert n > 1 and re.search(rf"^clean: done, {n}/{n} tasks in \d+\.\d s$", out, re.M), out
+    run(curate, "train-tokenizer", cfg, *keys(tmp_path), f"--docs_dir={TINY}", "--tokenizer_sample=100000")
+    out = capsys.readouterr().out
+    assert re.search(rf"^sampling {TINY}: done, \d+ docs in \d+\.\d s\ntraining a 512-token BPE on [\d,]+ characters$",
+                     out, re.M), out
+    assert list(stage.Progress("p", "ab", " items", every=0)) == ["a", "b"]  # every=0: a line per item
+    assert capsys.readouterr().out == "p: 1/2 items after 0 s\np: 2/2 items after 0 s\np: done, 2/2 items in 0.0 s\n"
+
+
 def test_train_tokenizer_never_replaces_a_tokenizer_and_a_killed_one_is_not_complete(tmp_path, capsys):
     cfg, _ = load_config([f"--docs_dir={TINY}", f"--tokenizer={tmp_path / 'tok.tiktoken'}",
                           "--tokenizer_vocab=300", "--tokenizer_sample=100000"])
@@ -290,3 +327,17 @@ def test_a_data_dir_inside_raw_data_is_not_input(tmp_path):
     tokenize_tiny(str(raw / "tokens"), 300, 0.5, docs=str(raw))
     files, other = stage.input_files(str(raw))
     assert files == [str(raw / "en.jsonl")] and other == {".md": [str(raw / "notes.md")]}
+
+
+def test_a_corpus_readme_notice_and_licence_are_not_input_nor_skipped(tmp_path):
+    for name in ("README.md", "NOTICE", "LICENSE.txt", "copying.LESSER", "a.py", "b.jsonl", "LICENSE.jsonl"):
+        (tmp_path / name).write_text(json.dumps({"text": "x"}) + "\n")
+    files, other = stage.input_files(str(tmp_path))
+    # a .jsonl file holds documents whatever its name; a user's .py file is still named
+    assert files == [str(tmp_path / "LICENSE.jsonl"), str(tmp_path / "b.jsonl")]
+    assert other == {".py": [str(tmp_path / "a.py")]}
+    assert stage.skipped_note(str(tmp_path), other).endswith(f"1 .py (e.g. {tmp_path / 'a.py'})")
+    # the default corpus: its documents, its NOTICE passed over, nothing to warn about
+    files, other = stage.input_files(TINY)
+    assert [os.path.basename(f) for f in files] == ["code.jsonl", "en.jsonl", "zh.jsonl"]
+    assert other == {} and stage.skipped_note(TINY, other) is None

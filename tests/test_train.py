@@ -59,8 +59,9 @@ def config_error(argv):
 def test_config_errors_name_file_line_key_and_expectation(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("# a config\nn_layer = 4\nn_layers = 4\n")
-    assert config_error([str(bad)]) == f"{bad}:3: unknown key 'n_layers' (did you mean 'n_layer'?)"
-    assert config_error(["--batchsize=3"]) == "--batchsize=3: unknown key 'batchsize' (did you mean 'batch_size'?)"
+    hint = "`python train.py --help` lists every key"
+    assert config_error([str(bad)]) == f"{bad}:3: unknown key 'n_layers' (did you mean 'n_layer'? {hint})"
+    assert config_error(["--batchsize=3"]) == f"--batchsize=3: unknown key 'batchsize' (did you mean 'batch_size'? {hint})"
     bad.write_text("n_layer = '4'\n")
     assert config_error([str(bad)]) == f"{bad}:1: n_layer = '4' is str, expected int"
     assert config_error(["--max_steps=ten"]) == "--max_steps=ten: max_steps = 'ten' is str, expected int"
@@ -79,7 +80,8 @@ def test_config_errors_name_file_line_key_and_expectation(tmp_path):
 def test_config_error_is_one_line_and_exit_code():
     r = subprocess.run([sys.executable, "train.py", "--n_layers=3"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2
-    assert r.stderr == "error: --n_layers=3: unknown key 'n_layers' (did you mean 'n_layer'?)\n"
+    assert r.stderr == ("error: --n_layers=3: unknown key 'n_layers' "
+                        "(did you mean 'n_layer'? `python train.py --help` lists every key)\n")
 
 
 def test_dry_run_prints_the_plan():

