@@ -29,27 +29,27 @@ class ModelConfig:
     # what a model is; model.py builds it. A plain dataclass here, so that reading a config
     # (curate.py, data.py) needs no torch
     vocab_size: int = 0          # 0: taken from the tokenizer, padded to a multiple of 64
-    n_layer: int = 4
-    d_model: int = 128
-    n_head: int = 4
+    n_layer: int = 4             # transformer blocks
+    d_model: int = 128           # the width of the residual stream
+    n_head: int = 4              # attention heads (query heads under GQA)
     n_kv_head: int = 0           # 0: n_head (MHA); fewer for GQA, 1 for MQA
     head_dim: int = 0            # 0: d_model // n_head (MAP-Neo uses 192 with d_model 3072)
     ffn_hidden: int = 384        # SwiGLU hidden size, explicit (11008, 10922, 24576)
     max_seq_len: int = 256       # longest context: sizes the rotary tables
     norm: str = "rmsnorm"        # "rmsnorm" or "layernorm" (LayerNorm has a bias)
-    norm_eps: float = 1e-5
-    qkv_bias: bool = False
-    attn_out_bias: bool = False
-    ffn_bias: bool = False
-    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5       # added to the variance in RMSNorm / LayerNorm
+    qkv_bias: bool = False       # biases on the q, k, v projections (CrystalCoder)
+    attn_out_bias: bool = False  # a bias on the attention output projection
+    ffn_bias: bool = False       # biases in the SwiGLU MLP
+    rope_theta: float = 10000.0  # rotary base (MAP-Neo 10000, longer contexts use more)
     rotary_dim: int = 0          # 0: the whole head; CrystalCoder rotates 32 of 128 dims
-    tie_embeddings: bool = False
+    tie_embeddings: bool = False  # the output layer shares the token embedding's weights
     # initialisation: normal(0, std), truncated at +-init_truncate std when > 0
     init_std: float = 0.02       # hidden matrices (and an untied lm_head)
     init_std_embed: float = 0.0  # 0: init_std
     init_std_out: float = 0.0    # attention and MLP output projections;
                                  # 0: init_std / sqrt(2 n_layer)
-    init_truncate: float = 0.0
+    init_truncate: float = 0.0   # 0: not truncated
     # muP (CrystalCoder); the defaults are the standard parametrisation
     embed_mult: float = 1.0      # token embeddings are multiplied by this (14.6)
     logit_mult: float = 1.0      # logits are multiplied by this (2.22 * 0.0625)
@@ -88,12 +88,12 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     # run
-    out_dir: str = "out/toy"
-    seed: int = 1337
+    out_dir: str = "out/toy"     # checkpoints, metrics.jsonl, evals: the run's folder
+    seed: int = 1337             # weights, data order and sampling all follow from it
     device: str = "auto"         # auto (cuda when there is one), cpu, cuda, cuda:N
     dtype: str = "auto"          # auto (bfloat16 autocast on cuda, float32 on cpu), float32,
                                  # bfloat16
-    compile: bool = False
+    compile: bool = False        # torch.compile each block (GPU; minutes to compile at start)
     attn_impl: str = "auto"      # triton (nanokernels/flash_attention.py, CUDA), sdpa (torch),
                                  # auto: triton on CUDA
     loss_chunk: int = 0          # > 0: the training loss over this many tokens at a time,
@@ -132,7 +132,7 @@ class TrainConfig:
     val_frac: float = 0.05       # the last val_frac of each source's tokens is held out
     hash_shards: bool = True     # sha256 every shard at start (turn off for terabytes)
     # batch
-    seq_len: int = 256
+    seq_len: int = 256           # tokens per training sequence (at most max_seq_len)
     batch_size: int = 16         # sequences per micro-batch per rank
     global_batch_size: int = 0   # sequences per optimizer step over all ranks;
                                  # 0: batch_size x ranks
@@ -143,35 +143,35 @@ class TrainConfig:
     fim_rate: float = 0.0        # fill-in-the-middle: the share of documents of fim_sources
                                  # rearranged (CrystalCoder 0.9)
     fim_spm_rate: float = 0.5    # of those, the share in suffix-prefix-middle order
-    fim_sources: list = field(default_factory=lambda: ["code"])
+    fim_sources: list = field(default_factory=lambda: ["code"])  # the sources FIM rearranges
     # optimizer
     optimizer: str = "auto"      # adamw_triton (nanokernels/adamw.py, CUDA), adamw_torch,
                                  # auto: triton on CUDA
     optim_state_dtype: str = "float32"  # AdamW moments; bfloat16 (adamw_triton only)
                                         # saves 4 bytes per parameter
-    lr: float = 3e-3
-    min_lr: float = 3e-4
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    weight_decay: float = 0.1
+    lr: float = 3e-3             # peak learning rate, reached after warmup_steps
+    min_lr: float = 3e-4         # the rate at the end of the decay
+    beta1: float = 0.9           # AdamW: the decay of the running mean of gradients
+    beta2: float = 0.95          # AdamW: the decay of the running mean of squared gradients
+    eps: float = 1e-8            # AdamW's epsilon
+    weight_decay: float = 0.1    # AdamW's decoupled decay (matrices only; all: weight_decay_all)
     weight_decay_all: bool = False  # decay every parameter (Amber), not only the matrices
     grad_clip: float = 1.0          # 0: no clipping
     # schedule: linear warmup, then cosine | linear | wsd | cosine_exp
     # (MAP-Neo: cosine, then exponential decay)
-    schedule: str = "cosine"
-    max_steps: int = 1000
-    warmup_steps: int = 50
+    schedule: str = "cosine"     # after warmup: cosine, linear, wsd or cosine_exp
+    max_steps: int = 1000        # optimizer steps of the run (a resume trains up to it)
+    warmup_steps: int = 50       # linear warmup from lr / warmup_steps to lr
     schedule_steps: int = 0      # the step at which cosine / linear reach min_lr; 0: max_steps
     decay_steps: int = 0         # wsd, cosine_exp: the last decay_steps steps are the decay phase
     # evaluation, logging, checkpoints
     eval_interval: int = 100     # validation loss per source every eval_interval steps
                                  # (and first and last)
     eval_seqs: int = 0           # validation sequences per source; 0: all
-    log_interval: int = 10
-    ckpt_interval: int = 500
+    log_interval: int = 10       # a log line (and a metrics.jsonl row) every log_interval steps
+    ckpt_interval: int = 500     # a checkpoint every ckpt_interval steps (and at the last)
     keep_last: int = 2           # complete checkpoints kept, besides every keep_every-th
-    keep_every: int = 0
+    keep_every: int = 0          # > 0: every keep_every-th step's checkpoint is kept for good
     resume: str = "auto"         # auto: newest complete checkpoint in out_dir; "": fresh;
                                  # or a checkpoint dir
     init_from: str = ""          # a fresh run starts from these weights
