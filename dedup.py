@@ -34,8 +34,8 @@ from itertools import repeat
 
 import numpy as np
 
-from stage import (DocWriter, Stage, already_done, count, input_files, read_json, splitmix64,
-                   write_json)
+from kept import DocWriter, count, finish_documents
+from stage import Stage, already_done, input_files, read_json, splitmix64, write_json
 
 _NON_WORD = re.compile(r"[\W_]+")  # \w is every unicode letter and digit, CJK included
 
@@ -505,7 +505,8 @@ def dedup_corpus(src, out_dir, params=None, shard_mb=16, workers=0, rank=0, worl
     size = sum(map(os.path.getsize, input_files(src)[0]))
     n_part = min(MAX_PARTS, max(1, -(-size // PART_BYTES)))
     settings = dict(p, partitions=n_part)
-    with Stage("dedup", src, out_dir, settings, shard_mb * 2**20, workers, rank, world) as st:
+    with Stage("dedup", src, out_dir, settings, shard_mb * 2**20, workers, rank, world,
+               documents=True) as st:
         t0, n = time.time(), len(st.tasks)
         st.run("signatures", n, _signature_task, p, n_part)
         st.run("buckets", n_part * (1 + p["bands"]), _bucket_task, p, n_part)
@@ -520,7 +521,7 @@ def dedup_corpus(src, out_dir, params=None, shard_mb=16, workers=0, rank=0, worl
             clusters = sum(1 for _ in open(os.path.join(tmp, "clusters", "clusters.jsonl"),
                                            encoding="utf-8"))
             report = dict(params=p, partitions=n_part, clusters=clusters)
-            st.finish_documents(tmp, "filter", report, time.time() - t0)
+            finish_documents(st, tmp, "filter", report, time.time() - t0)
             print(f"dedup: {clusters} near-duplicate clusters ({out_dir}/clusters/clusters.jsonl)")
         st.finish(finish)
     return read_json(os.path.join(out_dir, "report.json"))

@@ -30,10 +30,10 @@ from checkpoint import Checkpointer, CheckpointError, empty_model, load_model, s
 from config import ConfigError, ModelConfig, place, run_command, uses_bf16
 from data import Batches, load_manifest, read_shard, val_sequences
 from model import autocast, sample_text, validation_loss
-from stage import DataError, is_done, write_json
-from tasks import loglikelihoods, run_task, shots_of, task_files
-from tokenizer import (export_tokenizer, load_tokenizer, read_tiktoken, save_hf_tokenizer,
-                       special_ids, tokenizer_of)
+from stage import DataError, is_done, sha256_file, write_json
+from tasks import loglikelihoods, run_task, shots_file, shots_of, task_files
+from tokenizer import (check_tokenizer, export_tokenizer, load_json, load_tokenizer,
+                       read_tiktoken, save_hf_tokenizer, special_ids, tokenizer_of)
 
 
 # -----------------------------------------------------------------------------
@@ -56,7 +56,10 @@ def load(ckpt, device="cpu"):
     above, which may hold a released model's intermediate checkpoints)."""
     if not is_hf(ckpt):
         model, cfg, meta = load_model(ckpt, device)
-        enc = tokenizer_of(cfg.tokens_dir, load_manifest(cfg.tokens_dir, hash_shards=False))
+        manifest = load_manifest(cfg.tokens_dir, hash_shards=False)
+        enc = tokenizer_of(cfg.tokens_dir, manifest)
+        # the tokenizer the checkpoint trained with (its meta says, from train.py's save on)
+        check_tokenizer(cfg.tokens_dir, manifest, meta.get("tokenizer_sha256"), ckpt)
         return model, cfg, enc, meta
     up = os.path.dirname(os.path.abspath(ckpt))
     where = [d for d in (ckpt, up) if os.path.isfile(os.path.join(d, "tokenizer.json"))]
@@ -81,6 +84,8 @@ def checkpoints(path):
     if not found and os.path.isdir(path):
         found = [os.path.join(path, d) for d in os.listdir(path) if is_hf(os.path.join(path, d))]
         found.sort(key=lambda p: (step_of(p) is None, step_of(p) or 0, p))
+    if not found and os.path.isfile(os.path.join(path, "config.json")):
+        hf_weights(path)  # a Hugging Face folder without safetensors: says why it is not read
     if not found:
         raise ConfigError(f"{path}: no complete checkpoint (a ckpt_* folder with DONE) and no "
                           "Hugging Face model folder (config.json + model.safetensors) there")
@@ -191,11 +196,24 @@ def settings(tasks_dir, shots):
     return {os.path.basename(p)[:-6]: shots_of(p, shots) for p in task_files(tasks_dir)}
 
 
+def task_sha256(tasks_dir, shots):
+    """{file: sha256} of the task files a sweep reads, with the few-shot file of each task that
+    gets shots: a row's scores are those of these bytes, whatever the files are named."""
+    out = {}
+    for path in task_files(tasks_dir):
+        used = [path, shots_file(path)] if shots_of(path, shots) else [path]
+        if not os.path.exists(used[-1]):
+            raise DataError(f"{used[-1]}: not there, and {path} is asked {shots} shots from it "
+                            "(--shots=0, or put the few-shot items there)")
+        out.update((os.path.basename(p), sha256_file(p)) for p in used)
+    return out
+
+
 def evaluate_checkpoint(ckpt, tasks_dir, shots, seqs, device):
     """One row of the sweep: loss and bits per byte, tasks (with their shots), memorization."""
     model, cfg, enc, meta = load(ckpt, device)
     row = dict(ckpt=name_of(ckpt), step=meta["step"], tokens=meta["data_position"]["tokens"],
-               tasks=settings(tasks_dir, shots))
+               tasks=settings(tasks_dir, shots), task_sha256=task_sha256(tasks_dir, shots))
     # a Hugging Face folder has no run, so no held-out data or trained sequences
     if cfg is not None:
         row.update(loss_and_bpb(model, cfg, enc, seqs))
@@ -210,9 +228,37 @@ def evaluate_checkpoint(ckpt, tasks_dir, shots, seqs, device):
     return row
 
 
+def read_evals(log, note=True, rewrite=False):
+    """The rows of an evals.jsonl. A line that is not a JSON row (a sweep killed mid-write) is
+    left out, with a note; with rewrite, the file is written again without it."""
+    if not os.path.exists(log):
+        return []
+    rows, torn = plots.read_jsonl(log, lambda row: "ckpt" in row)
+    if torn and note:
+        print(f"note: {log}: line{'s' * (len(torn) > 1)} {', '.join(torn)} not JSON, left out "
+              "(written when a sweep was killed)", file=sys.stderr)
+    if torn and rewrite:
+        with open(log + ".part", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+        os.replace(log + ".part", log)
+    return rows
+
+
+def append_row(log, row):
+    """row as the last line of log, in one write (the ranks' rows never interleave), on a line
+    of its own after a torn one (a killed sweep leaves its last line without an end)."""
+    with open(log, "ab+") as f:
+        end = f.seek(0, os.SEEK_END)
+        if end:
+            f.seek(end - 1)
+        gap = b"\n" if end and f.read(1) != b"\n" else b""
+        f.write(gap + (json.dumps(row) + "\n").encode())  # appended, wherever it has read
+
+
 def sweep(path, tasks_dir, shots=None, seqs=0, device="cpu"):
     """Every checkpoint of a run (or the one given), each evaluated once per setting: a row of
-    evals.jsonl is kept when its checkpoint, tasks and shots are the ones asked."""
+    evals.jsonl is kept when its checkpoint, task files (their sha256) and shots are the ones
+    asked."""
     ckpts = checkpoints(path)
     if not tasks_dir and is_hf(ckpts[0]):
         raise ConfigError(f"{path}: a Hugging Face model has no run data to measure loss on: give "
@@ -231,17 +277,14 @@ def sweep(path, tasks_dir, shots=None, seqs=0, device="cpu"):
         print("no --tasks: loss, bits per byte and memorization only. Task files (HellaSwag, ARC, "
               "MMLU, C-Eval, CMMLU in their public formats, data/evals/README.md) go in a folder: "
               "--tasks=FOLDER", file=sys.stderr)
-    want = settings(tasks_dir, shots)
+    want = dict(tasks=settings(tasks_dir, shots), task_sha256=task_sha256(tasks_dir, shots))
     log = os.path.join(run_dir, "evals.jsonl")
-
-    def kept():
-        if not os.path.exists(log):
-            return []
-        return [r for r in map(json.loads, open(log)) if r.get("tasks") == want]
-    rows = kept()
-    done = {r["ckpt"] for r in rows}
     # under torchrun the ranks split the checkpoints (one model per GPU); rank 0 writes the table
     rank, world, local = place()
+
+    def kept(**how):  # a row from before the files' sha256 were recorded is computed again
+        return [r for r in read_evals(log, **how) if {k: r.get(k) for k in want} == want]
+    done = {r["ckpt"] for r in kept(note=rank == 0)}
     if world > 1 and device == "cuda":
         device = f"cuda:{local}"
     for ckpt in [c for c in ckpts if name_of(c) not in done][rank::world]:
@@ -253,16 +296,16 @@ def sweep(path, tasks_dir, shots=None, seqs=0, device="cpu"):
             print(f"skipped {ckpt}: {e}", file=sys.stderr)
             continue
         print(" | ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                         for k, v in row.items() if k != "tasks"))
-        with open(log, "a") as f:  # one write of one line: the ranks' rows never interleave
-            f.write(json.dumps(row) + "\n")
-        rows.append(row)
+                         for k, v in row.items() if k not in ("tasks", "task_sha256")))
+        append_row(log, row)
     # only now a process group: loading a checkpoint verifies it with the group's ranks
     # if one exists
     if world > 1:
         dist.init_process_group("gloo")
         dist.barrier()
-        rows = kept()
+    # every rank's rows; rank 0 writes the file again without a torn line, once all are in
+    rows = kept(note=False, rewrite=rank == 0)
+    if world > 1:
         dist.destroy_process_group()
     rows.sort(key=lambda r: (r["step"] is None, r["step"] or 0, r["ckpt"]))
     if rank == 0:
@@ -271,7 +314,8 @@ def sweep(path, tasks_dir, shots=None, seqs=0, device="cpu"):
 
 
 def write_table(rows, run_dir):
-    # tasks: the shots, said above the table
+    # tasks: the shots, said above the table; the task files' sha256 stay in evals.jsonl
+    rows = [{k: v for k, v in r.items() if k != "task_sha256"} for r in rows]
     keys = list(dict.fromkeys(k for r in rows for k in r if k != "tasks"))
     with open(os.path.join(run_dir, "evals.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, keys, extrasaction="ignore")
@@ -410,10 +454,19 @@ def export_llama(model, out_dir, tokenizer_path=None):
         export_tokenizer(ranks, pat, specials, out_dir)
 
 
-def config_from_hf(c):
-    """A ModelConfig from a Llama config.json dict; refuses what our model cannot run."""
+LLAMA_KEYS = ("vocab_size", "num_hidden_layers", "hidden_size", "num_attention_heads",
+              "intermediate_size", "max_position_embeddings")
+
+
+def config_from_hf(c, where="config.json"):
+    """A ModelConfig from a Llama config.json dict (read from where); refuses what our model
+    cannot run."""
     if c.get("model_type") != "llama":
         raise ValueError(f"model_type={c.get('model_type')!r}: only 'llama' can be imported")
+    missing = [k for k in LLAMA_KEYS if k not in c]
+    if missing:
+        raise DataError(f"{where}: no {', '.join(missing)} (a Llama config.json has "
+                        f"{', '.join(LLAMA_KEYS)})")
     rope = c.get("rope_parameters") or {}
     if c.get("rope_scaling") or rope.get("rope_type", "default") != "default":
         raise ValueError(f"rope_scaling={c.get('rope_scaling') or rope!r}: scaled rotary "
@@ -432,16 +485,37 @@ def config_from_hf(c):
         ffn_bias=c.get("mlp_bias", False))
 
 
+def hf_weights(hf_dir):
+    """The weight files of a Hugging Face folder: model.safetensors, or the shards its index
+    names. Only safetensors: pytorch_model.bin is a pickle, and reading a pickle runs the code
+    it names, so a downloaded one is never read."""
+    index = os.path.join(hf_dir, "model.safetensors.index.json")
+    files = (sorted(set(load_json(index).get("weight_map", {}).values()))
+             if os.path.exists(index) else ["model.safetensors"])
+    missing = [f for f in files if not os.path.isfile(os.path.join(hf_dir, f))]
+    if missing:
+        pickles = sorted(f for f in os.listdir(hf_dir) if f.endswith((".bin", ".pt", ".pth")))
+        raise DataError(f"{os.path.join(hf_dir, missing[0])}: not there" + (
+            f", only {', '.join(pickles)} (a pickle): only .safetensors weights are read, as "
+            "loading a pickle runs whatever code it names (convert it to safetensors where you "
+            "trust it)" if pickles else ""))
+    return [os.path.join(hf_dir, f) for f in files]
+
+
 def import_llama(hf_dir):
     """(state dict, ModelConfig) of the Llama checkpoint in hf_dir (model.safetensors, or shards
     with an index)."""
-    cfg = config_from_hf(json.load(open(os.path.join(hf_dir, "config.json"))))
-    index = os.path.join(hf_dir, "model.safetensors.index.json")
-    files = (sorted(set(json.load(open(index))["weight_map"].values())) if os.path.exists(index)
-             else ["model.safetensors"])
-    hf = {}
-    for f in files:
-        hf.update(_safetensors().load_file(os.path.join(hf_dir, f)))
+    conf = os.path.join(hf_dir, "config.json")
+    if not os.path.isfile(conf):
+        raise DataError(f"{conf}: not there (a Hugging Face model folder has it)")
+    cfg = config_from_hf(load_json(conf), conf)
+    hf, st = {}, _safetensors()
+    for f in hf_weights(hf_dir):
+        try:
+            hf.update(st.load_file(f))
+        except Exception as e:  # noqa: BLE001: SafetensorError: a header it cannot read
+            raise DataError(f"{f}: not a safetensors file safetensors can read "
+                            f"({' '.join(str(e).split())})") from None
     sd = {}
     for ours, names, _ in name_map(cfg):
         missing = [n for n in names if n not in hf]

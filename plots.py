@@ -43,6 +43,24 @@ def grid(n, cols):
 # -----------------------------------------------------------------------------
 # training curves: metrics.jsonl, written by train.py (Trainer.log)
 
+def read_jsonl(path, is_row):
+    """(the rows of a .jsonl log that is_row accepts, the numbers of its other lines: written
+    when a run or a sweep was killed, or its disk full). Blank lines are passed over."""
+    rows, torn = [], []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for i, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    row = None
+                if isinstance(row, dict) and is_row(row):
+                    rows.append(row)
+                else:
+                    torn.append(str(i))
+    return rows, torn
+
+
 def read_metrics(path):
     """The rows of a metrics.jsonl in step order: training rows (step, loss, lr, grad_norm, dt,
     tok_per_s, mfu, mem), validation rows (step, val: {source: loss, "all": ...}) and the records
@@ -52,18 +70,8 @@ def read_metrics(path):
     is left out with a note."""
     if not os.path.isfile(path):
         raise ConfigError(f"{path}: no such file (train.py writes it in its out_dir as it trains)")
-    rows, torn = {}, []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                key = ("val" in row, int(row["step"]))
-            except (ValueError, KeyError, TypeError):
-                torn.append(str(i))
-                continue
-            rows[key] = row
+    found, torn = read_jsonl(path, lambda r: isinstance(r.get("step"), int))
+    rows = {("val" in row, row["step"]): row for row in found}
     if torn:
         print(f"note: {path}: line{'s' * (len(torn) > 1)} {', '.join(torn)} not JSON, left out "
               "(written when a run was killed or its disk full)")

@@ -1,7 +1,8 @@
 """
 What every corpus command shares (curate.py, dedup.py, data.py's tokenize): progress a log can
-follow, documents in, folders written whole, the Stage executor, the report and timing writers,
-and the fetcher of pinned archives. Nothing here imports torch.
+follow, documents in, folders written whole, the Stage executor (the folder it may write, its
+lock, a full disk said in one line), the report and timing writers. Nothing here imports torch;
+the fetcher of pinned archives is fetch.py.
 
 A stage turns a folder of documents into an output folder by independent tasks, in the manner
 of datatrove: the input is cut into pieces of about shard_mb (plan_pieces), each task writes a
@@ -11,11 +12,13 @@ Slurm array task (a shared filesystem holds the folders); a rerun skips every ta
 so a stage killed halfway resumes where it stopped; and a task's output depends on its inputs
 only, so the result is the same bytes for any number of workers.
 """
-import gzip, hashlib, heapq, io, itertools, json, os, re, shutil, subprocess, sys, tarfile, time, \
-    zipfile, zlib
+import contextlib, errno, gzip, hashlib, heapq, itertools, json, os, re, shutil, sys, time, zlib
 
 import numpy as np
 from tqdm import tqdm
+
+from guard import (OUTPUT_KEYS, Busy, FileLock, alive, command_id, describe, json_dict,
+                   output_problem)
 
 
 class DataError(Exception):
@@ -100,13 +103,17 @@ DOC_EXTS = (".jsonl", ".jsonl.gz", ".txt")
 ABOUT_CORPUS = re.compile(r"(readme|notice|licen[cs]e|copying)\b", re.I)  # README.md, NOTICE
 
 
-def input_files(root):
+def input_files(root, links=None):
     """(the document files under root, sorted; {extension: [paths]} of the other files). Passed
     over in silence: names starting with "." (temporary folders); a corpus's documentation,
     README*, NOTICE*, LICENSE*, LICENCE*, COPYING* (any case and extension but .jsonl and
     .jsonl.gz, which hold documents whatever their name); the bookkeeping of a folder written
     whole (with DONE: a stage's output, or tokens_dir inside docs_dir), whose documents are its
-    top-level files."""
+    top-level files. Symbolic links are followed, to files and to folders, wherever they point,
+    after the rest of the tree; each is named in links (a list: a stage's problems.log) with
+    its target, "outside the input" when it leads out of root. A link to a file or folder read
+    already (a loop, a second way to one place) is named and not read again; a broken one is
+    named and skipped."""
     if os.path.isfile(root):
         if root.lower().endswith(DOC_EXTS):
             return [root], {}
@@ -116,22 +123,52 @@ def input_files(root):
     if is_done(root):
         names = sorted(f for f in os.listdir(root) if not f.startswith("."))
         return [os.path.join(root, f) for f in names if f.lower().endswith(DOC_EXTS)], {}
-    files, other = [], {}
-    for d, dirs, names in os.walk(root):
-        dirs[:] = sorted(x for x in dirs if not x.startswith("."))
-        if d != root and is_done(d):  # a folder written whole inside root: its documents only
-            files += input_files(d)[0]
-            dirs[:] = []
-            continue
-        for f in sorted(names):
-            jsonl = f.lower().endswith((".jsonl", ".jsonl.gz"))
-            if f.startswith(".") or ABOUT_CORPUS.match(f) and not jsonl:
+    files, other, seen, later = [], {}, set(), []
+    links = [] if links is None else links
+
+    def ident(path):  # the same file or folder, whatever way leads to it
+        st = os.stat(path)
+        return st.st_dev, st.st_ino
+
+    def add(path):
+        seen.add(ident(path))
+        if path.lower().endswith(DOC_EXTS):
+            files.append(path)
+        else:
+            name = os.path.basename(path)
+            other.setdefault(os.path.splitext(name)[1] or name, []).append(path)
+
+    def walk(top):
+        for d, dirs, names in os.walk(top):
+            seen.add(ident(d))
+            dirs[:] = sorted(x for x in dirs if not x.startswith("."))
+            if d != root and is_done(d):  # a folder written whole inside root: its documents only
+                files.extend(input_files(d)[0])
+                dirs[:] = []
                 continue
-            path = os.path.join(d, f)
-            if f.lower().endswith(DOC_EXTS):
-                files.append(path)
-            else:
-                other.setdefault(os.path.splitext(f)[1] or f, []).append(path)
+            later.extend(os.path.join(d, x) for x in dirs if os.path.islink(os.path.join(d, x)))
+            dirs[:] = [x for x in dirs if not os.path.islink(os.path.join(d, x))]
+            for f in sorted(names):
+                jsonl = f.lower().endswith((".jsonl", ".jsonl.gz"))
+                if f.startswith(".") or ABOUT_CORPUS.match(f) and not jsonl:
+                    continue
+                path = os.path.join(d, f)
+                (later.append if os.path.islink(path) else add)(path)
+
+    walk(root)
+    top = os.path.realpath(root)
+    while later:  # links last, so a place is read under its own name when it has one
+        path = later.pop(0)
+        real = os.path.realpath(path)
+        out = "" if real == top or real.startswith(top + os.sep) else ", outside the input"
+        note = f"{path}: a symbolic link to {os.readlink(path)}{out}"
+        if not os.path.exists(path):
+            links.append(f"{note}: broken, skipped")
+        elif ident(path) in seen:
+            links.append(f"{note}: not read ({real} is read already)")
+        else:
+            links.append(f"{note}: followed")
+            (walk if os.path.isdir(path) else add)(path)
     return sorted(files), other
 
 
@@ -238,8 +275,8 @@ def read_piece(root, rel, start=0, end=None, problems=None):
 
 def iter_documents(root, problems):
     """Every document under root (dicts, see read_piece), in file order; files that are not
-    documents are named in problems."""
-    files, other = input_files(root)
+    documents, and symbolic links, are named in problems."""
+    files, other = input_files(root, problems)
     if other:
         problems.append(skipped_note(root, other))
     for path in files:
@@ -298,15 +335,22 @@ def sample_documents(root, chars, seed=0):
 # beside the final one, then DONE, then renamed, so a crash never leaves a half-written folder
 # under the final name, and a folder with DONE is complete
 
-DONE = "DONE"
+DONE, LOCK = "DONE", "LOCK"
 
 
-def tmp_dir(final, create=True):
+def tmp_dir(final, create=True, keep=()):
     """A new, empty folder beside final (.tmp_<name>) to write final's contents in (only its
-    name with create=False: the ranks that write into the folder rank 0 made)."""
+    name with create=False: the ranks that write into the folder rank 0 made); the names in
+    keep stay (a stage's LOCK)."""
     final = final.rstrip(os.sep)
     tmp = os.path.join(os.path.dirname(final), ".tmp_" + os.path.basename(final))
-    if create:
+    if create and keep and os.path.isdir(tmp):
+        for path in (os.path.join(tmp, n) for n in sorted(set(os.listdir(tmp)) - set(keep))):
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
+    elif create:
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
     return tmp
@@ -314,14 +358,15 @@ def tmp_dir(final, create=True):
 
 def commit_dir(tmp, final, done=""):
     """Complete a folder written in tmp: its files on disk (so a power cut cannot reorder them),
-    then DONE (holding done), then tmp renamed to final. An older final is renamed away first
-    and removed after, so no crash leaves a complete-looking folder without its files."""
+    then DONE (holding done: a dict is written as JSON, such as a stage's {"stage": name}), then
+    tmp renamed to final. An older final is renamed away first and removed after, so no crash
+    leaves a complete-looking folder without its files."""
     for d, _, files in os.walk(tmp):
         for name in files:
             with open(os.path.join(d, name), "rb+") as f:
                 os.fsync(f.fileno())
     with open(os.path.join(tmp, DONE), "w") as f:
-        f.write(done)
+        f.write(done if isinstance(done, str) else json.dumps(done))
         os.fsync(f.fileno())
     final = final.rstrip(os.sep)
     old = os.path.join(os.path.dirname(final), ".del_" + os.path.basename(final))
@@ -337,10 +382,32 @@ def is_done(path):
     return os.path.exists(os.path.join(path, DONE))
 
 
+def written_by(path):
+    """What wrote the complete folder path: the stage its DONE names, "train.py" for a
+    checkpoint; for the empty DONE of older nano360, the stage its plan.json names, else
+    "tokenize" when it holds a manifest.json; None when nothing tells."""
+    try:
+        with open(os.path.join(path, DONE), encoding="utf-8") as f:
+            done = json.loads(f.read() or "null")
+    except (OSError, ValueError):
+        return None
+    if isinstance(done, dict):
+        return done.get("stage") or ("train.py" if "meta.json" in done else None)
+    plan = read_json(os.path.join(path, "plan.json"))
+    if isinstance(plan, dict) and isinstance(plan.get("stage"), str):
+        return plan["stage"]
+    return "tokenize" if os.path.exists(os.path.join(path, "manifest.json")) else None
+
+
 def already_done(path, what, marker=DONE):
-    """True (and says so) when path is complete: what made it is not run again."""
+    """True (and says so) when path is complete: what made it is not run again. A folder that
+    another stage completed is a DataError: it is not what's to use or to replace."""
     if not os.path.exists(os.path.join(path, marker) if marker else path):
         return False
+    made = written_by(path) if marker == DONE else None
+    if made not in (None, what):
+        raise DataError(f"{path}: holds {made}'s complete output (its {DONE} says so), not "
+                        f"{what}'s; choose an empty or new {OUTPUT_KEYS.get(what, 'folder')}")
     print(f"{what}: {path} is complete{f' ({marker})' if marker else ''}; delete it to redo {what}")
     return True
 
@@ -349,11 +416,15 @@ def already_done(path, what, marker=DONE):
 # the Stage executor
 
 def _run_task(job):
-    """One task: fn(stage, i, folder) fills a fresh temporary folder, which becomes final whole."""
+    """One task: fn(stage, i, folder) fills a fresh temporary folder, which becomes final whole
+    (one that fails is removed: the space it took, back)."""
     stage, final, fn, i, args = job
-    tmp = tmp_dir(final)
-    t0 = time.time()
-    fn(stage, i, tmp, *args)
+    tmp, t0 = tmp_dir(final), time.time()
+    try:
+        fn(stage, i, tmp, *args)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     commit_dir(tmp, final)
     return time.time() - t0
 
@@ -362,18 +433,24 @@ class Stage:
     """A folder out_dir made from the documents under src by tasks; settings (anything that
     changes the result) and the input files' names, sizes and times are its key: a rerun with
     the same key resumes, any other starts over. workers: local processes (0: every core);
-    rank, world: this process among world workers (config.place), each running its share."""
+    rank, world: this process among world workers (config.place), each running its share.
+    out_dir must be new, empty or the stage's own (guard.output_problem; documents=True: not
+    inside src either). Rank 0 plans and assembles holding .tmp_<out_dir>/LOCK: the ranks of
+    its command (command_id) join it, another command is refused. A full disk: one line."""
 
     def __init__(self, name, src, out_dir, settings, task_bytes, workers=0, rank=0, world=1,
-                 setup=None):
+                 setup=None, documents=False):
         self.name, self.root, self.out_dir = name, src, out_dir.rstrip(os.sep)
-        self.rank, self.world = rank, world
+        self.rank, self.world, self.lock = rank, world, None
         self.tmp = tmp_dir(self.out_dir, create=False)
         self.workers = 1 if world > 1 else workers or os.cpu_count() or 1
-        self.seconds, self._tasks, self._pool, self.sizes = {}, None, None, []
+        self.seconds, self._tasks, self._pool, self.sizes, self.links = {}, None, None, [], []
         if is_done(self.out_dir):
             return
-        files, other = input_files(src)
+        why = output_problem(name, self.out_dir, self.tmp, src, documents)
+        if why:
+            raise DataError(why)
+        files, other = input_files(src, self.links)
         if not files:
             raise DataError(f"{src}: no documents found "
                             "(looked for .jsonl, .jsonl.gz and .txt files)")
@@ -388,17 +465,65 @@ class Stage:
         key_path, key = (os.path.join(self.tmp, "key.json"),
                          json.loads(json.dumps(dict(plan, files=stats))))
         if rank == 0:
-            if read_json(key_path) == key:
-                print(f"{name}: resuming {self.tmp} ({self.finished()} tasks finished)")
-            else:
-                tmp_dir(self.out_dir)  # anything there was made from other inputs or settings
-                if setup:
-                    setup(self.tmp)
-                write_json(os.path.join(self.tmp, "plan.json"), plan)
-                write_json(key_path, key)  # last: the other workers start when it is there
+            try:
+                with self._disk():
+                    self._plan(plan, key_path, key, setup)
+            except BaseException:
+                self.__exit__()  # the lock let go
+                raise
         else:
-            self._wait(lambda: self.done or read_json(key_path) == key,
-                       f"rank 0 to plan {self.tmp}")
+            me, lock = command_id(), os.path.join(self.tmp, LOCK)
+
+            def planned():  # by rank 0 of this command, not by another command
+                holder = json_dict(lock)
+                if holder.get("command", me) != me and alive(holder):
+                    self._busy(holder)
+                return self.done or holder.get("command") == me and read_json(key_path) == key
+            self._wait(planned, f"rank 0 to plan {self.tmp}")
+
+    def _plan(self, plan, key_path, key, setup):
+        """Rank 0: the lock, then the plan, or the one there when its key is the same."""
+        os.makedirs(self.tmp, exist_ok=True)
+        try:
+            self.lock = FileLock(os.path.join(self.tmp, LOCK))
+        except Busy as e:
+            self._busy(e.holder)
+        if self.lock.taken_over:
+            print(f"{self.lock.path}: taking over the lock of a command that is gone "
+                  f"({describe(self.lock.taken_over)})")
+        if self.done:  # finished by another command while this one looked
+            self.__exit__()
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        elif read_json(key_path) == key:
+            print(f"{self.name}: resuming {self.tmp} ({self.finished()} tasks finished)")
+        else:  # anything there was made from other inputs or settings
+            tmp_dir(self.out_dir, keep=(LOCK,))
+            if setup:
+                setup(self.tmp)
+            write_json(os.path.join(self.tmp, "plan.json"), plan)
+            write_json(key_path, key)  # last: the other workers start when it is there
+
+    def _busy(self, holder):
+        path = os.path.join(self.tmp, LOCK)
+        raise DataError(f"{self.out_dir}: {self.name} is running on it in another command "
+                        f"({describe(holder)}; {path}): wait for it to end, or choose another "
+                        f"{OUTPUT_KEYS.get(self.name, 'output folder')}; if none is running, "
+                        f"delete {path}")
+
+    @contextlib.contextmanager
+    def _disk(self):
+        """A full disk (or a file size limit) as one line: the folder, the free space, and that
+        a rerun resumes (the finished tasks are kept)."""
+        try:
+            yield
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                raise
+            free = shutil.disk_usage(os.path.dirname(os.path.abspath(self.tmp))).free
+            raise DataError(f"{self.out_dir}: writing it failed: {e.strerror} "
+                            f"({free / 2**30:.2f} GiB free on that disk; {self.finished()} "
+                            f"finished tasks kept in {self.tmp}): make room, then rerun to "
+                            "resume") from None
 
     @property
     def done(self):
@@ -412,7 +537,7 @@ class Stage:
         return self._tasks
 
     def __getstate__(self):  # what goes to a worker process: not the plan, which it reads itself
-        return {**self.__dict__, "_tasks": None, "_pool": None, "sizes": []}
+        return {**self.__dict__, "_tasks": None, "_pool": None, "sizes": [], "lock": None}
 
     def __enter__(self):
         return self
@@ -421,6 +546,9 @@ class Stage:
         if self._pool is not None:
             self._pool.terminate()
             self._pool = None
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def documents(self, i, problems):
         """The documents of task i, in order."""
@@ -432,7 +560,7 @@ class Stage:
         return os.path.join(self.tmp, "work", phase, *([] if i is None else [f"{i:06d}"]))
 
     def finished(self):
-        return sum(len(fs) for _, _, fs in os.walk(os.path.join(self.tmp, "work")) if DONE in fs)
+        return sum(DONE in fs for _, _, fs in os.walk(os.path.join(self.tmp, "work")))
 
     def run(self, phase, n, fn, *args):
         """Run tasks 0..n-1 of phase, fn(stage, i, folder, *args) each, and return when all n are
@@ -456,8 +584,9 @@ class Stage:
                 self._pool = multiprocessing.get_context("spawn").Pool(self.workers)
             runs = self._pool.imap_unordered(_run_task, jobs)
         desc = self.name if phase == self.name else f"{self.name} {phase}"
-        for _ in Progress(desc, runs, " tasks", len(mine), len(mine) - len(todo)):
-            pass
+        with self._disk():
+            for _ in Progress(desc, runs, " tasks", len(mine), len(mine) - len(todo)):
+                pass
         left = [self.path(phase, i) for i in range(n)]
         while left and not self.done:  # the tasks of other workers
             left = [p for p in left if not is_done(p)]
@@ -469,11 +598,16 @@ class Stage:
     def finish(self, assemble):
         """Rank 0: assemble(folder) writes the outputs from the tasks' folders, then the work is
         removed and the folder becomes out_dir whole. The other ranks wait for that."""
+        if self.done:  # (another command finished it while this one planned)
+            return
         if self.rank == 0:
-            assemble(self.tmp)
-            shutil.rmtree(os.path.join(self.tmp, "work"), ignore_errors=True)
-            os.remove(os.path.join(self.tmp, "key.json"))
-            commit_dir(self.tmp, self.out_dir)
+            with self._disk():
+                assemble(self.tmp)
+                shutil.rmtree(os.path.join(self.tmp, "work"), ignore_errors=True)
+                os.remove(os.path.join(self.tmp, "key.json"))
+                commit_dir(self.tmp, self.out_dir, dict(stage=self.name))
+            self.lock.release(moved_to=os.path.join(self.out_dir, LOCK))  # it went along
+            self.lock = None
         else:
             self._wait(lambda: is_done(self.out_dir), f"rank 0 to write {self.out_dir}")
 
@@ -499,9 +633,10 @@ class Stage:
 
     def write_problems(self, folder, problems_of_tasks):
         """folder/problems.log: the problems of each task (an iterable of lists, read one task at
-        a time), then the files that are not documents; the first 20 printed. Returns the count."""
+        a time), then the symbolic links of the input and the files that are not documents; the
+        first 20 printed. Returns the count."""
         shown, count = [], 0
-        skipped = [[self.skipped] if self.skipped else []]
+        skipped = [self.links + ([self.skipped] if self.skipped else [])]
         with open(os.path.join(folder, "problems.log"), "w", encoding="utf-8") as log:
             for problems in itertools.chain(problems_of_tasks, skipped):
                 log.writelines(p + "\n" for p in problems)
@@ -519,140 +654,3 @@ class Stage:
         print(f"{self.name}: {size / 1e6:.1f} MB in {seconds:.1f} s, "
               f"{size / 1e6 / max(seconds, 1e-9) / self.workers:.1f} MB/s per worker, "
               f"{self.workers} worker{'s' * (self.workers > 1)}{ranks}")
-
-    def finish_documents(self, tmp, phase, report, seconds):
-        """The output folder of a stage that keeps or removes documents (clean, dedup), from its
-        last phase's tasks: their kept shards and removed lines moved in (<task>_<part>.jsonl, in
-        input order), problems.log, report.json (counts summed per source) and timing.json."""
-        sources, width = {}, max(6, len(str(len(self.tasks))))
-
-        def each_task():
-            for i in range(len(self.tasks)):
-                task = read_json(os.path.join(self.path(phase, i), "report.json"))
-                for k, name in enumerate(task["docs"]):
-                    self.move(phase, i, name, os.path.join(tmp, f"{i:0{width}d}_{k:04d}.jsonl"))
-                for k, name in enumerate(task["removed"]):
-                    self.move(phase, i, name,
-                              os.path.join(tmp, "removed", f"{i:0{width}d}_{k:04d}.jsonl"))
-                for source, r in task["sources"].items():
-                    add_counts(sources, source, r)
-                yield task["problems"]
-        report["problems"] = self.write_problems(tmp, each_task())
-        report.update(sources=dict(sorted(sources.items())),
-                      documents=sum(s["documents"] for s in sources.values()),
-                      kept=sum(s["kept"] for s in sources.values()))
-        write_json(os.path.join(tmp, "report.json"), report)
-        for source, r in sorted(sources.items()):
-            why = sorted(r["removed"].items(), key=lambda kv: (-kv[1], kv[0]))
-            why = "; removed: " + ", ".join(f"{k} {v}" for k, v in why) if why else ""
-            share = r["bytes_out"] / max(1, r["bytes_in"])
-            print(f"{source:12s} kept {r['kept']:7,d} of {r['documents']:7,d} "
-                  f"({share:.0%} of bytes){why}")
-        self.write_timing(tmp, sum(s["bytes_in"] for s in sources.values()), seconds)
-
-
-def count(report, source, size, reason=None, size_out=0):
-    """Count one document of source in a task's report: kept (size_out bytes), or removed for
-    reason."""
-    add_counts(report, source, dict(documents=1, kept=int(not reason), bytes_in=size,
-                                    bytes_out=size_out, removed={reason: 1} if reason else {}))
-
-
-def add_counts(report, source, r):
-    s = report.setdefault(source, dict(documents=0, kept=0, bytes_in=0, bytes_out=0, removed={}))
-    for key in ("documents", "kept", "bytes_in", "bytes_out"):
-        s[key] += r[key]
-    for why, n in r["removed"].items():
-        s["removed"][why] = s["removed"].get(why, 0) + n
-
-
-class DocWriter:
-    """Documents (dicts) as .jsonl files of at most max_bytes: name_0000.jsonl,
-    name_0001.jsonl, ..."""
-
-    def __init__(self, folder, name, max_bytes):
-        self.folder, self.name, self.max, self.files, self.f, self.n = (
-            folder, name, max_bytes, [], None, 0)
-
-    def write(self, doc):
-        line = (json.dumps(doc, ensure_ascii=False) + "\n").encode()
-        if self.f is None or self.n + len(line) > self.max and self.n:
-            self.close()
-            self.files.append(f"{self.name}_{len(self.files):04d}.jsonl")
-            self.f, self.n = open(os.path.join(self.folder, self.files[-1]), "wb"), 0
-        self.f.write(line)
-        self.n += len(line)
-
-    def close(self):
-        if self.f is not None:
-            self.f.close()
-            self.f = None
-        return self.files
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-# -----------------------------------------------------------------------------
-# pinned archives: each downloaded by its registry's own client, checked against its sha256
-
-FETCH = {"npm": ["npm", "pack"], "apt": ["apt-get", "download"],
-         "sdist": [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                   "-d", "."],
-         "wheel": [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-                   "-d", "."]}
-
-
-def fetch_pinned(tool, spec, sha256, folder):
-    """The path of the archive `tool` (npm, apt, sdist, wheel) downloads for spec into folder
-    (reused when folder already holds it), checked against sha256 (None: not pinned, the caller
-    records what it got). A missing tool, a failed download or another sha256 is a DataError.
-    Says on stdout, flushed, when a download starts and ends (MB, seconds) or what it reused."""
-    os.makedirs(folder, exist_ok=True)
-    files, t0, how = [f for f in os.listdir(folder) if not f.startswith(".")], time.time(), ""
-    if not files:
-        cmd = FETCH[tool] + [spec]
-        if shutil.which(cmd[0]) is None:
-            raise DataError(f"fetching {spec} needs `{cmd[0]}`: install it (e.g. apt-get install "
-                            f"{cmd[0]}) or put the files in place by hand")
-        print(f"{spec}: fetching with `{' '.join(cmd)}`", flush=True)
-        r = subprocess.run(cmd, cwd=folder, capture_output=True, text=True)
-        files = [f for f in os.listdir(folder) if not f.startswith(".")]
-        if r.returncode or len(files) != 1:
-            raise DataError(f"`{' '.join(cmd)}` failed, so {spec} is missing: "
-                            f"{(r.stderr or r.stdout).strip()[-400:]}")
-        how = f"in {time.time() - t0:.1f} s"
-    path = os.path.join(folder, files[0])
-    print(f"{spec}: {files[0]}, {os.path.getsize(path) / 1e6:.1f} MB "
-          f"{how or f'reused (already in {folder})'}", flush=True)
-    got = sha256_file(path)
-    if sha256 is not None and got != sha256:
-        raise DataError(f"{spec}: {files[0]} has sha256 {got}, not the pinned {sha256}")
-    return path
-
-
-def archive_members(path):
-    """{path inside: bytes} of the files of a .deb (its data.tar), a wheel, a zip or a tarball."""
-    if path.endswith(".deb"):  # an ar archive: the file tree is in data.tar.*
-        raw, pos = open(path, "rb").read(), 8
-        while pos < len(raw):
-            name, size = raw[pos:pos + 16].decode().strip().rstrip("/"), int(raw[pos + 48:pos + 58])
-            if name.startswith("data.tar"):
-                return _tar_members(tarfile.open(fileobj=io.BytesIO(raw[pos + 60:pos + 60 + size])))
-            pos += 60 + size + size % 2
-        raise DataError(f"{path}: no data.tar inside (not a Debian package?)")
-    if path.endswith((".whl", ".zip")):
-        z = zipfile.ZipFile(path)
-        return {n: z.read(n) for n in z.namelist() if not n.endswith("/")}
-    return _tar_members(tarfile.open(path))
-
-
-def _tar_members(tar):
-    out = {}
-    for m in tar.getmembers():
-        if m.isfile():
-            out[m.name[2:] if m.name.startswith("./") else m.name] = tar.extractfile(m).read()
-    return out

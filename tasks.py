@@ -48,6 +48,15 @@ def _need(doc, keys, path, lineno):
     return [doc[k] for k in keys]
 
 
+def _gold(read, value, field, path, lineno):
+    # the index of the right answer, read from field's value (a number or a letter)
+    try:
+        return read(value)
+    except (ValueError, TypeError, AttributeError):
+        raise DataError(f"{path}:{lineno}: {field} is {value!r}, not an answer "
+                        f"{task_of(path)} can read") from None
+
+
 def task_of(path):
     name = os.path.basename(path).lower()
     for task in TASKS:
@@ -70,7 +79,7 @@ def read_item(task, doc, path, lineno):
         ctx = (doc["ctx_a"] + " " + doc.get("ctx_b", "").capitalize() if "ctx_a" in doc
                else _need(doc, ("ctx",), path, lineno)[0])
         return Item(hellaswag_text(doc.get("activity_label", "") + ": " + ctx),
-                    [hellaswag_text(e) for e in endings], int(label))
+                    [hellaswag_text(e) for e in endings], _gold(int, label, "label", path, lineno))
     if task.startswith("arc"):
         # allenai's {"question": {"stem", "choices"}, "answerKey"} or HF's flat one
         q, key = _need(doc, ("question", "answerKey"), path, lineno)
@@ -84,7 +93,8 @@ def read_item(task, doc, path, lineno):
         return Item(f"Question: {stem}\nAnswer:", list(texts), labels.index(key))
     if task == "mmlu":  # cais/mmlu: {"question", "choices", "answer": 0-3, "subject"}
         q, ch, answer = _need(doc, ("question", "choices", "answer"), path, lineno)
-        gold = int(answer) if str(answer).isdigit() else LETTERS.index(str(answer))
+        gold = _gold(lambda a: int(a) if str(a).isdigit() else list(LETTERS).index(str(a)), answer,
+                     "answer", path, lineno)
         return Item(q.strip() + "".join(f"\n{LETTERS[i]}. {c}" for i, c in enumerate(ch))
                     + "\nAnswer:",
                     list(LETTERS[:len(ch)]), gold, doc.get("subject", "").replace("_", " "))
@@ -94,7 +104,8 @@ def read_item(task, doc, path, lineno):
     q, *opts, answer = _need(doc, (qk, "A", "B", "C", "D", ak), path, lineno)
     return Item(q.strip() + "".join(f"\n{LETTERS[i]}. {o}" for i, o in enumerate(opts))
                 + "\n答案：",
-                list("ABCD"), "ABCD".index(answer.strip()), doc.get("subject", ""))
+                list("ABCD"), _gold(lambda a: list("ABCD").index(a.strip()), answer, ak, path,
+                                    lineno), doc.get("subject", ""))
 
 
 def read_task(path):
@@ -106,8 +117,15 @@ def read_task(path):
         try:
             doc = json.loads(line)
         except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{lineno}: not JSON ({e.msg})")
-        item = read_item(task, doc, path, lineno)
+            raise DataError(f"{path}:{lineno}: not JSON ({e.msg})") from None
+        if not isinstance(doc, dict):
+            raise DataError(f"{path}:{lineno}: not a JSON object (an item is one, with fields)")
+        try:
+            item = read_item(task, doc, path, lineno)
+        except (TypeError, KeyError, AttributeError, ValueError, IndexError) as e:
+            raise DataError(f"{path}:{lineno}: a field holds another kind of value than {task} "
+                            f"reads ({type(e).__name__}: {e}; data/evals/README.md lists the "
+                            "fields)") from None
         if not 0 <= item.gold < len(item.choices):
             raise DataError(f"{path}:{lineno}: the answer {item.gold} is not one of "
                             f"{len(item.choices)} choices")

@@ -14,7 +14,7 @@ import base64, json, os, re, shutil, sys
 
 import tiktoken
 
-from stage import DataError, is_done, read_json, sample_documents, write_json
+from stage import DataError, is_done, read_json, sample_documents, sha256_file, write_json
 
 # gpt-4's split pattern, but digits one at a time, as MAP-Neo's tokenizer splits them
 SPLIT_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}|"""
@@ -44,22 +44,55 @@ def train_bpe(texts, vocab_size, path):
     return enc
 
 
+def load_json(path):
+    """The JSON object in path; a DataError naming the file (and the line) when it is not one
+    (stage.read_json is the lenient reader: None for a file not there or half written)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            obj = json.load(f)
+    except ValueError as e:  # JSONDecodeError (which has a line), or bytes that are not UTF-8
+        line = f":{e.lineno}" if isinstance(e, json.JSONDecodeError) else ""
+        raise DataError(f"{path}{line}: not valid JSON ({getattr(e, 'msg', e)})") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: not a JSON object (a {type(obj).__name__})")
+    return obj
+
+
 def read_tiktoken(path):
-    """(ranks {bytes: rank}, split pattern, special tokens {name: id}) of a .tiktoken file."""
+    """(ranks {bytes: rank}, split pattern, special tokens {name: id}) of a .tiktoken file and its
+    .json. What tiktoken would refuse with a panic, or take wrongly, is a DataError naming the
+    file: a rank or a token given twice, ranks that are not 0..n-1 (the special tokens' ids follow
+    them), a sidecar that is not JSON or holds other kinds of values."""
     if not os.path.exists(path):
         raise DataError(f"tokenizer file not found: {path}")
-    ranks = {}
-    for lineno, line in enumerate(open(path), 1):
+    ranks, line_of = {}, {}  # line_of: the line each rank is on
+    # errors="replace": a byte that is not UTF-8 fails its line below, which is then named
+    for lineno, line in enumerate(open(path, encoding="utf-8", errors="replace"), 1):
         try:
             token, rank = line.split()
-            ranks[base64.b64decode(token)] = int(rank)
+            token, rank = base64.b64decode(token, validate=True), int(rank)
         except ValueError:
             raise DataError(f"{path}:{lineno}: expected '<base64 token> <rank>', "
                             f"got {line.strip()!r}") from None
-    side = json.load(open(path + ".json")) if os.path.exists(path + ".json") else {}
-    specials = side.get("special_tokens", SPECIAL_TOKENS)
-    return (ranks, side.get("pat_str", SPLIT_PATTERN),
-            {s: len(ranks) + i for i, s in enumerate(specials)})
+        if rank in line_of or token in ranks:
+            what, first = ((f"rank {rank}", line_of[rank]) if rank in line_of
+                           else (f"token {token!r}", line_of[ranks[token]]))
+            raise DataError(f"{path}:{lineno}: {what} is given twice (line {first} too)")
+        ranks[token], line_of[rank] = rank, lineno
+    gaps = set(range(len(ranks))) - set(line_of)
+    if gaps or not ranks:
+        raise DataError(f"{path}: " + (f"no rank {min(gaps)}: the ranks must be 0 to "
+                                       f"{len(ranks) - 1}" if gaps else "no tokens in it"))
+    side_path = path + ".json"
+    side = load_json(side_path) if os.path.exists(side_path) else {}
+    pat, specials = side.get("pat_str", SPLIT_PATTERN), side.get("special_tokens", SPECIAL_TOKENS)
+    if not isinstance(pat, str):
+        raise DataError(f"{side_path}: pat_str is {pat!r}, not a string (the split pattern)")
+    if (not isinstance(specials, list) or not all(isinstance(t, str) for t in specials)
+            or len(set(specials)) < len(specials) or EOT not in specials):
+        raise DataError(f"{side_path}: special_tokens is {specials!r}, not a list of distinct "
+                        f"names with {EOT} among them")
+    return ranks, pat, {t: len(ranks) + i for i, t in enumerate(specials)}
 
 
 def load_tokenizer(spec):
@@ -69,8 +102,12 @@ def load_tokenizer(spec):
         return HFTokenizer(spec)
     if spec.endswith(".tiktoken") or os.path.exists(spec):
         ranks, pat, specials = read_tiktoken(spec)
-        enc = tiktoken.Encoding(os.path.basename(spec), pat_str=pat, mergeable_ranks=ranks,
-                                special_tokens=specials)
+        try:
+            enc = tiktoken.Encoding(os.path.basename(spec), pat_str=pat, mergeable_ranks=ranks,
+                                    special_tokens=specials)
+        except ValueError as e:  # all but the pattern is checked: the sidecar's, ours compiles
+            raise DataError(f"{spec}.json: pat_str is not a pattern tiktoken can compile: "
+                            f"{' '.join(str(e).split())}") from None
     else:
         try:
             enc = tiktoken.get_encoding(spec)
@@ -93,8 +130,47 @@ def special_ids(enc):
 # a run's tokenizer: the one in its tokens_dir, named by the manifest
 
 def tokenizer_of(tokens_dir, manifest):
+    """The tokenizer of tokens_dir that its manifest names, once check_tokenizer has found its
+    files to be those that made the shards."""
+    if "tokenizer" not in manifest:
+        raise DataError(f"{os.path.join(tokens_dir, 'manifest.json')}: no 'tokenizer' "
+                        f"(delete {tokens_dir} and tokenize again)")
+    check_tokenizer(tokens_dir, manifest)
     t = manifest["tokenizer"]
     return load_tokenizer(os.path.join(tokens_dir, t) if t.endswith((".tiktoken", ".json")) else t)
+
+
+def tokenizer_sha256(folder, name):
+    """{file: sha256} of the files in folder that the tokenizer a manifest names (name) is read
+    from: a .tiktoken and its .json, or tokenizer.json and the tokenizer_config.json (or
+    config.json) that name its end-of-text; {} for a tiktoken name (tiktoken checks the file it
+    downloads). What tokenize records in the manifest as "tokenizer_sha256"."""
+    names = ([name, name + ".json"] if name.endswith(".tiktoken") else
+             [name, "tokenizer_config.json", "config.json"] if name.endswith(".json") else [])
+    return {n: sha256_file(os.path.join(folder, n)) for n in names
+            if os.path.exists(os.path.join(folder, n))}
+
+
+def check_tokenizer(tokens_dir, manifest, recorded=None, by=None):
+    """A DataError unless the tokenizer files in tokens_dir are those the manifest recorded when
+    tokenize wrote the shards (manifest["tokenizer_sha256"]: {file: sha256}), and, given recorded
+    (what checkpoint `by` recorded of them), those too. A manifest or a checkpoint from before
+    these hashes has none: nothing to compare, nothing said."""
+    where = os.path.join(tokens_dir, "manifest.json")
+    want = manifest.get("tokenizer_sha256")
+    if want is not None:
+        got = tokenizer_sha256(tokens_dir, manifest["tokenizer"])
+        for n in sorted(set(want) | set(got)):
+            if want.get(n) != got.get(n):
+                have = f"has sha256 {got[n][:12]}..." if n in got else "is missing"
+                said = f"recorded {want[n][:12]}..." if n in want else "recorded no such file"
+                raise DataError(f"{os.path.join(tokens_dir, n)} {have}, {where} {said}: the "
+                                "token shards were made with another tokenizer")
+    if recorded is not None and want is not None and recorded != want:
+        n = min(n for n in set(want) | set(recorded) if want.get(n) != recorded.get(n))
+        raise DataError(f"{by} was trained with another tokenizer than {tokens_dir}'s: {n} "
+                        f"had sha256 {(recorded.get(n) or 'none')[:12]}..., {where} records "
+                        f"{(want.get(n) or 'none')[:12]}...")
 
 
 def tokenizer_size(cfg):
@@ -126,10 +202,11 @@ def install(spec, folder, vocab_size, docs_dir, sample_chars):
         save_hf_tokenizer(enc, folder)
         return enc, "tokenizer.json"
     if os.path.exists(spec):
+        enc = load_tokenizer(spec)  # read where it is: an error names the user's file, not a copy
         for ext in ("", ".json"):
             if os.path.exists(spec + ext):
                 shutil.copy(spec + ext, os.path.join(folder, "tokenizer.tiktoken" + ext))
-        return load_tokenizer(os.path.join(folder, "tokenizer.tiktoken")), "tokenizer.tiktoken"
+        return enc, "tokenizer.tiktoken"
     return load_tokenizer(spec), spec
 
 
@@ -208,14 +285,14 @@ class HFTokenizer:
         side = os.path.join(folder, "tokenizer_config.json")
         name = None
         if os.path.exists(side):
-            name = _token_name(json.load(open(side, encoding="utf-8")).get(f"{kind}_token"))
+            name = _token_name(load_json(side).get(f"{kind}_token"))
         if name is not None:
             i = self.tok.token_to_id(name)
             if i is None:
                 raise DataError(f"{side}: {kind}_token {name!r} is not a token of {path}")
             return i
         conf = os.path.join(folder, "config.json")
-        i = json.load(open(conf)).get(f"{kind}_token_id") if os.path.exists(conf) else None
+        i = load_json(conf).get(f"{kind}_token_id") if os.path.exists(conf) else None
         if i is not None:
             return i[0] if isinstance(i, list) else int(i)
         for token in self.NAMES[kind]:

@@ -46,15 +46,15 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import data
-from checkpoint import (Checkpointer, CheckpointError, RunLock, barrier, consolidate, damage,
-                        read_meta, step_of)
-from config import (ConfigError, config_from_dict, git_revision, global_batch, place,
-                    resolve_vocab, uses_bf16)
+from checkpoint import (Checkpointer, CheckpointError, RunLock, barrier, config_of, consolidate,
+                        damage, read_meta, run_file, step_of)
+from config import (ConfigError, git_revision, global_batch, place, resolve_vocab,
+                    uses_bf16)
 from model import GPT, autocast, doc_ids, sample_text, validation_loss
 from parallel import (build_model, check_kernels, clip_grads, make_optimizer, peak_flops,
                       setup_distributed)
 from stage import DataError
-from tokenizer import tokenizer_of, tokenizer_size
+from tokenizer import check_tokenizer, tokenizer_of, tokenizer_size
 
 
 class TrainingError(Exception):
@@ -173,7 +173,7 @@ class Trainer:
         self.setup_data()
         self.model = build_model(mcfg, device, cfg.seed, cfg, mesh, self.bf16)
         self.optimizer = make_optimizer(self.model, cfg, device)
-        self.metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
+        self.metrics_path = run_file(cfg.out_dir, "metrics.jsonl")
         self.start = self.resume()
         self.metrics, self.wandb = self.open_metrics(), self.open_wandb()
         self.tokens_per_step = self.gb * cfg.seq_len
@@ -261,12 +261,17 @@ class Trainer:
             start = meta["step"]
             print0(f"resuming from {path} at step {start} (saved by {meta['world_size']} "
                    f"rank{'s' * (meta['world_size'] > 1)}, now {self.world_size})")
-            self.check_schedule(config_from_dict(meta["config"])[0], start)
+            self.check_schedule(config_of(path, meta)[0], start)
             newer = [p for p in Checkpointer.complete(cfg.out_dir) if step_of(p) > start]
             self.ckpt.set_aside(newer, f"newer than step {start}, which this run goes on from")
             barrier()
             return start
         if cfg.init_from:  # full weights into this (possibly sharded) model
+            if os.path.isdir(cfg.init_from):
+                raise ConfigError(f"--init_from={cfg.init_from} is a folder: give a file of "
+                                  "weights (python train.py --consolidate CKPT writes one from "
+                                  "a checkpoint, python eval.py import HF_DIR OUT.pt from a "
+                                  "Hugging Face model)")
             from torch.distributed.checkpoint.state_dict import (StateDictOptions,
                                                                  set_model_state_dict)
             try:
@@ -287,12 +292,14 @@ class Trainer:
         return 0
 
     def check_same_run(self, path, meta):
-        """Refuse a checkpoint of other data, another model, or another data order."""
+        """Refuse a checkpoint of other data, another tokenizer, another model, or another data
+        order."""
+        check_tokenizer(self.cfg.tokens_dir, self.manifest, meta.get("tokenizer_sha256"), path)
         if meta["manifest_sha256"] != self.manifest["sha256"]:
             raise DataError(f"{self.cfg.tokens_dir}/manifest.json has sha256 "
                             f"{self.manifest['sha256']}, but {path} was trained on data "
                             f"whose manifest has sha256 {meta['manifest_sha256']}")
-        theirs = asdict(config_from_dict(meta["config"])[1])
+        theirs = asdict(config_of(path, meta)[1])
         diff = {k: (v, getattr(self.mcfg, k)) for k, v in theirs.items()
                 if getattr(self.mcfg, k) != v}
         if diff:
@@ -332,6 +339,7 @@ class Trainer:
         path = self.metrics_path
         if self.rank != 0:
             return open(os.devnull, "w")
+        run_file(self.cfg.out_dir, "metrics.jsonl.tmp")  # a link at either is refused
         kept, torn = [], 0
         for line in (open(path, encoding="utf-8", errors="replace")
                      if os.path.exists(path) and self.start else []):
@@ -360,7 +368,7 @@ class Trainer:
         except ImportError:
             raise ConfigError("wandb_project is set but wandb is not installed: "
                               "pip install wandb (or --wandb_project= to log without it)") from None
-        id_file = os.path.join(cfg.out_dir, "wandb_id")
+        id_file = run_file(cfg.out_dir, "wandb_id")
         if not os.path.exists(id_file):
             open(id_file, "w").write(os.urandom(4).hex())  # an id W&B accepts
         return wandb.init(project=cfg.wandb_project, id=open(id_file).read().strip(),
@@ -482,6 +490,7 @@ class Trainer:
         meta = dict(step=step, config=dict(train=asdict(cfg), model=asdict(self.mcfg)),
                     git=git_revision(), tokens_dir=cfg.tokens_dir,
                     manifest_sha256=self.manifest["sha256"], world_size=self.world_size,
+                    tokenizer_sha256=self.manifest.get("tokenizer_sha256"),
                     data_position=dict(step=step, global_batch=gb, samples=step * gb,
                                        tokens=step * gb * cfg.seq_len,
                                        epoch=step * gb / self.batches.n),

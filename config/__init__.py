@@ -420,14 +420,20 @@ def load_config(argv):
     return cfg, mcfg
 
 
-def config_from_dict(d):
-    """(TrainConfig, ModelConfig) from a checkpoint's meta.json "config"."""
+def config_from_dict(d, where="a checkpoint's meta.json"):
+    """(TrainConfig, ModelConfig) from a checkpoint's meta.json "config"; a key this code does
+    not know (a newer nano360 wrote it) is a one-line error naming where."""
     train, model = dict(d["train"]), dict(d["model"])
     # run settings that older checkpoints kept with the model
     for key in ("attn_impl", "loss_chunk"):
         if key in model:
             train.setdefault(key, model.pop(key))
-    train = {renamed(k, "a checkpoint's meta.json"): v for k, v in train.items()}
+    train = {renamed(k, where): v for k, v in train.items()}
+    unknown = sorted((set(train) - set(key_types())) | (set(model) - set(key_types())))
+    if unknown:
+        raise ConfigError(f"{where}: keys this nano360 ({git_revision()[:12]}) does not know: "
+                          f"{', '.join(unknown)}; a newer nano360 wrote it: update the code "
+                          "(git pull) to read it")
     return TrainConfig(**train), ModelConfig(**model)
 
 

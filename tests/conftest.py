@@ -3,12 +3,12 @@
     python -m pytest -m gpu   on a CUDA machine: the compiled kernels, in bf16 and at long lengths
 What tests and benchmarks share is in helpers.py.
 """
-import os
+import os, subprocess
 
 import pytest
 import torch
 
-from helpers import tokenize_tiny
+from helpers import ROOT, tokenize_tiny
 
 
 def gpu_run(config):
@@ -29,6 +29,23 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if why and "gpu" in item.keywords:
             item.add_marker(pytest.mark.skip(reason=why))
+
+
+def written_in_project():
+    """What git would not track in the project (ignored or new), caches aside."""
+    r = subprocess.run(["git", "status", "--porcelain", "--ignored", "--untracked-files=all"], cwd=ROOT,
+                       capture_output=True, text=True)
+    return {l[3:] for l in r.stdout.splitlines()
+            if l[:2] in ("??", "!!") and "__pycache__" not in l and ".pytest_cache" not in l}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tests_write_only_in_their_tmp_path():
+    """No test writes into the project (data/tiny/tokens, out/, benchmarks/): all in tmp_path."""
+    before = written_in_project()
+    yield
+    new = written_in_project() - before
+    assert not new, f"tests wrote into the project: {sorted(new)[:10]}"
 
 
 @pytest.fixture(scope="session")

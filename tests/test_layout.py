@@ -9,7 +9,7 @@ import pytest
 
 from helpers import ROOT
 
-LAYERS = {"nanokernels": 0, "config": 1, "model": 2, "stage": 2, "tokenizer": 3, "checkpoint": 3, "tasks": 3, "parallel": 3,
+LAYERS = {"nanokernels": 0, "config": 1, "guard": 1, "model": 2, "stage": 2, "fetch": 3, "kept": 3, "tokenizer": 3, "checkpoint": 3, "tasks": 3, "parallel": 3,
           "plots": 3, "data": 4, "dedup": 5, "curate": 6, "train": 6, "eval": 6}
 
 
@@ -102,7 +102,7 @@ def test_the_name_check_catches_a_clash(tmp_path, monkeypatch):
 
 def test_the_data_side_loads_without_training_or_evaluation():
     # and without torch: a curation command does not pay seconds of import to read its config
-    code = ("import sys, stage, tokenizer, data, dedup, curate; "
+    code = ("import sys, guard, stage, kept, fetch, tokenizer, data, dedup, curate; "
             "bad = {'train', 'eval', 'model', 'checkpoint', 'torch'} & set(sys.modules); assert not bad, bad")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

@@ -8,6 +8,7 @@ import pytest
 import curate
 import data
 import dedup
+import fetch
 import stage
 import tokenizer
 import train
@@ -261,9 +262,9 @@ def test_a_pinned_archive_with_another_sha256_is_refused(tmp_path):
     folder.mkdir()
     (folder / "pkg-1.0.tgz").write_bytes(b"not what was pinned")  # already downloaded: reused
     good = hashlib.sha256(b"not what was pinned").hexdigest()
-    assert stage.fetch_pinned("npm", "pkg@1.0", good, str(folder)) == str(folder / "pkg-1.0.tgz")
+    assert fetch.fetch_pinned("npm", "pkg@1.0", good, str(folder)) == str(folder / "pkg-1.0.tgz")
     with pytest.raises(stage.DataError, match=f"pkg@1.0: pkg-1.0.tgz has sha256 {good}, not the pinned 0+$"):
-        stage.fetch_pinned("npm", "pkg@1.0", "0" * 64, str(folder))
+        fetch.fetch_pinned("npm", "pkg@1.0", "0" * 64, str(folder))
 
 
 def test_a_fetch_says_each_archive_in_a_log_as_it_goes(tmp_path):
@@ -275,7 +276,7 @@ def test_a_fetch_says_each_archive_in_a_log_as_it_goes(tmp_path):
                                "head -c 2500000 /dev/zero > pkg-1.0.tgz\n")
     (tools / "npm").chmod(0o755)
     pinned = hashlib.sha256(bytes(2_500_000)).hexdigest()
-    code = f"import stage\nfor _ in range(2): stage.fetch_pinned('npm', 'pkg@1.0', {pinned!r}, {str(folder)!r})"
+    code = f"import fetch\nfor _ in range(2): fetch.fetch_pinned('npm', 'pkg@1.0', {pinned!r}, {str(folder)!r})"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # a file's stdout, buffered
     with open(log, "w") as f:
         r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,

@@ -151,7 +151,8 @@ def test_a_run_shorter_than_its_warmup_runs_with_a_warning(tiny_data, tmp_path, 
 def test_default_config_learns(tmp_path):
     # the toy model itself (config/toy.py), fewer steps: the validation loss falls
     out = tmp_path / "toy"
-    train.main([f"--out_dir={out}", "--max_steps=30", "--batch_size=8", "--seq_len=128", "--warmup_steps=5",
+    train.main([f"--out_dir={out}", f"--tokens_dir={tmp_path / 'tokens'}", "--max_steps=30", "--batch_size=8",
+                "--seq_len=128", "--warmup_steps=5",
                 "--eval_interval=30", "--sample_tokens=8", "--eval_seqs=8"])
     val = [r["val"] for r in metrics(out) if "val" in r]
     assert [v for v in val] and val[0]["all"] > 8.0 and val[-1]["all"] < val[0]["all"] - 1.0

