@@ -159,7 +159,7 @@ def main():
                    cwd=d)
         log = f"{d}/clean/problems.log"
         named = open(log).read() if os.path.exists(log) else ""
-        return f"{said} | problems.log names: more {'more' in named}, outside.jsonl {'outside.jsonl' in named}"
+        return f"problems.log names: more {'more' in named}, outside.jsonl {'outside.jsonl' in named} | {said}"
     scenario("clean: symlinks in the input (folder, outside file)", links, links_said, base)
 
     def full_disk(d):
@@ -196,7 +196,7 @@ def main():
         said = run(os.path.join(ROOT, "eval.py"), f"{d}/run/ckpt_0000004", f"--tasks={d}/tasks_b", "--shots=0",
                    "--seqs=2", cwd=d)
         rows = [json.loads(l) for l in open(f"{d}/run/evals.jsonl") if l.strip()]
-        return f"{said} | evals.jsonl rows: {len(rows)} (2: B was evaluated, 1: A's scores reported as B's)"
+        return f"evals.jsonl rows: {len(rows)} (2: B was evaluated, 1: A's scores reported as B's) | {said}"
     scenario("eval: --tasks=B after --tasks=A, same names", tasks_ab, tasks_b, base)
 
     def bad_tok(kind):
