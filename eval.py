@@ -31,7 +31,7 @@ from config import ConfigError, ModelConfig, place, run_command, uses_bf16
 from data import Batches, load_manifest, read_shard, val_sequences
 from model import autocast, sample_text, validation_loss
 from stage import DataError, is_done, sha256_file, write_json
-from tasks import loglikelihoods, run_task, shots_file, shots_of, task_files
+from tasks import loglikelihoods, run_task, shots_file, shots_of, task_files, task_prompts
 from tokenizer import (check_tokenizer, export_tokenizer, load_json, load_tokenizer,
                        read_tiktoken, save_hf_tokenizer, special_ids, tokenizer_of)
 
@@ -278,6 +278,8 @@ def sweep(path, tasks_dir, shots=None, seqs=0, device="cpu"):
               "MMLU, C-Eval, CMMLU in their public formats, data/evals/README.md) go in a folder: "
               "--tasks=FOLDER", file=sys.stderr)
     want = dict(tasks=settings(tasks_dir, shots), task_sha256=task_sha256(tasks_dir, shots))
+    for file in task_files(tasks_dir):  # a bad task file is said before a model is loaded
+        task_prompts(file, shots_of(file, shots))
     log = os.path.join(run_dir, "evals.jsonl")
     # under torchrun the ranks split the checkpoints (one model per GPU); rank 0 writes the table
     rank, world, local = place()

@@ -8,16 +8,18 @@ Tasks are JSONL files in the public formats, one task per file, named after it: 
 arc_easy*, arc_challenge*, mmlu*, ceval*, cmmlu*; beside X.jsonl, X.dev.jsonl (MMLU, C-Eval,
 CMMLU) or X.train.jsonl (ARC, HellaSwag) gives the shots (the published counts by default: ARC
 25, HellaSwag 10, MMLU / C-Eval / CMMLU 5). An item is scored by the log-likelihood of " " +
-answer after its prompt: acc, and acc_norm (per character of answer).
+answer after its prompt: acc, and acc_norm (per character of answer). A bad line is one error
+naming the file, the line and the field; a request longer than the model's window is cut from
+the left, as lm-eval cuts it, and said in one warning per task.
 """
-import json, math, os, random, re, typing
+import json, math, os, random, re, sys, typing
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from config import ConfigError
+from config import ConfigError, place
 from model import autocast
 from stage import DataError
 
@@ -40,23 +42,6 @@ class Item(typing.NamedTuple):
     subject: str = ""  # mmlu, ceval, cmmlu: the description's subject, and the shots' pool
 
 
-def _need(doc, keys, path, lineno):
-    for k in keys:
-        if k not in doc:
-            raise DataError(f"{path}:{lineno}: missing field '{k}' (this file is read as "
-                                 f"{task_of(path)}, which needs {', '.join(keys)})")
-    return [doc[k] for k in keys]
-
-
-def _gold(read, value, field, path, lineno):
-    # the index of the right answer, read from field's value (a number or a letter)
-    try:
-        return read(value)
-    except (ValueError, TypeError, AttributeError):
-        raise DataError(f"{path}:{lineno}: {field} is {value!r}, not an answer "
-                        f"{task_of(path)} can read") from None
-
-
 def task_of(path):
     name = os.path.basename(path).lower()
     for task in TASKS:
@@ -66,52 +51,134 @@ def task_of(path):
                     "arc_challenge, mmlu, ceval or cmmlu)")
 
 
+def _show(value):
+    # a value as the file has it (null, not None), cut short: one field may hold a page
+    s = repr(value) if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return s if len(s) <= 60 else s[:57] + "..."
+
+
+class Fields:
+    """One item's fields, each read as the kind of value its format holds: a field that is
+    missing, or holds another kind of value, is one line naming the file, the line and the
+    field (the field's path inside the item: question.choices[2].text)."""
+
+    def __init__(self, doc, path, lineno):
+        self.doc, self.where, self.task = doc, f"{path}:{lineno}", task_of(path)
+
+    def need(self, *keys):
+        for k in keys:
+            if k not in self.doc:
+                raise DataError(f"{self.where}: missing field '{k}' (this file is read as "
+                                f"{self.task}, which needs {', '.join(keys)})")
+        return [self.doc[k] for k in keys]
+
+    def bad(self, field, value, kind):
+        return DataError(f"{self.where}: a field holds another kind of value than {self.task} "
+                         f"reads: {field} is {_show(value)}, not {kind} (data/evals/README.md "
+                         "lists the fields)")
+
+    def text(self, field, value):
+        if not isinstance(value, str):  # a null or a number read as text would be its repr
+            raise self.bad(field, value, "text")
+        return value
+
+    def texts(self, field, value, answers=False, each="[{}]"):
+        # answers: the continuations scored; acc_norm divides by their length, so none is empty.
+        # each: where the i-th text is inside field
+        if not isinstance(value, list) or not 0 < len(value) <= len(LETTERS):
+            raise self.bad(field, value, f"a list of 1 to {len(LETTERS)} texts")
+        for i, v in enumerate(value):
+            if answers and v == "":
+                raise self.bad(field + each.format(i), v, "an answer of one character or more")
+            self.text(field + each.format(i), v)
+        return value
+
+    def gold(self, field, value, n, numbers=True, letters=True):
+        """The index of the right one of n answers: a number 0..n-1 (or its digits), or a
+        letter A.. where the format has them."""
+        s = value.strip() if isinstance(value, str) else ""
+        i = (value if numbers and type(value) is int else  # not a bool: true is no answer
+             int(s) if numbers and re.fullmatch("[0-9]+", s) else
+             LETTERS.index(s) if letters and len(s) == 1 and s in LETTERS else -1)
+        if not 0 <= i < n:
+            how = " or ".join([f"0-{n - 1}"] * numbers + [f"A-{LETTERS[n - 1]}"] * letters)
+            raise DataError(f"{self.where}: {field} is {_show(value)}, not an answer "
+                            f"{self.task} can read ({how}: one of its {n} choices)")
+        return i
+
+
 def hellaswag_text(text):
     # lm-eval's hellaswag preprocess: WikiHow's [title]/[header]/[step] markers out
     text = text.strip().replace(" [title]", ". ")
     return re.sub("\\[.*?\\]", "", text).replace("  ", " ")
 
 
+def arc_choices(f, field, ch):
+    """ARC's choices, [{"text", "label"}] (allenai) or {"text": [..], "label": [..]} (Hugging
+    Face), as (texts, labels)."""
+    if isinstance(ch, list) and all(isinstance(c, dict) for c in ch):
+        texts = f.texts(field, [c.get("text") for c in ch], answers=True, each="[{}].text")
+        return texts, [c.get("label") for c in ch]
+    if not isinstance(ch, dict):
+        raise f.bad(field, ch, 'a list of {"text", "label"}, or {"text": [..], "label": [..]}')
+    texts, labels = f.texts(field + ".text", ch.get("text"), answers=True), ch.get("label")
+    if not isinstance(labels, list) or len(labels) != len(texts):
+        raise f.bad(field + ".label", labels, f"a list of {len(texts)} labels, one per text")
+    return texts, labels
+
+
 def read_item(task, doc, path, lineno):
+    f = Fields(doc, path, lineno)
     if task == "hellaswag":
         # Rowan/hellaswag: {"activity_label", "ctx_a", "ctx_b", "endings", "label"}
-        endings, label = _need(doc, ("endings", "label"), path, lineno)
-        ctx = (doc["ctx_a"] + " " + doc.get("ctx_b", "").capitalize() if "ctx_a" in doc
-               else _need(doc, ("ctx",), path, lineno)[0])
-        return Item(hellaswag_text(doc.get("activity_label", "") + ": " + ctx),
-                    [hellaswag_text(e) for e in endings], _gold(int, label, "label", path, lineno))
+        endings, label = f.need("endings", "label")
+        endings = f.texts("endings", endings, answers=True)
+        ctx = (f.text("ctx_a", doc["ctx_a"]) + " "
+               + f.text("ctx_b", doc.get("ctx_b", "")).capitalize() if "ctx_a" in doc
+               else f.text("ctx", f.need("ctx")[0]))
+        label = f.gold("label", label, len(endings), letters=False)  # lm-eval: int(label)
+        return Item(hellaswag_text(f.text("activity_label", doc.get("activity_label", ""))
+                                   + ": " + ctx), [hellaswag_text(e) for e in endings], label)
     if task.startswith("arc"):
         # allenai's {"question": {"stem", "choices"}, "answerKey"} or HF's flat one
-        q, key = _need(doc, ("question", "answerKey"), path, lineno)
-        stem, ch = ((q["stem"], q["choices"]) if isinstance(q, dict)
-                    else (q, _need(doc, ("choices",), path, lineno)[0]))
-        texts, labels = (([c["text"] for c in ch], [c["label"] for c in ch]) if isinstance(ch, list)
-                         else (ch["text"], ch["label"]))
-        if key not in labels:
-            raise DataError(f"{path}:{lineno}: answerKey {key!r} is not one of "
+        q, key = f.need("question", "answerKey")
+        if isinstance(q, dict):
+            stem, (texts, labels) = (f.text("question.stem", q.get("stem")),
+                                     arc_choices(f, "question.choices", q.get("choices")))
+        else:
+            stem = f.text("question", q)  # not null: "Question: None" would be scored
+            texts, labels = arc_choices(f, "choices", f.need("choices")[0])
+        if key not in labels:  # lm-eval: choices.label.index(answerKey)
+            raise DataError(f"{f.where}: answerKey {_show(key)} is not one of "
                             f"the labels {labels}")
-        return Item(f"Question: {stem}\nAnswer:", list(texts), labels.index(key))
+        return Item(f"Question: {stem}\nAnswer:", texts, labels.index(key))
     if task == "mmlu":  # cais/mmlu: {"question", "choices", "answer": 0-3, "subject"}
-        q, ch, answer = _need(doc, ("question", "choices", "answer"), path, lineno)
-        gold = _gold(lambda a: int(a) if str(a).isdigit() else list(LETTERS).index(str(a)), answer,
-                     "answer", path, lineno)
+        q, ch, answer = f.need("question", "choices", "answer")
+        q, ch = f.text("question", q), f.texts("choices", ch)
         return Item(q.strip() + "".join(f"\n{LETTERS[i]}. {c}" for i, c in enumerate(ch))
-                    + "\nAnswer:",
-                    list(LETTERS[:len(ch)]), gold, doc.get("subject", "").replace("_", " "))
+                    + "\nAnswer:", list(LETTERS[:len(ch)]), f.gold("answer", answer, len(ch)),
+                    f.text("subject", doc.get("subject", "")).replace("_", " "))
     # ceval {"question", "A".."D", "answer"}, cmmlu {"Question", "A".."D", "Answer"};
     # "subject" optional
     qk, ak = ("question", "answer") if task == "ceval" else ("Question", "Answer")
-    q, *opts, answer = _need(doc, (qk, "A", "B", "C", "D", ak), path, lineno)
-    return Item(q.strip() + "".join(f"\n{LETTERS[i]}. {o}" for i, o in enumerate(opts))
-                + "\n答案：",
-                list("ABCD"), _gold(lambda a: list("ABCD").index(a.strip()), answer, ak, path,
-                                    lineno), doc.get("subject", ""))
+    q, *opts, answer = f.need(qk, "A", "B", "C", "D", ak)
+    opts = [f.text(k, o) for k, o in zip("ABCD", opts)]
+    return Item(f.text(qk, q).strip()
+                + "".join(f"\n{LETTERS[i]}. {o}" for i, o in enumerate(opts)) + "\n答案：",
+                list("ABCD"), f.gold(ak, answer, 4, numbers=False),
+                f.text("subject", doc.get("subject", "")))
 
 
 def read_task(path):
     """The items of a task file, in file order."""
-    task, items = task_of(path), []
-    for lineno, line in enumerate(open(path, encoding="utf-8"), 1):
+    task, items, raw = task_of(path), [], open(path, "rb").read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:  # said where, not as the codec's byte offset in the file
+        lineno, col = raw.count(b"\n", 0, e.start) + 1, e.start - raw.rfind(b"\n", 0, e.start)
+        raise DataError(f"{path}:{lineno}: not UTF-8 (byte 0x{raw[e.start]:02x} at column "
+                        f"{col}; task files are UTF-8 JSONL)") from None
+    for lineno, line in enumerate(text.split("\n"), 1):  # JSON strings may hold U+2028
         if not line.strip():
             continue
         try:
@@ -120,16 +187,7 @@ def read_task(path):
             raise DataError(f"{path}:{lineno}: not JSON ({e.msg})") from None
         if not isinstance(doc, dict):
             raise DataError(f"{path}:{lineno}: not a JSON object (an item is one, with fields)")
-        try:
-            item = read_item(task, doc, path, lineno)
-        except (TypeError, KeyError, AttributeError, ValueError, IndexError) as e:
-            raise DataError(f"{path}:{lineno}: a field holds another kind of value than {task} "
-                            f"reads ({type(e).__name__}: {e}; data/evals/README.md lists the "
-                            "fields)") from None
-        if not 0 <= item.gold < len(item.choices):
-            raise DataError(f"{path}:{lineno}: the answer {item.gold} is not one of "
-                            f"{len(item.choices)} choices")
-        items.append(item)
+        items.append(read_item(task, doc, path, lineno))
     return items
 
 
@@ -162,9 +220,10 @@ def contexts(path, items, shots):
     (prompt, " ", answer, each followed by a blank line), then the item's prompt."""
     task = task_of(path)
     pool = read_task(shots_file(path)) if shots else []
-    if shots and len(pool) < shots:
-        raise DataError(f"{shots_file(path)}: {len(pool)} items, "
-                        f"fewer than the {shots} shots asked")
+    need = shots + (task in DRAW_ONE_MORE) if shots else 0
+    if len(pool) < need:
+        raise DataError(f"{shots_file(path)}: {len(pool)} items, fewer than the {shots} shots "
+                        "asked" + (f" ({task} draws {need})" if need > shots else ""))
     rnd = random.Random(FEWSHOT_SEED)  # one draw after another, in item order, as lm-eval does
     out = []
     for item in items:
@@ -173,10 +232,13 @@ def contexts(path, items, shots):
             chosen = same[:shots]
         elif shots:  # lm-eval 0.4.13 draws one more where its fewshot split "equals" the test split
             # (HellaSwag: neither is set) and drops the item itself, should it be among them
-            chosen = [p for p in rnd.sample(pool, shots + (task in DRAW_ONE_MORE))
-                      if p != item][:shots]
+            chosen = [p for p in rnd.sample(pool, need) if p != item][:shots]
             if len(chosen) < shots:
-                chosen = rnd.sample([p for p in pool if p != item], shots)
+                rest = [p for p in pool if p != item]
+                if len(rest) < shots:  # the item is one of the few shots there are
+                    raise DataError(f"{shots_file(path)}: {len(rest)} items besides one that "
+                                    f"{path} holds too, fewer than the {shots} shots asked")
+                chosen = rnd.sample(rest, shots)
         else:
             chosen = []
         out.append(description(task, item.subject) +
@@ -199,19 +261,32 @@ def encode_pair(enc, context, continuation):
     return ctx, (enc.bos_ids + enc.encode_ordinary(context + continuation))[len(ctx):]
 
 
+_said = set()  # warnings said: every checkpoint of a sweep cuts the same requests
+
+
 @torch.no_grad()
-def loglikelihoods(model, requests, batch_size=16, max_tokens=32768, desc="loglikelihood"):
+def loglikelihoods(model, requests, batch_size=16, max_tokens=32768, desc="loglikelihood",
+                   hint=""):
     """log P(continuation | context) of each (context tokens, continuation tokens), summed over
     the continuation: longest first, in batches of at most batch_size rows and max_tokens
-    tokens, each row one forward of context + continuation (cut from the left to the model's
-    length). Rows that are the same input (single-token answers after one context: letters)
-    are one forward."""
+    tokens, each row one forward of context + continuation. Rows that are the same input
+    (single-token answers after one context: letters) are one forward. A request longer than
+    the model's window is cut from the left as lm-eval 0.4's HFLM cuts it, with one warning
+    (desc names the requests, hint says what keeps them whole)."""
     device, limit = next(model.parameters()).device, model.cfg.max_seq_len
     bf16 = autocast(device, device.type == "cuda")
     rows = {}  # input -> [(request index, continuation)]
     for i, (ctx, cont) in enumerate(requests):
+        # the model reads context + continuation less its last token, which is only
+        # predicted: the last `limit` of those, as lm-eval does
         ids = (ctx + cont)[-(limit + 1):]
         rows.setdefault(tuple(ids[:-1]), []).append((i, cont))
+    cut = sum(len(ctx) + len(cont) - 1 > limit for ctx, cont in requests)
+    warning = (f"warning: {desc}: {cut} of {len(requests)} requests are longer than the "
+               f"model's {limit}-token window: cut from the left, as lm-eval cuts them{hint}")
+    if cut and warning not in _said and place()[0] == 0:
+        _said.add(warning)
+        print(warning, file=sys.stderr)
     order = sorted(rows, key=len, reverse=True)
     out = [0.0] * len(requests)
     batches, start = [], 0
@@ -243,17 +318,29 @@ def stderr(hits):
     return float(np.std(hits, ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
 
 
+def task_prompts(path, shots):
+    """The items of a task file and their prompts with `shots` shots; eval.py's sweep reads
+    them before it loads a model, so a bad file costs no checkpoint's load. An empty file is an
+    error: its scores would be nan, the mean of nothing, in a row that looks scored."""
+    items = read_task(path)
+    if not items:
+        raise DataError(f"{path}: no items, so no score (an empty file: fill it, or take it "
+                        "out of the folder)")
+    return items, contexts(path, items, shots)
+
+
 def run_task(model, enc, path, shots=None, batch_size=16):
     """acc and acc_norm (log-likelihood over the answer's length in characters, without the
     space before it) with their standard errors, n and the shots used. shots=None: the
     published count when path has its few-shot file, else 0."""
-    items = read_task(path)
     shots = shots_of(path, shots)
+    items, prompts = task_prompts(path, shots)
     requests, spans = [], []
-    for context, item in zip(contexts(path, items, shots), items):
+    for context, item in zip(prompts, items):
         spans.append((len(requests), len(item.choices)))
         requests += [encode_pair(enc, context, " " + c) for c in item.choices]
-    ll = loglikelihoods(model, requests, batch_size, desc=os.path.basename(path))
+    ll = loglikelihoods(model, requests, batch_size, desc=os.path.basename(path),
+                        hint=" (fewer --shots keeps them whole)" if shots else "")
     hits, hits_norm = [], []
     for (a, n), item in zip(spans, items):
         scores = ll[a:a + n]
@@ -272,4 +359,5 @@ def task_files(tasks_dir):
     if not os.path.isdir(tasks_dir):
         raise ConfigError(f"--tasks={tasks_dir}: no such folder")
     return [os.path.join(tasks_dir, f) for f in sorted(os.listdir(tasks_dir))
-            if f.endswith(".jsonl") and not f.endswith((".dev.jsonl", ".train.jsonl"))]
+            if f.endswith(".jsonl") and not f.endswith((".dev.jsonl", ".train.jsonl"))
+            and os.path.isfile(os.path.join(tasks_dir, f))]
