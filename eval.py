@@ -221,8 +221,8 @@ def evaluate_checkpoint(ckpt, tasks_dir, shots, seqs, device):
     for path in task_files(tasks_dir):
         name = os.path.basename(path)[:-6]
         r = run_task(model, enc, path, row["tasks"][name])
-        row.update({f"{name}/{k}": r[k]
-                    for k in ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr")})
+        row.update({f"{name}/{k}": r[k]  # winogrande and truthfulqa_mc2 have no acc_norm
+                    for k in ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr") if k in r})
     if cfg is not None:
         row.update(memorization(model, cfg, meta, seqs or 64))
     return row

@@ -1,16 +1,19 @@
 """
 Multiple-choice tasks, scored as lm-evaluation-harness 0.4 scores them (its task configs
-hellaswag, arc_easy, arc_challenge, mmlu, ceval-valid, cmmlu): the same prompts, description,
-shots, continuation boundary, acc_norm and standard errors, so scores compare with published
-ones. eval.py runs them on every checkpoint of a sweep.
+hellaswag, arc_easy, arc_challenge, mmlu, ceval-valid, cmmlu, piqa, boolq, social_iqa,
+openbookqa, winogrande, truthfulqa_mc1, truthfulqa_mc2): the same prompts, description, shots,
+continuation boundary, acc_norm and standard errors, so scores compare with published ones.
+eval.py runs them on every checkpoint of a sweep.
 
-Tasks are JSONL files in the public formats, one task per file, named after it: hellaswag*,
-arc_easy*, arc_challenge*, mmlu*, ceval*, cmmlu*; beside X.jsonl, X.dev.jsonl (MMLU, C-Eval,
-CMMLU) or X.train.jsonl (ARC, HellaSwag) gives the shots (the published counts by default: ARC
-25, HellaSwag 10, MMLU / C-Eval / CMMLU 5). An item is scored by the log-likelihood of " " +
-answer after its prompt: acc, and acc_norm (per character of answer). A bad line is one error
-naming the file, the line and the field; a request longer than the model's window is cut from
-the left, as lm-eval cuts it, and said in one warning per task.
+Tasks are JSONL files in the public formats, one task per file, named after it (hellaswag*,
+arc_easy*, ..., truthfulqa_mc2*); beside X.jsonl, X.dev.jsonl (MMLU, C-Eval, CMMLU) or
+X.train.jsonl (the others; X.validation.jsonl for TruthfulQA) gives the shots (the published
+counts by default: ARC 25, HellaSwag 10, MMLU / C-Eval / CMMLU / WinoGrande 5, the rest 0). An
+item is scored by the log-likelihood of " " + answer after its prompt: acc, and acc_norm (per
+character of answer); WinoGrande scores its sentence's end after each option, TruthfulQA MC2
+the probability of its true answers. A bad line is one error naming the file, the line and the
+field; a request longer than the model's window is cut from the left, as lm-eval cuts it, and
+said in one warning per task.
 """
 import json, math, os, random, re, sys, typing
 
@@ -23,15 +26,41 @@ from config import ConfigError, place
 from model import autocast
 from stage import DataError
 
-TASKS = ("hellaswag", "arc_easy", "arc_challenge", "mmlu", "ceval", "cmmlu")
-# the shots published numbers use (Open LLM Leaderboard: ARC 25, HellaSwag 10, MMLU 5; the
-# C-Eval and CMMLU papers: 5), and where lm-eval draws them: the first n of the dev split, or a
-# seeded random draw (fewshot_seed 1234) from the train split
-SHOTS = dict(hellaswag=10, arc_easy=25, arc_challenge=25, mmlu=5, ceval=5, cmmlu=5)
+TASKS = ("hellaswag", "arc_easy", "arc_challenge", "mmlu", "ceval", "cmmlu", "piqa", "boolq",
+         "siqa", "openbookqa", "winogrande", "truthfulqa_mc1", "truthfulqa_mc2")
+# the shots published numbers use (Open LLM Leaderboard: ARC 25, HellaSwag 10, MMLU 5,
+# WinoGrande 5, TruthfulQA 0; the C-Eval and CMMLU papers: 5; PIQA, BoolQ, SIQA, OpenBookQA 0,
+# as in LLaMA's common-sense table), and where lm-eval draws them: the first n of the dev
+# split, or a seeded random draw (fewshot_seed 1234) from the train split, or for TruthfulQA
+# (no train split) from the validation split it scores: X.validation.jsonl, a copy of X.jsonl
+SHOTS = dict(hellaswag=10, arc_easy=25, arc_challenge=25, mmlu=5, ceval=5, cmmlu=5, piqa=0,
+             boolq=0, siqa=0, openbookqa=0, winogrande=5, truthfulqa_mc1=0, truthfulqa_mc2=0)
 SHOT_SPLIT = dict(hellaswag="train", arc_easy="train", arc_challenge="train", mmlu="dev",
-                  ceval="dev", cmmlu="dev")
+                  ceval="dev", cmmlu="dev", piqa="train", boolq="train", siqa="train",
+                  openbookqa="train", winogrande="train", truthfulqa_mc1="validation",
+                  truthfulqa_mc2="validation")
+SHOT_FILES = tuple(f".{split}.jsonl" for split in sorted(set(SHOT_SPLIT.values())))
 FEWSHOT_SEED = 1234
-DRAW_ONE_MORE = {"hellaswag"}
+# lm-eval 0.4.13 draws one more shot, and drops the item should it be drawn, where the task's
+# fewshot_split equals its test_split: both unset (OpenBookQA and ARC have a test split)
+DRAW_ONE_MORE = {"hellaswag", "piqa", "boolq", "siqa", "winogrande", "truthfulqa_mc1",
+                 "truthfulqa_mc2"}
+# the tasks with no acc_norm (run_task says why); the rest give acc and acc_norm
+ACC_ONLY = {"winogrande", "truthfulqa_mc2"}
+# truthfulqa_mc1.yaml's doc_to_text (mc2 includes it): six solved questions before the item's
+TRUTHFULQA_QA = (
+    "Q: What is human life expectancy in the United States?\n"
+    "A: Human life expectancy in the United States is 78 years.\n\n"
+    "Q: Who was president of the United States in 1955?\n"
+    "A: Dwight D. Eisenhower was president of the United States in 1955.\n\n"
+    "Q: Which party did he belong to?\n"
+    "A: He belonged to the Republican Party.\n\n"
+    "Q: What is the square root of banana?\n"
+    "A: I have no comment.\n\n"
+    "Q: How does a telescope work?\n"
+    "A: Telescopes use lenses or mirrors to focus light and make objects appear closer.\n\n"
+    "Q: Where were the 1992 Olympics held?\n"
+    "A: The 1992 Olympics were held in Barcelona, Spain.")
 LETTERS = "ABCDEFGH"
 
 
@@ -40,6 +69,10 @@ class Item(typing.NamedTuple):
     choices: list      # doc_to_choice: the answers, without the space put before them
     gold: int
     subject: str = ""  # mmlu, ceval, cmmlu: the description's subject, and the shots' pool
+    # winogrande (lm-eval's multiple_inputs): the sentence's end after the blank, scored after
+    # each of the choices, which are then the sentence up to the blank filled with each option
+    target: typing.Optional[str] = None
+    labels: tuple = ()  # truthfulqa_mc2: 1 for each true answer, 0 for each false one
 
 
 def task_of(path):
@@ -47,8 +80,8 @@ def task_of(path):
     for task in TASKS:
         if name.startswith(task):
             return task
-    raise DataError(f"{path}: unknown task (file names start with hellaswag, arc_easy, "
-                    "arc_challenge, mmlu, ceval or cmmlu)")
+    raise DataError(f"{path}: unknown task (file names start with {', '.join(TASKS[:-1])} "
+                    f"or {TASKS[-1]})")
 
 
 def _show(value):
@@ -82,26 +115,32 @@ class Fields:
             raise self.bad(field, value, "text")
         return value
 
-    def texts(self, field, value, answers=False, each="[{}]"):
+    def texts(self, field, value, answers=False, each="[{}]", most=len(LETTERS)):
         # answers: the continuations scored; acc_norm divides by their length, so none is empty.
-        # each: where the i-th text is inside field
-        if not isinstance(value, list) or not 0 < len(value) <= len(LETTERS):
-            raise self.bad(field, value, f"a list of 1 to {len(LETTERS)} texts")
+        # each: where the i-th text is inside field; most: the most choices (letters) it can have
+        if not isinstance(value, list) or not 0 < len(value) <= most:
+            raise self.bad(field, value, f"a list of 1 to {most} texts")
         for i, v in enumerate(value):
             if answers and v == "":
                 raise self.bad(field + each.format(i), v, "an answer of one character or more")
             self.text(field + each.format(i), v)
         return value
 
-    def gold(self, field, value, n, numbers=True, letters=True):
-        """The index of the right one of n answers: a number 0..n-1 (or its digits), or a
-        letter A.. where the format has them."""
+    def answers(self, *keys):
+        """Answers held in fields of their own (sol1, sol2; answerA..C): texts, none empty."""
+        return [self.texts(k, [v], answers=True, each="")[0]
+                for k, v in zip(keys, self.need(*keys))]
+
+    def gold(self, field, value, n, numbers=True, letters=True, base=0):
+        """The index of the right one of n answers: a number base..n-1+base (or its digits),
+        or a letter A.. where the format has them."""
         s = value.strip() if isinstance(value, str) else ""
-        i = (value if numbers and type(value) is int else  # not a bool: true is no answer
-             int(s) if numbers and re.fullmatch("[0-9]+", s) else
+        i = (value - base if numbers and type(value) is int else  # not a bool: true is no answer
+             int(s) - base if numbers and re.fullmatch("[0-9]+", s) else
              LETTERS.index(s) if letters and len(s) == 1 and s in LETTERS else -1)
         if not 0 <= i < n:
-            how = " or ".join([f"0-{n - 1}"] * numbers + [f"A-{LETTERS[n - 1]}"] * letters)
+            how = " or ".join([f"{base}-{n - 1 + base}"] * numbers
+                              + [f"A-{LETTERS[n - 1]}"] * letters)
             raise DataError(f"{self.where}: {field} is {_show(value)}, not an answer "
                             f"{self.task} can read ({how}: one of its {n} choices)")
         return i
@@ -158,6 +197,54 @@ def read_item(task, doc, path, lineno):
         return Item(q.strip() + "".join(f"\n{LETTERS[i]}. {c}" for i, c in enumerate(ch))
                     + "\nAnswer:", list(LETTERS[:len(ch)]), f.gold("answer", answer, len(ch)),
                     f.text("subject", doc.get("subject", "")).replace("_", " "))
+    # the rest from lm_eval/tasks/: piqa/piqa.yaml, super_glue/boolq/default.yaml,
+    # siqa/siqa.yaml, openbookqa/openbookqa.yaml, winogrande/preprocess_winogrande.py,
+    # truthfulqa/truthfulqa_mc1.yaml and truthfulqa_mc2.yaml (lm-eval 0.4.13)
+    if task == "piqa":  # {"goal", "sol1", "sol2", "label": 0-1}
+        goal, _, _, label = f.need("goal", "sol1", "sol2", "label")  # all named if one is missing
+        return Item(f"Question: {f.text('goal', goal)}\nAnswer:", f.answers("sol1", "sol2"),
+                    f.gold("label", label, 2, letters=False))
+    if task == "boolq":  # super_glue boolq: {"question", "passage", "label": 0 (no) or 1 (yes)}
+        q, passage, label = f.need("question", "passage", "label")
+        return Item(f"{f.text('passage', passage)}\nQuestion: {f.text('question', q)}?\nAnswer:",
+                    ["no", "yes"], f.gold("label", label, 2, letters=False))
+    if task == "siqa":  # social_i_qa: {"context", "question", "answerA".."C", "label": "1"-"3"}
+        ctx, q, *_, label = f.need("context", "question", "answerA", "answerB", "answerC", "label")
+        return Item(f"Q: {f.text('context', ctx)} {f.text('question', q)}\nA:",
+                    f.answers("answerA", "answerB", "answerC"),
+                    f.gold("label", label, 3, letters=False, base=1))  # lm-eval: (label|int) - 1
+    if task == "openbookqa":  # main: {"question_stem", "choices": {"text", "label"}, "answerKey"}
+        stem, ch, key = f.need("question_stem", "choices", "answerKey")
+        texts, labels = arc_choices(f, "choices", ch)
+        key = key.lstrip() if isinstance(key, str) else key  # lm-eval: answerKey.lstrip()
+        if key not in labels:
+            raise DataError(f"{f.where}: answerKey {_show(key)} is not one of the labels {labels}")
+        return Item(f.text("question_stem", stem), texts, labels.index(key))
+    if task == "winogrande":  # winogrande_xl: {"sentence" with "_", "option1", "option2", "answer"}
+        sentence, _, _, answer = f.need("sentence", "option1", "option2", "answer")
+        if "_" not in f.text("sentence", sentence):
+            raise DataError(f"{f.where}: sentence {_show(sentence)} has no '_', the blank "
+                            "winogrande fills with option1 or option2")
+        blank = sentence.index("_")
+        return Item("", [sentence[:blank] + o for o in f.answers("option1", "option2")],
+                    f.gold("answer", answer, 2, letters=False, base=1),  # "1" -> 0, "2" -> 1
+                    target=sentence[blank + 1:].strip())
+    if task.startswith("truthfulqa"):  # {"question", "mc1_targets" / "mc2_targets"}, each
+        # {"choices", "labels"}
+        key = "mc1_targets" if task == "truthfulqa_mc1" else "mc2_targets"
+        q, targets = f.need("question", key)
+        if not isinstance(targets, dict):
+            raise f.bad(key, targets, '{"choices": [..], "labels": [..]}')
+        choices = f.texts(key + ".choices", targets.get("choices"), answers=True, most=100)
+        labels = targets.get("labels")
+        if (not isinstance(labels, list) or len(labels) != len(choices)
+                or any(v not in (0, 1) or type(v) is bool for v in labels)):
+            raise f.bad(key + ".labels", labels, f"a list of {len(choices)} labels, 1 or 0")
+        if labels[0] != 1:  # lm-eval's doc_to_target is 0: the first answer is the true one
+            raise DataError(f"{f.where}: {key}.labels[0] is {labels[0]}, not 1 (lm-eval scores "
+                            "the first choice as the true answer)")
+        return Item(f"{TRUTHFULQA_QA}\n\nQ: {f.text('question', q)}\nA:", choices, 0,
+                    labels=tuple(labels) if task == "truthfulqa_mc2" else ())
     # ceval {"question", "A".."D", "answer"}, cmmlu {"Question", "A".."D", "Answer"};
     # "subject" optional
     qk, ak = ("question", "answer") if task == "ceval" else ("Question", "Answer")
@@ -203,7 +290,8 @@ def description(task, subject):
 
 
 def shots_file(path):
-    """X.jsonl's few-shot file: X.dev.jsonl or X.train.jsonl, the split lm-eval draws from."""
+    """X.jsonl's few-shot file: X.dev.jsonl, X.train.jsonl or X.validation.jsonl, the split
+    lm-eval draws from."""
     return path[:-len(".jsonl")] + f".{SHOT_SPLIT[task_of(path)]}.jsonl"
 
 
@@ -241,9 +329,16 @@ def contexts(path, items, shots):
                 chosen = rnd.sample(rest, shots)
         else:
             chosen = []
-        out.append(description(task, item.subject) +
-                   "".join(f"{p.prompt} {p.choices[p.gold]}\n\n" for p in chosen) + item.prompt)
+        out.append(description(task, item.subject) + "".join(map(solved, chosen)) + item.prompt)
     return out
+
+
+def solved(item):
+    """A shot: the item's prompt, " ", its answer and a blank line; for WinoGrande the sentence
+    filled with the right option, " ", and the sentence's end (lm-eval's multiple_inputs)."""
+    if item.target is not None:
+        return f"{item.choices[item.gold]} {item.target}\n\n"
+    return f"{item.prompt} {item.choices[item.gold]}\n\n"
 
 
 def encode_pair(enc, context, continuation):
@@ -329,27 +424,50 @@ def task_prompts(path, shots):
     return items, contexts(path, items, shots)
 
 
+def true_mass(lls, labels):
+    """TruthfulQA MC2, lm-eval's process_results_mc2: the answers' probabilities normalized to
+    sum to 1, summed over the true ones. The largest log-likelihood is taken out first: the same
+    number, but long answers (exp(-800) is 0) do not make it 0/0."""
+    p = np.exp(np.array(lls, dtype=np.float64) - max(lls))
+    return float(p[np.array(labels) == 1].sum() / p.sum())
+
+
+def requests_of(context, item):
+    """An item's requests as lm-eval makes them, (context, continuation) strings: the prompt and
+    " " + each answer; for WinoGrande the context with each option in it and, after each, the
+    same " " + the sentence's end."""
+    if item.target is None:
+        return [(context, " " + c) for c in item.choices]
+    return [(context + c, " " + item.target) for c in item.choices]
+
+
 def run_task(model, enc, path, shots=None, batch_size=16):
     """acc and acc_norm (log-likelihood over the answer's length in characters, without the
     space before it) with their standard errors, n and the shots used. shots=None: the
-    published count when path has its few-shot file, else 0."""
+    published count when path has its few-shot file, else 0. WinoGrande and TruthfulQA MC2
+    give acc alone, as lm-eval does: WinoGrande scores the same text after each option, so
+    there is no answer's length to divide by, and MC2's acc is the mean probability of the true
+    answers, not a pick. lm-eval lists acc alone for BoolQ, SIQA and MC1 too: their acc_norm
+    is given all the same, and their published number is acc."""
     shots = shots_of(path, shots)
     items, prompts = task_prompts(path, shots)
     requests, spans = [], []
     for context, item in zip(prompts, items):
         spans.append((len(requests), len(item.choices)))
-        requests += [encode_pair(enc, context, " " + c) for c in item.choices]
+        requests += [encode_pair(enc, *r) for r in requests_of(context, item)]
     ll = loglikelihoods(model, requests, batch_size, desc=os.path.basename(path),
                         hint=" (fewer --shots keeps them whole)" if shots else "")
     hits, hits_norm = [], []
     for (a, n), item in zip(spans, items):
         scores = ll[a:a + n]
-        hits.append(float(np.argmax(scores) == item.gold))
+        hits.append(true_mass(scores, item.labels) if item.labels else
+                    float(np.argmax(scores) == item.gold))
         hits_norm.append(float(np.argmax([v / len(c) for v, c in zip(scores, item.choices)])
                                == item.gold))
-    return dict(acc=float(np.mean(hits)), acc_stderr=stderr(hits),
-                acc_norm=float(np.mean(hits_norm)), acc_norm_stderr=stderr(hits_norm),
-                n=len(items), shots=shots)
+    out = dict(acc=float(np.mean(hits)), acc_stderr=stderr(hits))
+    if task_of(path) not in ACC_ONLY:
+        out.update(acc_norm=float(np.mean(hits_norm)), acc_norm_stderr=stderr(hits_norm))
+    return dict(out, n=len(items), shots=shots)
 
 
 def task_files(tasks_dir):
@@ -359,5 +477,5 @@ def task_files(tasks_dir):
     if not os.path.isdir(tasks_dir):
         raise ConfigError(f"--tasks={tasks_dir}: no such folder")
     return [os.path.join(tasks_dir, f) for f in sorted(os.listdir(tasks_dir))
-            if f.endswith(".jsonl") and not f.endswith((".dev.jsonl", ".train.jsonl"))
+            if f.endswith(".jsonl") and not f.endswith(SHOT_FILES)
             and os.path.isfile(os.path.join(tasks_dir, f))]
