@@ -31,7 +31,8 @@ from config import ConfigError, ModelConfig, place, run_command, uses_bf16
 from data import Batches, load_manifest, read_shard, val_sequences
 from model import autocast, sample_text, validation_loss
 from stage import DataError, is_done, sha256_file, write_json
-from tasks import loglikelihoods, run_task, shots_file, shots_of, task_files, task_prompts
+from tasks import (loglikelihoods, run_task, shots_file, shots_of, suite_of, suite_table, task_files,
+                   task_prompts)
 from tokenizer import (check_tokenizer, export_tokenizer, load_json, load_tokenizer,
                        read_tiktoken, save_hf_tokenizer, special_ids, tokenizer_of)
 
@@ -312,6 +313,9 @@ def sweep(path, tasks_dir, shots=None, seqs=0, device="cpu"):
     rows.sort(key=lambda r: (r["step"] is None, r["step"] or 0, r["ckpt"]))
     if rank == 0:
         write_table(rows, run_dir)
+        if tasks_dir and suite_of(tasks_dir)[0] and rows:  # the newest beside the seed's table
+            print(f"{rows[-1]['ckpt']} beside the published figures:\n"
+                  + suite_table(tasks_dir, rows[-1]))
     return rows
 
 
@@ -546,7 +550,7 @@ def parser():
     sw.add_argument("path", nargs="?", default=os.path.join("out", "toy"),
                     help="a run, a checkpoint or an HF folder")
     sw.add_argument("--tasks", default="",
-                    help="a folder of task files (data/evals/ has a few hand-made items)")
+                    help="a folder of task files (data/evals/ has a few hand-made items), or a seed's table: amber (its tasks in data/evals) or amber:FOLDER")
     sw.add_argument("--shots", type=int, default=None,
                     help="shots per task (default: the published count where the task's few-shot "
                     "file is, else 0)")

@@ -470,12 +470,53 @@ def run_task(model, enc, path, shots=None, batch_size=16):
     return dict(out, n=len(items), shots=shots)
 
 
+# a seed's published table (--tasks=SUITE, or SUITE:FOLDER for task files elsewhere than
+# data/evals): {task: (metric, shots, figure)}, with where the figures come from
+SUITES = {"amber": dict(
+    source="LLM360's Amber-7B model card: the Open LLM Leaderboard's lm-eval settings",
+    tasks={"arc_challenge": ("acc_norm", 25, 42.57), "hellaswag": ("acc_norm", 10, 73.91),
+           "mmlu": ("acc", 5, 28.53), "truthfulqa_mc2": ("acc", 0, 43.67),
+           "winogrande": ("acc", 5, 64.35)})}
+
+
+def suite_of(spec):
+    """(the suite's name or None, the folder) of a --tasks value."""
+    name, _, folder = spec.partition(":")
+    if name in SUITES:
+        return name, folder or os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                            "data", "evals")
+    return None, spec
+
+
 def task_files(tasks_dir):
-    """The task files of a folder (not their few-shot files)."""
+    """The task files of a folder (not their few-shot files); of a suite (--tasks=amber), the
+    files of its tasks, each of which must be there."""
     if not tasks_dir:
         return []
+    suite, tasks_dir = suite_of(tasks_dir)
     if not os.path.isdir(tasks_dir):
         raise ConfigError(f"--tasks={tasks_dir}: no such folder")
-    return [os.path.join(tasks_dir, f) for f in sorted(os.listdir(tasks_dir))
-            if f.endswith(".jsonl") and not f.endswith(SHOT_FILES)
-            and os.path.isfile(os.path.join(tasks_dir, f))]
+    files = [os.path.join(tasks_dir, f) for f in sorted(os.listdir(tasks_dir))
+             if f.endswith(".jsonl") and not f.endswith(SHOT_FILES)
+             and os.path.isfile(os.path.join(tasks_dir, f))]
+    if suite is None:
+        return files
+    want = SUITES[suite]["tasks"]
+    missing = sorted(set(want) - {task_of(f) for f in files})
+    if missing:
+        raise ConfigError(f"--tasks={suite}: {tasks_dir} lacks {', '.join(missing)} "
+                          "(data/evals/README.md says how to export each)")
+    return [f for f in files if task_of(f) in want]
+
+
+def suite_table(spec, row):
+    """Lines comparing a sweep row with the suite's published figures (percent)."""
+    suite = SUITES[suite_of(spec)[0]]
+    lines = [f"{'task':16s} {'shots':>5s} {'metric':8s} {'ours':>7s} {'published':>9s}"]
+    for task, (metric, shots, figure) in suite["tasks"].items():
+        ours = row.get(f"{task}/{metric}")
+        ran = row["tasks"].get(task)
+        lines.append(f"{task:16s} {ran:>5} {metric:8s} "
+                     f"{'' if ours is None else f'{100 * ours:.2f}':>7s} {figure:>9.2f}"
+                     + ("" if ran == shots else f"  (published at {shots} shots)"))
+    return "\n".join(lines + [f"published: {suite['source']}"])

@@ -296,3 +296,24 @@ def test_a_request_keeps_its_last_window_of_tokens_as_in_lm_eval(run, capsys):
             logp = F.log_softmax(model(torch.tensor([inp]))[0].double(), -1)
         want = logp[len(inp) - len(cont):].gather(1, torch.tensor(cont)[:, None]).sum().item()
         assert value == pytest.approx(want, abs=1e-5)
+
+
+def test_a_suite_runs_a_seeds_tasks_at_its_shots_beside_its_published_figures(run, tmp_path, capsys):
+    folder, out = tmp_path / "evals", tmp_path / "run"
+    shutil.copytree(EVALS, folder)
+    shutil.copytree(run, out)  # a sweep writes its table into the run
+    capsys.readouterr()
+    rows = ev.sweep(str(out / "ckpt_0000002"), f"amber:{folder}", seqs=2)
+    said, row, suite = capsys.readouterr().out, rows[-1], tasks.SUITES["amber"]
+    assert set(row["tasks"]) == set(suite["tasks"])  # the suite's tasks alone
+    for task, (metric, shots, figure) in suite["tasks"].items():
+        # data/evals has no few-shot files: 0 shots, and the line says at how many the figure is
+        ran = tasks.shots_of(str(folder / f"{task}.jsonl"))
+        note = "" if ran == shots else f"  (published at {shots} shots)"
+        assert row["tasks"][task] == ran
+        assert (f"{task:16s} {ran:>5} {metric:8s} {100 * row[f'{task}/{metric}']:7.2f} {figure:9.2f}{note}\n"
+                in said), said
+    assert "ckpt_0000002 beside the published figures:" in said and f"published: {suite['source']}" in said
+    os.remove(folder / "winogrande.jsonl")  # a folder without one of its tasks: said in one line
+    with pytest.raises(tasks.ConfigError, match=rf"^--tasks=amber: {folder} lacks winogrande \(data/evals/README.md"):
+        ev.sweep(str(out / "ckpt_0000002"), f"amber:{folder}", seqs=2)
