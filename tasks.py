@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from config import ConfigError, place
-from model import autocast
+from model import GPT, KVCache, autocast
 from stage import DataError
 
 TASKS = ("hellaswag", "arc_easy", "arc_challenge", "mmlu", "ceval", "cmmlu", "piqa", "boolq",
@@ -357,21 +357,48 @@ def encode_pair(enc, context, continuation):
 
 
 _said = set()  # warnings said: every checkpoint of a sweep cuts the same requests
+# an item's context is read once for all its choices where that saves this many tokens or more
+# (benchmarks/fewshot_bench.py: at 0 shots, HellaSwag's short contexts are faster read per row)
+SHARE_MIN_TOKENS = 256
 
 
 @torch.no_grad()
 def loglikelihoods(model, requests, batch_size=16, max_tokens=32768, desc="loglikelihood",
-                   hint=""):
+                   hint="", share_context=True):
     """log P(continuation | context) of each (context tokens, continuation tokens), summed over
     the continuation: longest first, in batches of at most batch_size rows and max_tokens
     tokens, each row one forward of context + continuation. Rows that are the same input
     (single-token answers after one context: letters) are one forward. A request longer than
     the model's window is cut from the left as lm-eval 0.4's HFLM cuts it, with one warning
-    (desc names the requests, hint says what keeps them whole)."""
+    (desc names the requests, hint says what keeps them whole). share_context: requests with the
+    same context tokens (an item's choices; with shots the context dwarfs the answers) read
+    their context once, through the model's KV cache, and their continuations on top of it,
+    batched; requests cut at the window, or alone with their context, or whose continuations are
+    all one token (one forward already), or whose sharing would save fewer than
+    SHARE_MIN_TOKENS tokens of context (0 shots: two small forwards cost more), go the way
+    above."""
     device, limit = next(model.parameters()).device, model.cfg.max_seq_len
     bf16 = autocast(device, device.type == "cuda")
+    out = [0.0] * len(requests)
+    groups = {}  # context -> [request index] of the requests read whole
+    share_context = share_context and isinstance(model, GPT)  # a model with our KV cache
+    for i, (ctx, cont) in enumerate(requests):
+        if share_context and ctx and cont and len(ctx) + len(cont) - 1 <= limit:
+            groups.setdefault(tuple(ctx), []).append(i)
+    groups = {ctx: idx for ctx, idx in groups.items()
+              if len(idx) > 1 and max(len(requests[i][1]) for i in idx) > 1
+              and (len(idx) - 1) * len(ctx) >= SHARE_MIN_TOKENS}
+    shared = {i for idx in groups.values() for i in idx}
+    for ctx in tqdm(sorted(groups, key=len, reverse=True), desc=desc + " (shared context)",
+                    disable=len(groups) < 4, leave=False):
+        idx = groups[ctx]
+        for i, value in zip(idx, shared_context(model, list(ctx), [requests[i][1] for i in idx],
+                                                batch_size, max_tokens, bf16)):
+            out[i] = value
     rows = {}  # input -> [(request index, continuation)]
     for i, (ctx, cont) in enumerate(requests):
+        if i in shared:
+            continue
         # the model reads context + continuation less its last token, which is only
         # predicted: the last `limit` of those, as lm-eval does
         ids = (ctx + cont)[-(limit + 1):]
@@ -383,7 +410,6 @@ def loglikelihoods(model, requests, batch_size=16, max_tokens=32768, desc="logli
         _said.add(warning)
         print(warning, file=sys.stderr)
     order = sorted(rows, key=len, reverse=True)
-    out = [0.0] * len(requests)
     batches, start = [], 0
     while start < len(order):
         n = max(1, min(batch_size, max_tokens // len(order[start])))
@@ -404,6 +430,44 @@ def loglikelihoods(model, requests, batch_size=16, max_tokens=32768, desc="logli
                 logp = F.log_softmax(logits[r, pos].double(), -1)
                 out[i] = logp.gather(
                     1, torch.tensor(cont[-len(pos):], device=logp.device)[:, None]).sum().item()
+    return out
+
+
+def shared_context(model, ctx, conts, batch_size=16, max_tokens=32768, bf16=None):
+    """log P(cont | ctx) summed, for each of conts after the one context ctx (read whole: ctx and
+    each continuation less its last token fit the window): ctx once, into a KV cache, whose
+    last position predicts each continuation's first token; then the continuations less their
+    last token, right-padded (causal attention never sees it), in batches on copies of that
+    cache. The same model call as a full forward, position for position."""
+    device = next(model.parameters()).device
+    bf16 = autocast(device, device.type == "cuda") if bf16 is None else bf16
+    extra = max(len(c) for c in conts) - 1
+    caches = [KVCache(1, len(ctx) + extra) for _ in model.blocks]
+    with bf16:
+        first = model(torch.tensor([ctx], device=device), caches=caches)[0, -1]
+    out = []
+    n = max(1, min(batch_size, max_tokens // (len(ctx) + extra)))
+    for start in range(0, len(conts), n):
+        batch = conts[start:start + n]
+        T = max(len(c) for c in batch) - 1
+        logits = None
+        if T:
+            x = torch.zeros(len(batch), T, dtype=torch.long)
+            for r, c in enumerate(batch):
+                x[r, :len(c) - 1] = torch.tensor(c[:-1])
+            rows = []
+            for c in caches:  # the context's keys and values, one copy per row
+                row = KVCache(len(batch), len(ctx) + T)
+                row.k, row.v = (t.new_zeros(row.shape + t.shape[2:]) for t in (c.k, c.v))
+                row.k[:, :len(ctx)], row.v[:, :len(ctx)] = c.k[:, :len(ctx)], c.v[:, :len(ctx)]
+                row.len = len(ctx)
+                rows.append(row)
+            with bf16:
+                logits = model(x.to(device), caches=rows)
+        for r, c in enumerate(batch):
+            lg = first[None] if len(c) == 1 else torch.cat([first[None], logits[r, :len(c) - 1]])
+            logp = F.log_softmax(lg.double(), -1)
+            out.append(logp.gather(1, torch.tensor(c, device=logp.device)[:, None]).sum().item())
     return out
 
 
