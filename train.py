@@ -53,6 +53,7 @@ from config import (ConfigError, git_revision, global_batch, place, resolve_voca
 from model import GPT, autocast, doc_ids, sample_text, validation_loss
 from parallel import (build_model, check_kernels, clip_grads, make_optimizer, peak_flops,
                       setup_distributed)
+from plots import read_jsonl
 from stage import DataError
 from tokenizer import check_tokenizer, tokenizer_of, tokenizer_size
 
@@ -340,20 +341,13 @@ class Trainer:
         if self.rank != 0:
             return open(os.devnull, "w")
         run_file(self.cfg.out_dir, "metrics.jsonl.tmp")  # a link at either is refused
-        kept, torn = [], 0
-        for line in (open(path, encoding="utf-8", errors="replace")
-                     if os.path.exists(path) and self.start else []):
-            try:
-                row = json.loads(line)
-                if row["step"] <= self.start:
-                    kept.append(json.dumps(row) + "\n")
-            except (ValueError, KeyError, TypeError):
-                torn += 1
+        rows, torn = (read_jsonl(path, lambda r: isinstance(r.get("step"), int))
+                      if os.path.exists(path) and self.start else ([], []))
         if torn:
-            print0(f"{path}: {torn} unreadable line{'s' * (torn > 1)} left out "
+            print0(f"{path}: {len(torn)} unreadable line{'s' * (len(torn) > 1)} left out "
                    "(written when a run was killed or its disk full)")
         with open(path + ".tmp", "w") as f:
-            f.writelines(kept)
+            f.writelines(json.dumps(r) + "\n" for r in rows if r["step"] <= self.start)
         os.replace(path + ".tmp", path)
         return open(path, "a")
 

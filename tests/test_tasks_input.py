@@ -68,10 +68,10 @@ def changed(task, **fields):
 # -----------------------------------------------------------------------------
 # 1. a bad item is one line: the file, the line, the field
 
-def answer(task, field, value, shown, how):
+def answer(task, field, value, shown, how, n=4):
     """(task, a line whose answer field holds value, what is said of it)."""
     return (task, changed(task, **{field: value}),
-            f"{field} is {shown}, not an answer {task} can read ({how}: one of its 4 choices)")
+            f"{field} is {shown}, not an answer {task} can read ({how}: one of its {n} choices)")
 
 
 def arc_key(task, value, shown):
@@ -143,6 +143,60 @@ BAD = {  # id: (task, the bad line, what is said after FILE:2:)
     **{f"{task} a bare number": (task, "7", NOT_AN_OBJECT) for task in tasks.TASKS},
     "mmlu a list": ("mmlu", '["q", ["a", "b"], 0]', NOT_AN_OBJECT),
 }
+
+
+def said_kind(field, shown, task, what="text"):
+    return kind(task, "", field, shown, what)[2]
+
+
+BAD.update({  # the tasks of test_tasks_more.py
+    "piqa label 2": answer("piqa", "label", 2, "2", "0-1", 2),
+    "piqa label a letter": answer("piqa", "label", "A", "'A'", "0-1", 2),
+    "piqa sol2 null": ("piqa", changed("piqa", sol2=None), said_kind("sol2", "null", "piqa")),
+    "piqa sol1 empty": ("piqa", changed("piqa", sol1=""),
+                        said_kind("sol1", "''", "piqa", "an answer of one character or more")),
+    "piqa goal missing": ("piqa", json.dumps({"sol1": "a", "sol2": "b", "label": 0}),
+                          "missing field 'goal' (this file is read as piqa, which needs goal, sol1, "
+                          "sol2, label)"),
+    "siqa answerB missing": ("siqa", json.dumps({"context": "c", "question": "q", "answerA": "a",
+                                                 "answerC": "c", "label": "1"}),
+                             "missing field 'answerB' (this file is read as siqa, which needs "
+                             "context, question, answerA, answerB, answerC, label)"),
+    "boolq label yes": answer("boolq", "label", "yes", "'yes'", "0-1", 2),
+    "boolq label true": answer("boolq", "label", True, "true", "0-1", 2),
+    "boolq passage null": ("boolq", changed("boolq", passage=None), said_kind("passage", "null", "boolq")),
+    "siqa label 0": answer("siqa", "label", "0", "'0'", "1-3", 3),
+    "siqa label 4": answer("siqa", "label", "4", "'4'", "1-3", 3),
+    "siqa answerC a number": ("siqa", changed("siqa", answerC=7), said_kind("answerC", "7", "siqa")),
+    "openbookqa answerKey E": ("openbookqa", changed("openbookqa", answerKey="E"),
+                               "answerKey 'E' is not one of the labels ['A', 'B', 'C', 'D']"),
+    "openbookqa stem null": ("openbookqa", changed("openbookqa", question_stem=None),
+                             said_kind("question_stem", "null", "openbookqa")),
+    "openbookqa a choice empty": ("openbookqa", changed("openbookqa", choices={
+        "text": ["a", ""], "label": ["A", "B"]}), said_kind("choices.text[1]", "''", "openbookqa",
+                                                       "an answer of one character or more")),
+    "winogrande no blank": ("winogrande", changed("winogrande", sentence="No blank here."),
+                            "sentence 'No blank here.' has no '_', the blank winogrande fills "
+                            "with option1 or option2"),
+    "winogrande answer 3": answer("winogrande", "answer", "3", "'3'", "1-2", 2),
+    "winogrande answer empty": answer("winogrande", "answer", "", "''", "1-2", 2),  # the test split's
+    "winogrande option2 null": ("winogrande", changed("winogrande", option2=None),
+                                said_kind("option2", "null", "winogrande")),
+    "mc1 true answer not first": ("truthfulqa_mc1", changed("truthfulqa_mc1", mc1_targets={
+        "choices": ["a", "b"], "labels": [0, 1]}), "mc1_targets.labels[0] is 0, not 1 (lm-eval "
+        "scores the first choice as the true answer)"),
+    "mc1 labels short": ("truthfulqa_mc1", changed("truthfulqa_mc1", mc1_targets={
+        "choices": ["a", "b"], "labels": [1]}), said_kind("mc1_targets.labels", "[1]", "truthfulqa_mc1",
+                                                     "a list of 2 labels, 1 or 0")),
+    "mc2 targets null": ("truthfulqa_mc2", changed("truthfulqa_mc2", mc2_targets=None),
+                         said_kind("mc2_targets", "null", "truthfulqa_mc2",
+                              '{"choices": [..], "labels": [..]}')),
+    "mc2 a choice null": ("truthfulqa_mc2", changed("truthfulqa_mc2", mc2_targets={
+        "choices": ["a", None], "labels": [1, 0]}),
+        said_kind("mc2_targets.choices[1]", "null", "truthfulqa_mc2")),
+    "mc2 question null": ("truthfulqa_mc2", changed("truthfulqa_mc2", question=None),
+                          said_kind("question", "null", "truthfulqa_mc2")),
+})
 
 
 @pytest.mark.parametrize("case", BAD, ids=list(BAD))

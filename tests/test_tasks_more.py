@@ -3,8 +3,8 @@
 from lm-eval's task configs (0- and 1-shot), its shots drawn as lm-eval draws them, WinoGrande's
 partial scoring and MC2's probability mass against hand computations in float64, every task
 through the real path (a model's forward, one request at a time, as the reference; a sweep of
-a tiny run), and a bad item as one line naming the file, the line and the field."""
-import json, math, os, random, shutil, sys
+a tiny run). Their bad items are in test_tasks_input.py with the others."""
+import json, math, os, random, shutil
 
 import numpy as np
 import pytest
@@ -16,9 +16,8 @@ import parallel
 import tasks
 import tokenizer
 import train
-from config import ModelConfig, run_command
+from config import ModelConfig
 from helpers import ROOT, small_args
-from stage import DataError
 
 EVALS = os.path.join(ROOT, "data", "evals")
 NEW = ("piqa", "boolq", "siqa", "openbookqa", "winogrande", "truthfulqa_mc1", "truthfulqa_mc2")
@@ -289,93 +288,3 @@ def test_a_sweep_scores_the_new_tasks(run, tmp_path, capsys, monkeypatch):
     # TruthfulQA's six-question preamble is longer than the toy model's 64 tokens: cut, and said
     n = sum(len(it.choices) for it in tasks.read_task(str(folder / "truthfulqa_mc1.jsonl")))
     assert f"truthfulqa_mc1.jsonl: {n} of {n} requests are longer" in capsys.readouterr().err
-
-
-# -----------------------------------------------------------------------------
-# a bad item: one line, the file, the line, the field
-
-def good_line(task):
-    with open(os.path.join(EVALS, f"{task}.jsonl"), encoding="utf-8") as f:
-        return f.readline()
-
-
-def changed(task, **fields):
-    return json.dumps({**json.loads(good_line(task)), **fields}, ensure_ascii=False)
-
-
-def kind(field, shown, task, what="text"):
-    return (f"a field holds another kind of value than {task} reads: {field} is {shown}, not "
-            f"{what} (data/evals/README.md lists the fields)")
-
-
-def bad(task, field, value, shown, how, n):
-    return (task, changed(task, **{field: value}),
-            f"{field} is {shown}, not an answer {task} can read ({how}: one of its {n} choices)")
-
-
-TF = {"choices": ["a", "b"], "labels": [1, 0]}
-BAD = {  # id: (task, the bad line, what is said after FILE:2:)
-    "piqa label 2": bad("piqa", "label", 2, "2", "0-1", 2),
-    "piqa label a letter": bad("piqa", "label", "A", "'A'", "0-1", 2),
-    "piqa sol2 null": ("piqa", changed("piqa", sol2=None), kind("sol2", "null", "piqa")),
-    "piqa sol1 empty": ("piqa", changed("piqa", sol1=""),
-                        kind("sol1", "''", "piqa", "an answer of one character or more")),
-    "piqa goal missing": ("piqa", json.dumps({"sol1": "a", "sol2": "b", "label": 0}),
-                          "missing field 'goal' (this file is read as piqa, which needs goal, sol1, "
-                          "sol2, label)"),
-    "siqa answerB missing": ("siqa", json.dumps({"context": "c", "question": "q", "answerA": "a",
-                                                 "answerC": "c", "label": "1"}),
-                             "missing field 'answerB' (this file is read as siqa, which needs "
-                             "context, question, answerA, answerB, answerC, label)"),
-    "boolq label yes": bad("boolq", "label", "yes", "'yes'", "0-1", 2),
-    "boolq label true": bad("boolq", "label", True, "true", "0-1", 2),
-    "boolq passage null": ("boolq", changed("boolq", passage=None), kind("passage", "null", "boolq")),
-    "siqa label 0": bad("siqa", "label", "0", "'0'", "1-3", 3),
-    "siqa label 4": bad("siqa", "label", "4", "'4'", "1-3", 3),
-    "siqa answerC a number": ("siqa", changed("siqa", answerC=7), kind("answerC", "7", "siqa")),
-    "openbookqa answerKey E": ("openbookqa", changed("openbookqa", answerKey="E"),
-                               "answerKey 'E' is not one of the labels ['A', 'B', 'C', 'D']"),
-    "openbookqa stem null": ("openbookqa", changed("openbookqa", question_stem=None),
-                             kind("question_stem", "null", "openbookqa")),
-    "openbookqa a choice empty": ("openbookqa", changed("openbookqa", choices={
-        "text": ["a", ""], "label": ["A", "B"]}), kind("choices.text[1]", "''", "openbookqa",
-                                                       "an answer of one character or more")),
-    "winogrande no blank": ("winogrande", changed("winogrande", sentence="No blank here."),
-                            "sentence 'No blank here.' has no '_', the blank winogrande fills "
-                            "with option1 or option2"),
-    "winogrande answer 3": bad("winogrande", "answer", "3", "'3'", "1-2", 2),
-    "winogrande answer empty": bad("winogrande", "answer", "", "''", "1-2", 2),  # the test split's
-    "winogrande option2 null": ("winogrande", changed("winogrande", option2=None),
-                                kind("option2", "null", "winogrande")),
-    "mc1 true answer not first": ("truthfulqa_mc1", changed("truthfulqa_mc1", mc1_targets={
-        "choices": ["a", "b"], "labels": [0, 1]}), "mc1_targets.labels[0] is 0, not 1 (lm-eval "
-        "scores the first choice as the true answer)"),
-    "mc1 labels short": ("truthfulqa_mc1", changed("truthfulqa_mc1", mc1_targets={
-        "choices": ["a", "b"], "labels": [1]}), kind("mc1_targets.labels", "[1]", "truthfulqa_mc1",
-                                                     "a list of 2 labels, 1 or 0")),
-    "mc2 targets null": ("truthfulqa_mc2", changed("truthfulqa_mc2", mc2_targets=None),
-                         kind("mc2_targets", "null", "truthfulqa_mc2",
-                              '{"choices": [..], "labels": [..]}')),
-    "mc2 a choice null": ("truthfulqa_mc2", changed("truthfulqa_mc2", mc2_targets={
-        "choices": ["a", None], "labels": [1, 0]}),
-        kind("mc2_targets.choices[1]", "null", "truthfulqa_mc2")),
-    "mc2 question null": ("truthfulqa_mc2", changed("truthfulqa_mc2", question=None),
-                          kind("question", "null", "truthfulqa_mc2")),
-}
-
-
-@pytest.mark.parametrize("case", BAD, ids=list(BAD))
-def test_a_bad_item_is_one_line_naming_file_line_and_field(case, run, tmp_path, capsys,
-                                                           monkeypatch):
-    task, line, said = BAD[case]
-    path = tmp_path / f"{task}.jsonl"
-    path.write_text(good_line(task) + line + "\n", encoding="utf-8")
-    with pytest.raises(DataError) as e:
-        tasks.read_task(str(path))
-    assert str(e.value) == f"{path}:2: {said}"
-    # `python eval.py` says the same, in one line, before it loads a model
-    monkeypatch.setattr(sys, "argv", ["eval.py", str(run / "ckpt_0000001"), f"--tasks={tmp_path}"])
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as e:
-        run_command(ev.main, DataError, ValueError)
-    assert e.value.code == 2 and capsys.readouterr().err == f"error: {path}:2: {said}\n"
