@@ -31,8 +31,8 @@ from config import ConfigError, ModelConfig, place, run_command, uses_bf16
 from data import Batches, load_manifest, read_shard, val_sequences
 from model import autocast, sample_text, validation_loss
 from stage import DataError, is_done, sha256_file, write_json
-from tasks import (loglikelihoods, run_task, shots_file, shots_of, suite_of, suite_table, task_files,
-                   task_prompts)
+from suites import suite_of, suite_table, task_files
+from tasks import loglikelihoods, run_task, shots_file, shots_of, task_prompts
 from tokenizer import (check_tokenizer, export_tokenizer, load_json, load_tokenizer,
                        read_tiktoken, save_hf_tokenizer, special_ids, tokenizer_of)
 
@@ -202,7 +202,7 @@ def task_sha256(tasks_dir, shots):
     gets shots: a row's scores are those of these bytes, whatever the files are named."""
     out = {}
     for path in task_files(tasks_dir):
-        used = [path, shots_file(path)] if shots_of(path, shots) else [path]
+        used = [path, shots_file(path)] if shots_of(path, shots) and shots_file(path) else [path]
         if not os.path.exists(used[-1]):
             raise DataError(f"{used[-1]}: not there, and {path} is asked {shots} shots from it "
                             "(--shots=0, or put the few-shot items there)")
@@ -222,8 +222,8 @@ def evaluate_checkpoint(ckpt, tasks_dir, shots, seqs, device):
     for path in task_files(tasks_dir):
         name = os.path.basename(path)[:-6]
         r = run_task(model, enc, path, row["tasks"][name])
-        row.update({f"{name}/{k}": r[k]  # winogrande and truthfulqa_mc2 have no acc_norm
-                    for k in ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr") if k in r})
+        # each task's own metrics (acc, acc_norm, pct_stereotype, exact_match_*, pass@k, ...)
+        row.update({f"{name}/{k}": v for k, v in r.items() if k not in ("n", "shots")})
     if cfg is not None:
         row.update(memorization(model, cfg, meta, seqs or 64))
     return row

@@ -22,23 +22,27 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from config import ConfigError, place
+from config import place
 from model import GPT, KVCache, autocast
 from stage import DataError
 
 TASKS = ("hellaswag", "arc_easy", "arc_challenge", "mmlu", "ceval", "cmmlu", "piqa", "boolq",
          "siqa", "openbookqa", "winogrande", "truthfulqa_mc1", "truthfulqa_mc2")
+# the tasks scored by generating (gentasks.py), named here so a folder holds both kinds
+GENERATIVE = ("gsm8k", "humaneval", "mbpp")
 # the shots published numbers use (Open LLM Leaderboard: ARC 25, HellaSwag 10, MMLU 5,
 # WinoGrande 5, TruthfulQA 0; the C-Eval and CMMLU papers: 5; PIQA, BoolQ, SIQA, OpenBookQA 0,
 # as in LLaMA's common-sense table), and where lm-eval draws them: the first n of the dev
 # split, or a seeded random draw (fewshot_seed 1234) from the train split, or for TruthfulQA
 # (no train split) from the validation split it scores: X.validation.jsonl, a copy of X.jsonl
 SHOTS = dict(hellaswag=10, arc_easy=25, arc_challenge=25, mmlu=5, ceval=5, cmmlu=5, piqa=0,
-             boolq=0, siqa=0, openbookqa=0, winogrande=5, truthfulqa_mc1=0, truthfulqa_mc2=0)
+             boolq=0, siqa=0, openbookqa=0, winogrande=5, truthfulqa_mc1=0, truthfulqa_mc2=0,
+             gsm8k=5, humaneval=0, mbpp=3)
 SHOT_SPLIT = dict(hellaswag="train", arc_easy="train", arc_challenge="train", mmlu="dev",
                   ceval="dev", cmmlu="dev", piqa="train", boolq="train", siqa="train",
                   openbookqa="train", winogrande="train", truthfulqa_mc1="validation",
-                  truthfulqa_mc2="validation")
+                  truthfulqa_mc2="validation", gsm8k="train")
+# lm-eval's MBPP shots are three fixed items of its own (gentasks.MBPP_SHOTS), not a file
 SHOT_FILES = tuple(f".{split}.jsonl" for split in sorted(set(SHOT_SPLIT.values())))
 FEWSHOT_SEED = 1234
 # lm-eval 0.4.13 draws one more shot, and drops the item should it be drawn, where the task's
@@ -76,12 +80,12 @@ class Item(typing.NamedTuple):
 
 
 def task_of(path):
-    name = os.path.basename(path).lower()
-    for task in TASKS:
+    name, known = os.path.basename(path).lower(), TASKS + GENERATIVE
+    for task in known:
         if name.startswith(task):
             return task
-    raise DataError(f"{path}: unknown task (file names start with {', '.join(TASKS[:-1])} "
-                    f"or {TASKS[-1]})")
+    raise DataError(f"{path}: unknown task (file names start with {', '.join(known[:-1])} "
+                    f"or {known[-1]})")
 
 
 def _show(value):
@@ -291,8 +295,9 @@ def description(task, subject):
 
 def shots_file(path):
     """X.jsonl's few-shot file: X.dev.jsonl, X.train.jsonl or X.validation.jsonl, the split
-    lm-eval draws from."""
-    return path[:-len(".jsonl")] + f".{SHOT_SPLIT[task_of(path)]}.jsonl"
+    lm-eval draws from; None for a task without one (HumanEval: no shots; MBPP: built in)."""
+    split = SHOT_SPLIT.get(task_of(path))
+    return path[:-len(".jsonl")] + f".{split}.jsonl" if split else None
 
 
 def shots_of(path, shots=None):
@@ -300,14 +305,15 @@ def shots_of(path, shots=None):
     else 0."""
     if shots is not None:
         return shots
-    return SHOTS[task_of(path)] if os.path.exists(shots_file(path)) else 0
+    task = task_of(path)
+    return SHOTS[task] if task == "mbpp" or os.path.exists(shots_file(path) or "") else 0
 
 
-def contexts(path, items, shots):
+def contexts(path, items, shots, read=None, solve=None):
     """The prompt of every item as lm-eval builds it: description, then `shots` solved items
     (prompt, " ", answer, each followed by a blank line), then the item's prompt."""
     task = task_of(path)
-    pool = read_task(shots_file(path)) if shots else []
+    pool = (read or read_task)(shots_file(path)) if shots else []
     need = shots + (task in DRAW_ONE_MORE) if shots else 0
     if len(pool) < need:
         raise DataError(f"{shots_file(path)}: {len(pool)} items, fewer than the {shots} shots "
@@ -329,7 +335,8 @@ def contexts(path, items, shots):
                 chosen = rnd.sample(rest, shots)
         else:
             chosen = []
-        out.append(description(task, item.subject) + "".join(map(solved, chosen)) + item.prompt)
+        out.append(description(task, item.subject) + "".join(map(solve or solved, chosen))
+                   + item.prompt)
     return out
 
 
@@ -532,55 +539,3 @@ def run_task(model, enc, path, shots=None, batch_size=16):
     if task_of(path) not in ACC_ONLY:
         out.update(acc_norm=float(np.mean(hits_norm)), acc_norm_stderr=stderr(hits_norm))
     return dict(out, n=len(items), shots=shots)
-
-
-# a seed's published table (--tasks=SUITE, or SUITE:FOLDER for task files elsewhere than
-# data/evals): {task: (metric, shots, figure)}, with where the figures come from
-SUITES = {"amber": dict(
-    source="LLM360's Amber-7B model card: the Open LLM Leaderboard's lm-eval settings",
-    tasks={"arc_challenge": ("acc_norm", 25, 42.57), "hellaswag": ("acc_norm", 10, 73.91),
-           "mmlu": ("acc", 5, 28.53), "truthfulqa_mc2": ("acc", 0, 43.67),
-           "winogrande": ("acc", 5, 64.35)})}
-
-
-def suite_of(spec):
-    """(the suite's name or None, the folder) of a --tasks value."""
-    name, _, folder = spec.partition(":")
-    if name in SUITES:
-        return name, folder or os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                            "data", "evals")
-    return None, spec
-
-
-def task_files(tasks_dir):
-    """The task files of a folder (not their few-shot files); of a suite (--tasks=amber), the
-    files of its tasks, each of which must be there."""
-    if not tasks_dir:
-        return []
-    suite, tasks_dir = suite_of(tasks_dir)
-    if not os.path.isdir(tasks_dir):
-        raise ConfigError(f"--tasks={tasks_dir}: no such folder")
-    files = [os.path.join(tasks_dir, f) for f in sorted(os.listdir(tasks_dir))
-             if f.endswith(".jsonl") and not f.endswith(SHOT_FILES)
-             and os.path.isfile(os.path.join(tasks_dir, f))]
-    if suite is None:
-        return files
-    want = SUITES[suite]["tasks"]
-    missing = sorted(set(want) - {task_of(f) for f in files})
-    if missing:
-        raise ConfigError(f"--tasks={suite}: {tasks_dir} lacks {', '.join(missing)} "
-                          "(data/evals/README.md says how to export each)")
-    return [f for f in files if task_of(f) in want]
-
-
-def suite_table(spec, row):
-    """Lines comparing a sweep row with the suite's published figures (percent)."""
-    suite = SUITES[suite_of(spec)[0]]
-    lines = [f"{'task':16s} {'shots':>5s} {'metric':8s} {'ours':>7s} {'published':>9s}"]
-    for task, (metric, shots, figure) in suite["tasks"].items():
-        ours = row.get(f"{task}/{metric}")
-        ran = row["tasks"].get(task)
-        lines.append(f"{task:16s} {ran:>5} {metric:8s} "
-                     f"{'' if ours is None else f'{100 * ours:.2f}':>7s} {figure:>9.2f}"
-                     + ("" if ran == shots else f"  (published at {shots} shots)"))
-    return "\n".join(lines + [f"published: {suite['source']}"])

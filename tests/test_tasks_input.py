@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 import eval as ev
 import tasks
+import suites
 import train
 from config import run_command
 from helpers import ROOT, sha, small_args
@@ -287,7 +288,7 @@ def test_too_few_shots_to_draw_from_are_one_line(run, tmp_path, capsys, monkeypa
 def test_a_folder_named_like_a_task_file_is_not_read(tmp_path):
     (tmp_path / "mmlu_more.jsonl").mkdir()
     shutil.copy(os.path.join(EVALS, "mmlu.jsonl"), tmp_path / "mmlu.jsonl")
-    assert tasks.task_files(str(tmp_path)) == [str(tmp_path / "mmlu.jsonl")]
+    assert suites.task_files(str(tmp_path)) == [str(tmp_path / "mmlu.jsonl")]
 
 
 # -----------------------------------------------------------------------------
@@ -358,7 +359,7 @@ def test_a_suite_runs_a_seeds_tasks_at_its_shots_beside_its_published_figures(ru
     shutil.copytree(run, out)  # a sweep writes its table into the run
     capsys.readouterr()
     rows = ev.sweep(str(out / "ckpt_0000002"), f"amber:{folder}", seqs=2)
-    said, row, suite = capsys.readouterr().out, rows[-1], tasks.SUITES["amber"]
+    said, row, suite = capsys.readouterr().out, rows[-1], suites.SUITES["amber"]
     assert set(row["tasks"]) == set(suite["tasks"])  # the suite's tasks alone
     for task, (metric, shots, figure) in suite["tasks"].items():
         # data/evals has no few-shot files: 0 shots, and the line says at how many the figure is
