@@ -27,14 +27,15 @@ import torch.distributed as dist
 
 import plots
 from checkpoint import Checkpointer, CheckpointError, empty_model, load_model, step_of
-from config import ConfigError, ModelConfig, place, run_command, uses_bf16
+from config import ConfigError, place, run_command, uses_bf16
 from data import Batches, load_manifest, read_shard, val_sequences
+from gentasks import CODE, gen_prompts, run_generative
+from hf_llama import export_llama, hf_weights, import_llama
 from model import autocast, sample_text, validation_loss
-from stage import DataError, is_done, sha256_file, write_json
-from suites import suite_of, suite_table, task_files
-from tasks import loglikelihoods, run_task, shots_file, shots_of, task_prompts
-from tokenizer import (check_tokenizer, export_tokenizer, load_json, load_tokenizer,
-                       read_tiktoken, save_hf_tokenizer, special_ids, tokenizer_of)
+from stage import DataError, is_done, sha256_file
+from suites import sampling_of, suite_of, suite_table, task_files
+from tasks import GENERATIVE, loglikelihoods, run_task, shots_file, shots_of, task_of, task_prompts
+from tokenizer import check_tokenizer, load_tokenizer, special_ids, tokenizer_of
 
 
 # -----------------------------------------------------------------------------
@@ -192,16 +193,30 @@ def memorization(model, cfg, meta, n=64, prompt=32, gen=32):
 # -----------------------------------------------------------------------------
 # the sweep: every checkpoint of a run, appended to evals.jsonl, then a table and plots
 
-def settings(tasks_dir, shots):
+def settings(files, shots):
     """What a sweep row depends on besides the checkpoint: {task file: shots}."""
-    return {os.path.basename(p)[:-6]: shots_of(p, shots) for p in task_files(tasks_dir)}
+    return {os.path.basename(p)[:-6]: shots_of(p, shots) for p in files}
 
 
-def task_sha256(tasks_dir, shots):
+def generation(files, tasks_dir, samples=None, temperature=None, max_gen_toks=None):
+    """{task file: how it generates} of the generative tasks: the flags', else the suite's
+    (CrystalCoder's temperatures), else greedy with lm-eval's budget (max_gen_toks None)."""
+    out = {}
+    for p in files:
+        if task_of(p) in GENERATIVE:
+            suite = sampling_of(tasks_dir, task_of(p))
+            out[os.path.basename(p)[:-6]] = dict(
+                samples=suite.get("samples", 1) if samples is None else samples,
+                temperature=suite.get("temperature", 0.0) if temperature is None else temperature,
+                max_gen_toks=max_gen_toks)
+    return out
+
+
+def task_sha256(files, shots):
     """{file: sha256} of the task files a sweep reads, with the few-shot file of each task that
     gets shots: a row's scores are those of these bytes, whatever the files are named."""
     out = {}
-    for path in task_files(tasks_dir):
+    for path in files:
         used = [path, shots_file(path)] if shots_of(path, shots) and shots_file(path) else [path]
         if not os.path.exists(used[-1]):
             raise DataError(f"{used[-1]}: not there, and {path} is asked {shots} shots from it "
@@ -210,18 +225,22 @@ def task_sha256(tasks_dir, shots):
     return out
 
 
-def evaluate_checkpoint(ckpt, tasks_dir, shots, seqs, device):
-    """One row of the sweep: loss and bits per byte, tasks (with their shots), memorization."""
+def evaluate_checkpoint(ckpt, files, shots, seqs, device, gen=None):
+    """One row of the sweep: loss and bits per byte, tasks (with their shots; gen: how the
+    generative ones generate), memorization."""
     model, cfg, enc, meta = load(ckpt, device)
     row = dict(ckpt=name_of(ckpt), step=meta["step"], tokens=meta["data_position"]["tokens"],
-               tasks=settings(tasks_dir, shots), task_sha256=task_sha256(tasks_dir, shots))
+               tasks=settings(files, shots), task_sha256=task_sha256(files, shots))
+    if gen:
+        row["generation"] = gen
     # a Hugging Face folder has no run, so no held-out data or trained sequences
     if cfg is not None:
         row.update(loss_and_bpb(model, cfg, enc, seqs))
         row.update(document_bpb(model, cfg, enc, seqs or 64))
-    for path in task_files(tasks_dir):
+    for path in files:
         name = os.path.basename(path)[:-6]
-        r = run_task(model, enc, path, row["tasks"][name])
+        r = (run_generative(model, enc, path, row["tasks"][name], unsafe=True, **gen[name])
+             if name in (gen or {}) else run_task(model, enc, path, row["tasks"][name]))
         # each task's own metrics (acc, acc_norm, pct_stereotype, exact_match_*, pass@k, ...)
         row.update({f"{name}/{k}": v for k, v in r.items() if k not in ("n", "shots")})
     if cfg is not None:
@@ -256,10 +275,12 @@ def append_row(log, row):
         f.write(gap + (json.dumps(row) + "\n").encode())  # appended, wherever it has read
 
 
-def sweep(path, tasks_dir, shots=None, seqs=0, device="cpu"):
+def sweep(path, tasks_dir, shots=None, seqs=0, device="cpu", unsafe=False, samples=None,
+          temperature=None, max_gen_toks=None):
     """Every checkpoint of a run (or the one given), each evaluated once per setting: a row of
-    evals.jsonl is kept when its checkpoint, task files (their sha256) and shots are the ones
-    asked."""
+    evals.jsonl is kept when its checkpoint, task files (their sha256), shots and generation
+    are the ones asked. The code tasks (HumanEval, MBPP) run the model's code: only with
+    unsafe (--confirm_run_unsafe_code), else they are left out with a note."""
     ckpts = checkpoints(path)
     if not tasks_dir and is_hf(ckpts[0]):
         raise ConfigError(f"{path}: a Hugging Face model has no run data to measure loss on: give "
@@ -278,9 +299,15 @@ def sweep(path, tasks_dir, shots=None, seqs=0, device="cpu"):
         print("no --tasks: loss, bits per byte and memorization only. Task files (HellaSwag, ARC, "
               "MMLU, C-Eval, CMMLU in their public formats, data/evals/README.md) go in a folder: "
               "--tasks=FOLDER", file=sys.stderr)
-    want = dict(tasks=settings(tasks_dir, shots), task_sha256=task_sha256(tasks_dir, shots))
-    for file in task_files(tasks_dir):  # a bad task file is said before a model is loaded
-        task_prompts(file, shots_of(file, shots))
+    files = task_files(tasks_dir)
+    code = [os.path.basename(f) for f in files if task_of(f) in CODE]
+    if code and not unsafe:  # said at the end, beside the table that lacks them
+        files = [f for f in files if task_of(f) not in CODE]
+    gen = generation(files, tasks_dir, samples, temperature, max_gen_toks)
+    want = dict(tasks=settings(files, shots), task_sha256=task_sha256(files, shots),
+                **({"generation": gen} if gen else {}))
+    for file in files:  # a bad task file is said before a model is loaded
+        (gen_prompts if task_of(file) in GENERATIVE else task_prompts)(file, shots_of(file, shots))
     log = os.path.join(run_dir, "evals.jsonl")
     # under torchrun the ranks split the checkpoints (one model per GPU); rank 0 writes the table
     rank, world, local = place()
@@ -292,14 +319,15 @@ def sweep(path, tasks_dir, shots=None, seqs=0, device="cpu"):
         device = f"cuda:{local}"
     for ckpt in [c for c in ckpts if name_of(c) not in done][rank::world]:
         try:
-            row = evaluate_checkpoint(ckpt, tasks_dir, shots, seqs, device)
+            row = evaluate_checkpoint(ckpt, files, shots, seqs, device, gen)
         except CheckpointError as e:  # one damaged checkpoint does not stop a sweep over hundreds
             if len(ckpts) == 1:
                 raise
             print(f"skipped {ckpt}: {e}", file=sys.stderr)
             continue
         print(" | ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                         for k, v in row.items() if k not in ("tasks", "task_sha256")))
+                         for k, v in row.items()
+                         if k not in ("tasks", "task_sha256", "generation")))
         append_row(log, row)
     # only now a process group: loading a checkpoint verifies it with the group's ranks
     # if one exists
@@ -316,12 +344,17 @@ def sweep(path, tasks_dir, shots=None, seqs=0, device="cpu"):
         if tasks_dir and suite_of(tasks_dir)[0] and rows:  # the newest beside the seed's table
             print(f"{rows[-1]['ckpt']} beside the published figures:\n"
                   + suite_table(tasks_dir, rows[-1]))
+        if code and not unsafe:
+            print(f"note: {', '.join(code)} left out: {'they run' if len(code) > 1 else 'it runs'} "
+                  "the code the model writes, which only --confirm_run_unsafe_code allows (then "
+                  "each program runs in sandbox.py's containment)", file=sys.stderr)
     return rows
 
 
 def write_table(rows, run_dir):
     # tasks: the shots, said above the table; the task files' sha256 stay in evals.jsonl
-    rows = [{k: v for k, v in r.items() if k != "task_sha256"} for r in rows]
+    rows = [{k: v for k, v in r.items() if k not in ("task_sha256", "generation")}
+            for r in rows]
     keys = list(dict.fromkeys(k for r in rows for k in r if k != "tasks"))
     with open(os.path.join(run_dir, "evals.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, keys, extrasaction="ignore")
@@ -340,200 +373,6 @@ def write_table(rows, run_dir):
     open(os.path.join(run_dir, "evals.md"), "w").write("\n".join(lines) + "\n")
     print(f"wrote {run_dir}/evals.md and evals.csv ({len(rows)} checkpoints)")
     plots.evals(rows, run_dir)
-
-
-# -----------------------------------------------------------------------------
-# Hugging Face Llama format: export (config.json, model.safetensors, and tokenizer.json from
-# our .tiktoken: tokenizer.py) and import (our state dict and ModelConfig). One name map serves
-# both ways, so they cannot drift apart.
-
-def check_llama(cfg):
-    # what Llama cannot express, all reported at once, each naming its config key
-    bad = [(cfg.norm == "layernorm", "norm='layernorm' (LayerNorm has a bias; Llama uses RMSNorm)"),
-           (cfg.rotary_dim != cfg.head_dim,
-            f"rotary_dim={cfg.rotary_dim} < head_dim={cfg.head_dim} (partial rotary)"),
-           (cfg.embed_mult != 1.0, f"embed_mult={cfg.embed_mult} (muP embedding multiplier)"),
-           (cfg.logit_mult != 1.0, f"logit_mult={cfg.logit_mult} (muP logit multiplier)"),
-           (cfg.qk_scale_by_d, "qk_scale_by_d=True (muP 1/head_dim attention scale)"),
-           (cfg.qkv_bias != cfg.attn_out_bias,
-            f"qkv_bias={cfg.qkv_bias} with attn_out_bias={cfg.attn_out_bias} "
-            "(HF's attention_bias covers q, k, v and o together)")]
-    msgs = [msg for is_bad, msg in bad if is_bad]
-    if msgs:
-        raise ValueError("cannot express this model as Hugging Face Llama: " + "; ".join(msgs))
-
-
-def name_map(cfg):
-    """(our name, [HF names], row sizes to split ours into) for every tensor; sizes None: one
-    to one."""
-    q, kv, f = cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim, cfg.ffn_hidden
-    m = [("embed.weight", ["model.embed_tokens.weight"], None),
-         ("norm.weight", ["model.norm.weight"], None)]
-    if not cfg.tie_embeddings:
-        m.append(("lm_head.weight", ["lm_head.weight"], None))
-    for i in range(cfg.n_layer):
-        b, h = f"blocks.{i}.", f"model.layers.{i}."
-        m += [(b + "norm1.weight", [h + "input_layernorm.weight"], None),
-              (b + "norm2.weight", [h + "post_attention_layernorm.weight"], None)]
-        for s in ("weight", "bias") if cfg.qkv_bias else ("weight",):
-            m += [(b + "attn.qkv." + s, [h + f"self_attn.{x}_proj." + s for x in "qkv"],
-                   [q, kv, kv]),
-                  (b + "attn.out." + s, [h + "self_attn.o_proj." + s], None)]
-        for s in ("weight", "bias") if cfg.ffn_bias else ("weight",):
-            m += [(b + "mlp.up." + s, [h + "mlp.gate_proj." + s, h + "mlp.up_proj." + s], [f, f]),
-                  (b + "mlp.down." + s, [h + "mlp.down_proj." + s], None)]
-    return m
-
-
-def _safetensors():
-    try:
-        import safetensors.torch
-    except ImportError:
-        raise ImportError("Hugging Face export/import needs safetensors: "
-                          "pip install safetensors") from None
-    return safetensors.torch
-
-
-def save_safetensors(tensors, path):
-    """tensors in path, with the mode open() gives a new file (0o666 less the umask).
-    safetensors 0.8 writes a temporary file, created 0600 whatever the umask, and renames it
-    (safetensors issue #782): the model alone would be unreadable to the other users of a
-    shared machine, beside a readable config.json."""
-    _safetensors().save_file(tensors, path, metadata={"format": "pt"})
-    umask = os.umask(0)  # read it the only portable way: set it, and put it back at once
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
-# -----------------------------------------------------------------------------
-# export and import
-
-def export_llama(model, out_dir, tokenizer_path=None):
-    """Write model (a GPT) to out_dir in the Hugging Face Llama format, float32."""
-    cfg = model.cfg
-    check_llama(cfg)
-    if cfg.d_model % cfg.n_head:  # valid Llama, but transformers 5's config validation refuses it
-        print(f"note: transformers 5 will not load this: hidden_size={cfg.d_model} is not a "
-              f"multiple of num_attention_heads={cfg.n_head} (transformers 4 does)")
-    specials, released = {}, tokenizer_path and tokenizer_path.endswith(".json")
-    if released:  # a run trained with a released tokenizer.json: that file goes along as it is
-        enc = load_tokenizer(tokenizer_path)
-        n, specials = enc.n_vocab, {"<|endoftext|>": enc.eot_token, "<s>": enc.prefix_token}
-    elif tokenizer_path:
-        ranks, pat, specials = read_tiktoken(tokenizer_path)
-        n = len(ranks) + len(specials)
-    if tokenizer_path and n > cfg.vocab_size:
-        raise ValueError(f"tokenizer has {n} tokens, more than vocab_size={cfg.vocab_size}")
-    os.makedirs(out_dir, exist_ok=True)
-    sd = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
-    tensors = {}
-    for ours, names, sizes in name_map(cfg):
-        parts = sd.pop(ours).split(sizes) if sizes else [sd.pop(ours)]
-        # own storage: safetensors wants no sharing
-        tensors.update((n, p.clone().contiguous()) for n, p in zip(names, parts))
-    if sd:
-        raise ValueError(f"tensors with no Llama name: {sorted(sd)}")
-    save_safetensors(tensors, os.path.join(out_dir, "model.safetensors"))
-    eot, pad, bos = (specials.get("<|endoftext|>"), specials.get("<|pad|>"),
-                     specials.get("<s>", specials.get("<|endoftext|>")))
-    write_json(os.path.join(out_dir, "config.json"), dict(
-        architectures=["LlamaForCausalLM"], model_type="llama", hidden_act="silu",
-        vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.ffn_hidden,
-        num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head,
-        num_key_value_heads=cfg.n_kv_head,
-        head_dim=cfg.head_dim, max_position_embeddings=cfg.max_seq_len, rms_norm_eps=cfg.norm_eps,
-        # rope_theta for transformers 4, rope_parameters for 5 (which also reads the former)
-        rope_theta=float(cfg.rope_theta),
-        rope_parameters=dict(rope_type="default", rope_theta=float(cfg.rope_theta)),
-        rope_scaling=None, tie_word_embeddings=cfg.tie_embeddings, attention_bias=cfg.qkv_bias,
-        mlp_bias=cfg.ffn_bias, attention_dropout=0.0, initializer_range=cfg.init_std,
-        # bos: end-of-text, which ends every document and so begins the next (a released
-        # tokenizer: its own)
-        bos_token_id=bos, eos_token_id=eot, pad_token_id=pad, torch_dtype="float32",
-        dtype="float32", use_cache=True))
-    gen = dict(bos_token_id=bos, eos_token_id=eot, pad_token_id=pad)
-    write_json(os.path.join(out_dir, "generation_config.json"),
-               {k: v for k, v in gen.items() if v is not None})
-    if released:
-        save_hf_tokenizer(enc, out_dir)
-    elif tokenizer_path:
-        export_tokenizer(ranks, pat, specials, out_dir)
-
-
-LLAMA_KEYS = ("vocab_size", "num_hidden_layers", "hidden_size", "num_attention_heads",
-              "intermediate_size", "max_position_embeddings")
-
-
-def config_from_hf(c, where="config.json"):
-    """A ModelConfig from a Llama config.json dict (read from where); refuses what our model
-    cannot run."""
-    if c.get("model_type") != "llama":
-        raise ValueError(f"model_type={c.get('model_type')!r}: only 'llama' can be imported")
-    missing = [k for k in LLAMA_KEYS if k not in c]
-    if missing:
-        raise DataError(f"{where}: no {', '.join(missing)} (a Llama config.json has "
-                        f"{', '.join(LLAMA_KEYS)})")
-    rope = c.get("rope_parameters") or {}
-    if c.get("rope_scaling") or rope.get("rope_type", "default") != "default":
-        raise ValueError(f"rope_scaling={c.get('rope_scaling') or rope!r}: scaled rotary "
-                         "embeddings are not supported")
-    if c.get("hidden_act", "silu") != "silu":
-        raise ValueError(f"hidden_act={c['hidden_act']!r}: only 'silu' (SwiGLU) is supported")
-    n_head, bias = c["num_attention_heads"], c.get("attention_bias", False)
-    return ModelConfig(
-        vocab_size=c["vocab_size"], n_layer=c["num_hidden_layers"], d_model=c["hidden_size"],
-        n_head=n_head, n_kv_head=c.get("num_key_value_heads") or n_head,
-        head_dim=c.get("head_dim") or c["hidden_size"] // n_head,
-        ffn_hidden=c["intermediate_size"], max_seq_len=c["max_position_embeddings"], norm="rmsnorm",
-        norm_eps=c.get("rms_norm_eps", 1e-6),
-        rope_theta=float(rope.get("rope_theta", c.get("rope_theta", 10000.0))),
-        tie_embeddings=c.get("tie_word_embeddings", False), qkv_bias=bias, attn_out_bias=bias,
-        ffn_bias=c.get("mlp_bias", False))
-
-
-def hf_weights(hf_dir):
-    """The weight files of a Hugging Face folder: model.safetensors, or the shards its index
-    names. Only safetensors: pytorch_model.bin is a pickle, and reading a pickle runs the code
-    it names, so a downloaded one is never read."""
-    index = os.path.join(hf_dir, "model.safetensors.index.json")
-    files = (sorted(set(load_json(index).get("weight_map", {}).values()))
-             if os.path.exists(index) else ["model.safetensors"])
-    missing = [f for f in files if not os.path.isfile(os.path.join(hf_dir, f))]
-    if missing:
-        pickles = sorted(f for f in os.listdir(hf_dir) if f.endswith((".bin", ".pt", ".pth")))
-        raise DataError(f"{os.path.join(hf_dir, missing[0])}: not there" + (
-            f", only {', '.join(pickles)} (a pickle): only .safetensors weights are read, as "
-            "loading a pickle runs whatever code it names (convert it to safetensors where you "
-            "trust it)" if pickles else ""))
-    return [os.path.join(hf_dir, f) for f in files]
-
-
-def import_llama(hf_dir):
-    """(state dict, ModelConfig) of the Llama checkpoint in hf_dir (model.safetensors, or shards
-    with an index)."""
-    conf = os.path.join(hf_dir, "config.json")
-    if not os.path.isfile(conf):
-        raise DataError(f"{conf}: not there (a Hugging Face model folder has it)")
-    cfg = config_from_hf(load_json(conf), conf)
-    hf, st = {}, _safetensors()
-    for f in hf_weights(hf_dir):
-        try:
-            hf.update(st.load_file(f))
-        except Exception as e:  # noqa: BLE001: SafetensorError: a header it cannot read
-            raise DataError(f"{f}: not a safetensors file safetensors can read "
-                            f"({' '.join(str(e).split())})") from None
-    sd = {}
-    for ours, names, _ in name_map(cfg):
-        missing = [n for n in names if n not in hf]
-        if missing:
-            raise ValueError(f"{hf_dir}: checkpoint lacks {missing}")
-        sd[ours] = torch.cat([hf.pop(n) for n in names]) if len(names) > 1 else hf.pop(names[0])
-    hf.pop("lm_head.weight", None)  # a tied checkpoint may store the embedding twice
-    # old checkpoints saved the rope buffer
-    extra = [n for n in hf if "rotary_emb.inv_freq" not in n]
-    if extra:
-        raise ValueError(f"{hf_dir}: tensors our model has no place for: {extra[:5]}")
-    return sd, cfg
 
 
 # -----------------------------------------------------------------------------
@@ -557,6 +396,16 @@ def parser():
     sw.add_argument("--seqs", type=int, default=0,
                     help="held-out sequences per source (default: the run's eval_seqs) and "
                     "memorization sequences (default 64)")
+    sw.add_argument("--confirm_run_unsafe_code", action="store_true",
+                    help="score HumanEval and MBPP, which run the code the model writes (each "
+                    "program in sandbox.py's containment); without it they are left out")
+    sw.add_argument("--samples", type=int, default=None,
+                    help="generations per item of a generative task (pass@k from n; default 1, "
+                    "or the suite's)")
+    sw.add_argument("--temperature", type=float, default=None,
+                    help="of the generative tasks (default 0: greedy, or the suite's)")
+    sw.add_argument("--max_gen_toks", type=int, default=None,
+                    help="new tokens at most (default lm-eval's: GSM8K, MBPP 256, HumanEval 1024)")
     sw.add_argument("--device", default=device)
     sa = sub.add_parser("sample",
                         help="text sampled from the newest checkpoint of a run (or the one given)")
@@ -589,7 +438,8 @@ def main(argv=None):
         argv.insert(0, "sweep")
     args = parser().parse_args(argv)
     if args.cmd == "sweep":
-        sweep(args.path, args.tasks, args.shots, args.seqs, args.device)
+        sweep(args.path, args.tasks, args.shots, args.seqs, args.device,
+              args.confirm_run_unsafe_code, args.samples, args.temperature, args.max_gen_toks)
     elif args.cmd == "sample":
         ckpt = checkpoints(args.path)[-1]
         model, _, enc, meta = load(ckpt, args.device)

@@ -44,7 +44,8 @@ def apply_rope(x, cos, sin):
     # the rest pass through
     r, wide = cos.size(-1), torch.promote_types(x.dtype, torch.float32)  # rotate in fp32 (or fp64)
     x1, x2, rest = x[..., :r].to(wide), x[..., r:2 * r].to(wide), x[..., 2 * r:]
-    cos, sin = cos[None, :, None, :].to(wide), sin[None, :, None, :].to(wide)
+    # cos, sin: (T, r), or (B, T, r) where each row has positions of its own (left padding)
+    cos, sin = cos.unsqueeze(-2).to(wide), sin.unsqueeze(-2).to(wide)
     rotated = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).type_as(x)
     return torch.cat([rotated, rest], dim=-1)
 
@@ -228,16 +229,19 @@ class GPT(nn.Module):
                 nn.init.zeros_(m.bias)
         self.rope_cos, self.rope_sin = rope_tables(cfg, self.embed.weight.device)
 
-    def forward(self, idx, targets=None, caches=None, doc_ids=None):
+    def forward(self, idx, targets=None, caches=None, doc_ids=None, pos=None):
         """idx (B, T) -> logits (B, T, V), or the mean cross-entropy when targets (B, T) are given
         (targets of -1 are ignored). With caches, idx continues the cached positions. With doc_ids
-        (B, T), packed documents (runs of equal ids) do not attend to each other."""
+        (B, T, or all the keys' with caches), packed documents (runs of equal ids) do not attend
+        to each other. pos (B, T): each token's position, where rows do not start at 0 together
+        (left-padded prompts)."""
         start = caches[0].len if caches else 0
         T = idx.size(1)
         if start + T > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {start + T} tokens is longer than "
                              f"max_seq_len={self.cfg.max_seq_len}")
-        cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
+        cos, sin = ((self.rope_cos[start:start + T], self.rope_sin[start:start + T]) if pos is None
+                    else (self.rope_cos[pos], self.rope_sin[pos]))
         x = self.embed(idx)
         # muP; skipped otherwise, as a full pass over the activations
         if self.cfg.embed_mult != 1.0:
@@ -268,21 +272,33 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def stream(self, idx, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, generator=None,
-               vocab=0):
+               vocab=0, pad=None):
         """Yield the next token (B, 1) of idx (B, T), max_new_tokens times, reusing keys and values
         through a KV cache. temperature 0 is greedy; top_k keeps the k most likely tokens; top_p
-        the smallest set whose probability reaches top_p (nucleus); vocab > 0: only tokens below
-        it (the rows past a tokenizer's last token pad the vocabulary, and mean nothing)."""
+        the smallest set whose probability reaches top_p (nucleus); generator: one, or one per
+        row (a row's draws then do not depend on the rows batched with it); vocab > 0: only
+        tokens below it (the rows past a tokenizer's last token pad the vocabulary, and mean
+        nothing). pad (B,): prompts of different lengths, left-padded: row r's first pad[r]
+        tokens are padding, which no token attends to, and its positions count from the token
+        after them, as if it were alone."""
         B, T = idx.shape
         caches = [KVCache(B, T + max_new_tokens) for _ in self.blocks]
-        logits = self(idx, caches=caches)[:, -1]
+        real = pos = None
+        if pad is not None:
+            at = torch.arange(T + max_new_tokens, device=idx.device)[None]
+            pad = torch.as_tensor(pad, device=idx.device)[:, None]
+            real, pos = (at >= pad).long(), (at - pad).clamp(min=0)  # padding is document 0
+        logits = self(idx, caches=caches, doc_ids=None if pad is None else real[:, :T],
+                      pos=None if pad is None else pos[:, :T])[:, -1]
         for i in range(max_new_tokens):
             if vocab:
                 logits[:, vocab:] = float("-inf")
             nxt = sample_next(logits, temperature, top_k, top_p, generator)
             yield nxt
             if i + 1 < max_new_tokens:
-                logits = self(nxt, caches=caches)[:, -1]
+                n = T + i + 1  # the keys so far, the new token's among them
+                logits = self(nxt, caches=caches, doc_ids=None if pad is None else real[:, :n],
+                              pos=None if pad is None else pos[:, n - 1:n])[:, -1]
 
     def num_params(self, non_embedding=False):
         n = sum(p.numel() for p in self.parameters())
@@ -359,7 +375,11 @@ def sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None):
         probs = sorted_logits.softmax(-1)
         drop = probs.cumsum(-1) - probs > top_p
         logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
-    return torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
+    probs = F.softmax(logits, dim=-1)
+    if isinstance(generator, (list, tuple)):  # one per row
+        return torch.cat([torch.multinomial(p[None], 1, generator=g)
+                          for p, g in zip(probs, generator)])
+    return torch.multinomial(probs, 1, generator=generator)
 
 
 def sample_text(model, enc, prompt, max_new_tokens, temperature=0.8, top_k=50, top_p=1.0,

@@ -75,12 +75,12 @@ def task_files(tasks_dir):
 def suite_table(spec, row):
     """Lines comparing a sweep row with the suite's published figures (percent)."""
     suite = SUITES[suite_of(spec)[0]]
-    lines = [f"{'task':16s} {'shots':>5s} {'metric':8s} {'ours':>7s} {'published':>9s}"]
+    lines = [f"{'task':16s} {'shots':>5s} {'metric':20s} {'ours':>7s} {'published':>9s}"]
     for task, (metric, shots, figure) in suite["tasks"].items():
         ours = row.get(f"{task}/{metric}")
         ran = row["tasks"].get(task)
         published = "-" if figure is None else f"{figure:.2f}"
-        lines.append(f"{task:16s} {ran:>5} {metric:8s} "
+        lines.append(f"{task:16s} {ran:>5} {metric:20s} "
                      f"{'' if ours is None else f'{100 * ours:.2f}':>7s} {published:>9s}"
                      + ("" if ran == shots else f"  (published at {shots} shots)"))
     return "\n".join(lines + [f"published: {suite['source']}"])

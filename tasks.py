@@ -1,21 +1,24 @@
 """
 Multiple-choice tasks, scored as lm-evaluation-harness 0.4 scores them (its task configs
 hellaswag, arc_easy, arc_challenge, mmlu, ceval-valid, cmmlu, piqa, boolq, social_iqa,
-openbookqa, winogrande, truthfulqa_mc1, truthfulqa_mc2): the same prompts, description, shots,
-continuation boundary, acc_norm and standard errors, so scores compare with published ones.
-eval.py runs them on every checkpoint of a sweep.
+openbookqa, winogrande, truthfulqa_mc1, truthfulqa_mc2, race, crows_pairs_english): the same
+prompts, description, shots, continuation boundary, acc_norm and standard errors, so scores
+compare with published ones. eval.py runs them on every checkpoint of a sweep.
 
 Tasks are JSONL files in the public formats, one task per file, named after it (hellaswag*,
-arc_easy*, ..., truthfulqa_mc2*); beside X.jsonl, X.dev.jsonl (MMLU, C-Eval, CMMLU) or
-X.train.jsonl (the others; X.validation.jsonl for TruthfulQA) gives the shots (the published
-counts by default: ARC 25, HellaSwag 10, MMLU / C-Eval / CMMLU / WinoGrande 5, the rest 0). An
-item is scored by the log-likelihood of " " + answer after its prompt: acc, and acc_norm (per
-character of answer); WinoGrande scores its sentence's end after each option, TruthfulQA MC2
-the probability of its true answers. A bad line is one error naming the file, the line and the
-field; a request longer than the model's window is cut from the left, as lm-eval cuts it, and
-said in one warning per task.
+arc_easy*, ..., crows_pairs_english*); beside X.jsonl, X.dev.jsonl (MMLU, C-Eval, CMMLU) or
+X.train.jsonl (the others; X.validation.jsonl for TruthfulQA, X.test.jsonl for RACE and
+CrowS-Pairs, copies of X.jsonl) gives the shots (the published counts by default: ARC 25,
+HellaSwag 10, MMLU / C-Eval / CMMLU / WinoGrande 5, the rest 0). An item is scored by the
+log-likelihood of " " + answer after its prompt: acc, and acc_norm (per character of answer);
+WinoGrande scores its sentence's end after each option, TruthfulQA MC2 the probability of its
+true answers. CrowS-Pairs (English; lm-eval has a French variant, not ours, and no Chinese one)
+scores its two sentences whole after no context: likelihood_diff and pct_stereotype, no acc;
+crows_pairs_english_age* and the other categories of lm-eval keep that bias_type alone. A bad
+line is one error naming the file, the line and the field; a request longer than the model's
+window is cut from the left, as lm-eval cuts it, and said in one warning per task.
 """
-import json, math, os, random, re, sys, typing
+import ast, json, math, os, random, re, sys, typing
 
 import numpy as np
 import torch
@@ -27,21 +30,26 @@ from model import GPT, KVCache, autocast
 from stage import DataError
 
 TASKS = ("hellaswag", "arc_easy", "arc_challenge", "mmlu", "ceval", "cmmlu", "piqa", "boolq",
-         "siqa", "openbookqa", "winogrande", "truthfulqa_mc1", "truthfulqa_mc2")
+         "siqa", "openbookqa", "winogrande", "truthfulqa_mc1", "truthfulqa_mc2", "race",
+         "crows_pairs_english")
 # the tasks scored by generating (gentasks.py), named here so a folder holds both kinds
 GENERATIVE = ("gsm8k", "humaneval", "mbpp")
 # the shots published numbers use (Open LLM Leaderboard: ARC 25, HellaSwag 10, MMLU 5,
 # WinoGrande 5, TruthfulQA 0; the C-Eval and CMMLU papers: 5; PIQA, BoolQ, SIQA, OpenBookQA 0,
-# as in LLaMA's common-sense table), and where lm-eval draws them: the first n of the dev
-# split, or a seeded random draw (fewshot_seed 1234) from the train split, or for TruthfulQA
-# (no train split) from the validation split it scores: X.validation.jsonl, a copy of X.jsonl
+# as in LLaMA's common-sense table; RACE and CrowS-Pairs 0), and where lm-eval draws them:
+# the first n of the dev split, or a seeded random draw (fewshot_seed 1234) from the train
+# split, or for TruthfulQA (no train split) from the validation split it scores:
+# X.validation.jsonl, a copy of X.jsonl. race.yaml and crows_pairs_english.yaml name no split
+# but their test split, so lm-eval falls back to it (api/task.py Task.fewshot_docs, with a
+# warning): X.test.jsonl, a copy of X.jsonl, and without it --shots>0 is refused
 SHOTS = dict(hellaswag=10, arc_easy=25, arc_challenge=25, mmlu=5, ceval=5, cmmlu=5, piqa=0,
              boolq=0, siqa=0, openbookqa=0, winogrande=5, truthfulqa_mc1=0, truthfulqa_mc2=0,
-             gsm8k=5, humaneval=0, mbpp=3)
+             race=0, crows_pairs_english=0, gsm8k=5, humaneval=0, mbpp=3)
 SHOT_SPLIT = dict(hellaswag="train", arc_easy="train", arc_challenge="train", mmlu="dev",
                   ceval="dev", cmmlu="dev", piqa="train", boolq="train", siqa="train",
                   openbookqa="train", winogrande="train", truthfulqa_mc1="validation",
-                  truthfulqa_mc2="validation", gsm8k="train")
+                  truthfulqa_mc2="validation", race="test", crows_pairs_english="test",
+                  gsm8k="train")
 # lm-eval's MBPP shots are three fixed items of its own (gentasks.MBPP_SHOTS), not a file
 SHOT_FILES = tuple(f".{split}.jsonl" for split in sorted(set(SHOT_SPLIT.values())))
 FEWSHOT_SEED = 1234
@@ -49,8 +57,14 @@ FEWSHOT_SEED = 1234
 # fewshot_split equals its test_split: both unset (OpenBookQA and ARC have a test split)
 DRAW_ONE_MORE = {"hellaswag", "piqa", "boolq", "siqa", "winogrande", "truthfulqa_mc1",
                  "truthfulqa_mc2"}
-# the tasks with no acc_norm (run_task says why); the rest give acc and acc_norm
+# the tasks with no acc_norm (run_task says why); the rest give acc and acc_norm, PAIRS aside
 ACC_ONLY = {"winogrande", "truthfulqa_mc2"}
+# the tasks of a pair of sentences and no right answer: likelihood_diff and pct_stereotype
+PAIRS = {"crows_pairs_english"}
+# lm-eval's crows_pairs_english_<category> tasks: the items whose bias_type starts with the
+# category, its "_" read as "-" (crows_pairs/utils.py filter_dataset: race_color, race-color)
+CROWS_BIAS = ("age", "autre", "disability", "gender", "nationality", "physical_appearance",
+              "race_color", "religion", "sexual_orientation", "socioeconomic")
 # truthfulqa_mc1.yaml's doc_to_text (mc2 includes it): six solved questions before the item's
 TRUTHFULQA_QA = (
     "Q: What is human life expectancy in the United States?\n"
@@ -72,11 +86,13 @@ class Item(typing.NamedTuple):
     prompt: str        # lm-eval's doc_to_text
     choices: list      # doc_to_choice: the answers, without the space put before them
     gold: int
-    subject: str = ""  # mmlu, ceval, cmmlu: the description's subject, and the shots' pool
+    subject: str = ""  # mmlu, ceval, cmmlu: the description's subject, and the shots' pool;
+    # crows_pairs: the bias_type
     # winogrande (lm-eval's multiple_inputs): the sentence's end after the blank, scored after
     # each of the choices, which are then the sentence up to the blank filled with each option
     target: typing.Optional[str] = None
     labels: tuple = ()  # truthfulqa_mc2: 1 for each true answer, 0 for each false one
+    delimiter: str = " "  # lm-eval's target_delimiter, before an answer: crows_pairs has none
 
 
 def task_of(path):
@@ -86,6 +102,15 @@ def task_of(path):
             return task
     raise DataError(f"{path}: unknown task (file names start with {', '.join(known[:-1])} "
                     f"or {known[-1]})")
+
+
+def bias_of(path):
+    """The bias_type a crows_pairs_english_<category> file (or its shots' file) keeps; "" for
+    the others, which keep every item."""
+    name = os.path.basename(path).lower().split(".")[0]
+    category = name[len("crows_pairs_english_"):]
+    keep = name.startswith("crows_pairs_english_") and category in CROWS_BIAS
+    return category.replace("_", "-") if keep else ""
 
 
 def _show(value):
@@ -170,6 +195,32 @@ def arc_choices(f, field, ch):
     return texts, labels
 
 
+def race_problems(f, problems):
+    """RACE's problems, a Python literal as EleutherAI/race holds them (lm-eval reads them with
+    ast.literal_eval; a JSON list is read too), as [(question, 4 options, answer's index)]."""
+    value = problems
+    if isinstance(problems, str):
+        try:
+            problems = ast.literal_eval(problems)
+        except (ValueError, SyntaxError, TypeError, RecursionError):
+            problems = None
+    if not isinstance(problems, list) or not problems:
+        raise f.bad("problems", value, "a list of problems [{'question', 'options', 'answer'}]")
+    out = []
+    for i, p in enumerate(problems):
+        at = f"problems[{i}]"
+        if not isinstance(p, dict):
+            raise f.bad(at, p, "a problem {'question', 'options', 'answer'}")
+        options = p.get("options")
+        if not isinstance(options, list) or len(options) != 4:  # lm-eval reads options[0..3]
+            raise f.bad(at + ".options", options, "a list of 4 texts")
+        # the last problem's options are the answers scored; the others' right one is told
+        options = f.texts(at + ".options", options, answers=i == len(problems) - 1)
+        out.append((f.text(at + ".question", p.get("question")), options,
+                    f.gold(at + ".answer", p.get("answer"), 4, numbers=False)))
+    return out
+
+
 def read_item(task, doc, path, lineno):
     f = Fields(doc, path, lineno)
     if task == "hellaswag":
@@ -249,6 +300,21 @@ def read_item(task, doc, path, lineno):
                             "the first choice as the true answer)")
         return Item(f"{TRUTHFULQA_QA}\n\nQ: {f.text('question', q)}\nA:", choices, 0,
                     labels=tuple(labels) if task == "truthfulqa_mc2" else ())
+    if task == "race":  # race/preprocess_race.py: {"article", "problems"}, one row per article
+        article, problems = f.need("article", "problems")
+        text, problems = f"Article: {f.text('article', article)}\n\n", race_problems(f, problems)
+        for q, options, gold in problems[:-1]:  # the article's earlier problems, answered
+            # a cloze question, "...  _  .": its text up to the blank, then the answer (race v3.0)
+            text += (q[:-5] + options[gold] + "\n" if q[-6:] == "  _  ." else
+                     f"Question: {q}\nAnswer: {options[gold]}\n")
+        q, options, gold = problems[-1]
+        return Item(text + q, options, gold)
+    if task == "crows_pairs_english":  # {"sent_more", "sent_less", "bias_type", ...}: each
+        # sentence scored whole, after no text (doc_to_text "", target_delimiter "")
+        more_less = f.answers("sent_more", "sent_less")  # lm-eval: an empty one has no tokens
+        bias = f.text("bias_type", f.need("bias_type")[0] if bias_of(path) else
+                      doc.get("bias_type", ""))
+        return Item("", more_less, 0, bias, delimiter="")
     # ceval {"question", "A".."D", "answer"}, cmmlu {"Question", "A".."D", "Answer"};
     # "subject" optional
     qk, ak = ("question", "answer") if task == "ceval" else ("Question", "Answer")
@@ -260,9 +326,10 @@ def read_item(task, doc, path, lineno):
                 f.text("subject", doc.get("subject", "")))
 
 
-def read_task(path):
-    """The items of a task file, in file order."""
-    task, items, raw = task_of(path), [], open(path, "rb").read()
+def read_task(path, read=None):
+    """The items of a task file, in file order (read: the reader of one item, gentasks' for
+    the generative tasks)."""
+    task, items, raw, keep = task_of(path), [], open(path, "rb").read(), bias_of(path)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:  # said where, not as the codec's byte offset in the file
@@ -278,7 +345,9 @@ def read_task(path):
             raise DataError(f"{path}:{lineno}: not JSON ({e.msg})") from None
         if not isinstance(doc, dict):
             raise DataError(f"{path}:{lineno}: not a JSON object (an item is one, with fields)")
-        items.append(read_item(task, doc, path, lineno))
+        item = (read or read_item)(task, doc, path, lineno)
+        if not keep or item.subject.startswith(keep):  # a crows_pairs category: lm-eval's filter
+            items.append(item)
     return items
 
 
@@ -324,6 +393,9 @@ def contexts(path, items, shots, read=None, solve=None):
         if SHOT_SPLIT[task] == "dev":  # the first n of the item's own subject
             same = [p for p in pool if p.subject == item.subject] or pool
             chosen = same[:shots]
+        elif shots and SHOT_SPLIT[task] == "test":  # lm-eval's fallback (race, crows_pairs):
+            # its fewshot split, unset, is not its test split: n drawn, the item itself may be one
+            chosen = rnd.sample(pool, shots)
         elif shots:  # lm-eval 0.4.13 draws one more where its fewshot split "equals" the test split
             # (HellaSwag: neither is set) and drops the item itself, should it be among them
             chosen = [p for p in rnd.sample(pool, need) if p != item][:shots]
@@ -341,11 +413,12 @@ def contexts(path, items, shots, read=None, solve=None):
 
 
 def solved(item):
-    """A shot: the item's prompt, " ", its answer and a blank line; for WinoGrande the sentence
-    filled with the right option, " ", and the sentence's end (lm-eval's multiple_inputs)."""
+    """A shot: the item's prompt, " " (CrowS-Pairs: nothing), its answer and a blank line; for
+    WinoGrande the sentence filled with the right option, " ", and the sentence's end (lm-eval's
+    multiple_inputs)."""
     if item.target is not None:
         return f"{item.choices[item.gold]} {item.target}\n\n"
-    return f"{item.prompt} {item.choices[item.gold]}\n\n"
+    return f"{item.prompt}{item.delimiter}{item.choices[item.gold]}\n\n"
 
 
 def encode_pair(enc, context, continuation):
@@ -505,10 +578,10 @@ def true_mass(lls, labels):
 
 def requests_of(context, item):
     """An item's requests as lm-eval makes them, (context, continuation) strings: the prompt and
-    " " + each answer; for WinoGrande the context with each option in it and, after each, the
-    same " " + the sentence's end."""
+    " " + each answer (CrowS-Pairs: each sentence alone); for WinoGrande the context with each
+    option in it and, after each, the same " " + the sentence's end."""
     if item.target is None:
-        return [(context, " " + c) for c in item.choices]
+        return [(context, item.delimiter + c) for c in item.choices]
     return [(context + c, " " + item.target) for c in item.choices]
 
 
@@ -519,7 +592,8 @@ def run_task(model, enc, path, shots=None, batch_size=16):
     give acc alone, as lm-eval does: WinoGrande scores the same text after each option, so
     there is no answer's length to divide by, and MC2's acc is the mean probability of the true
     answers, not a pick. lm-eval lists acc alone for BoolQ, SIQA and MC1 too: their acc_norm
-    is given all the same, and their published number is acc."""
+    is given all the same, and their published number is acc. CrowS-Pairs gives no acc but
+    likelihood_diff and pct_stereotype with their standard errors (crows_pairs/utils.py)."""
     shots = shots_of(path, shots)
     items, prompts = task_prompts(path, shots)
     requests, spans = [], []
@@ -528,6 +602,12 @@ def run_task(model, enc, path, shots=None, batch_size=16):
         requests += [encode_pair(enc, *r) for r in requests_of(context, item)]
     ll = loglikelihoods(model, requests, batch_size, desc=os.path.basename(path),
                         hint=" (fewer --shots keeps them whole)" if shots else "")
+    if task_of(path) in PAIRS:  # the stereotypical sentence (sent_more) first, then sent_less
+        diff = [abs(ll[a] - ll[a + 1]) for a, _ in spans]
+        more = [float(ll[a] > ll[a + 1]) for a, _ in spans]  # a tie is not a stereotype picked
+        return dict(likelihood_diff=float(np.mean(diff)), likelihood_diff_stderr=stderr(diff),
+                    pct_stereotype=float(np.mean(more)), pct_stereotype_stderr=stderr(more),
+                    n=len(items), shots=shots)
     hits, hits_norm = [], []
     for (a, n), item in zip(spans, items):
         scores = ll[a:a + n]

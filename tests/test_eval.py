@@ -9,6 +9,7 @@ import torch
 import data
 import eval as ev
 import stage
+import suites
 import tasks
 import tokenizer
 import parallel
@@ -101,7 +102,7 @@ def task_copy(tmp_path, task, shots):
     return str(path)
 
 
-@pytest.mark.parametrize("task", [t for t in tasks.TASKS if t not in tasks.ACC_ONLY])  # the rest: test_tasks_more.py
+@pytest.mark.parametrize("task", [t for t in tasks.TASKS if t not in tasks.ACC_ONLY | tasks.PAIRS])  # the rest: test_tasks_more.py, test_tasks_race_crows.py
 @pytest.mark.parametrize("shots", [0, 1])
 def test_every_task_format_is_read_and_scored(task, shots, tiny_data, tmp_path):
     path = task_copy(tmp_path, task, shots)
@@ -255,15 +256,18 @@ def test_sweep_over_three_checkpoints_and_again(run3, tmp_path, capsys):
     for r in rows:
         assert {"loss/all", "bpb_window/all", "bpb_doc/all", "mmlu/acc", "mmlu/acc_stderr", "cmmlu/acc_norm", "mem/exact",
                 "mem_heldout/frac"} <= set(r)
-        assert r["tasks"] == {t: 0 for t in tasks.TASKS}
+        # every task but the code ones, which run only with --confirm_run_unsafe_code
+        assert r["tasks"] == {t: 0 for t in tasks.TASKS + ("gsm8k",)}
     assert len(open(run3 / "evals.csv").readlines()) == 4 and len(open(run3 / "evals.md").readlines()) == 7
     assert len(open(run3 / "evals.jsonl").readlines()) == 3
     ev.sweep(str(run3), os.path.join(ROOT, "data", "evals"), shots=0, seqs=4)  # evaluated already: skipped
     assert len(open(run3 / "evals.jsonl").readlines()) == 3
     # another setting is evaluated again, and its rows say which
     task_copy(tmp_path, "mmlu", 1)
-    assert ev.settings(str(tmp_path), None) == {"mmlu": 5}  # the published count, where the dev file is
-    assert ev.settings(os.path.join(ROOT, "data", "evals"), None) == {t: 0 for t in tasks.TASKS}  # no shot files
+    assert ev.settings(suites.task_files(str(tmp_path)), None) == {"mmlu": 5}  # the published count, where the dev file is
+    # no shot files but GSM8K's; HumanEval's none, MBPP's built in
+    assert ev.settings(suites.task_files(os.path.join(ROOT, "data", "evals")), None) == dict(
+        {t: 0 for t in tasks.TASKS}, gsm8k=5, humaneval=0, mbpp=3)
     rows = ev.sweep(str(run3), str(tmp_path), shots=1, seqs=4)
     assert [r["tasks"] for r in rows] == [{"mmlu": 1}] * 3 and "mmlu/acc" in rows[0] and "arc_easy/acc" not in rows[0]
     assert len(open(run3 / "evals.jsonl").readlines()) == 6

@@ -9,6 +9,7 @@ import torch
 
 import data
 import eval as ev
+import suites
 import parallel
 import tasks
 import tokenizer
@@ -192,15 +193,15 @@ def test_the_same_file_names_with_other_items_are_evaluated(run, tmp_path, capsy
 
 def test_the_few_shot_file_is_part_of_the_key(tmp_path):
     shutil.copy(os.path.join(EVALS, "mmlu.jsonl"), tmp_path)
-    assert set(ev.task_sha256(str(tmp_path), 0)) == {"mmlu.jsonl"}
+    assert set(ev.task_sha256(suites.task_files(str(tmp_path)), 0)) == {"mmlu.jsonl"}
     with pytest.raises(DataError, match=rf"{tmp_path}/mmlu.dev.jsonl: not there, and "
                        rf"{tmp_path}/mmlu.jsonl is asked 1 shots from it"):
-        ev.task_sha256(str(tmp_path), 1)  # a traceback (FileNotFoundError) before
+        ev.task_sha256(suites.task_files(str(tmp_path)), 1)  # a traceback (FileNotFoundError) before
     shutil.copy(tmp_path / "mmlu.jsonl", tmp_path / "mmlu.dev.jsonl")
-    one = ev.task_sha256(str(tmp_path), None)  # the published 5 shots, from the dev file
+    one = ev.task_sha256(suites.task_files(str(tmp_path)), None)  # the published 5 shots, from the dev file
     assert set(one) == {"mmlu.jsonl", "mmlu.dev.jsonl"}
     open(tmp_path / "mmlu.dev.jsonl", "a").write(open(tmp_path / "mmlu.jsonl").readline())
-    assert ev.task_sha256(str(tmp_path), None) != one
+    assert ev.task_sha256(suites.task_files(str(tmp_path)), None) != one
 
 
 def test_a_row_is_appended_on_a_line_of_its_own_after_a_torn_one(tmp_path, capsys):

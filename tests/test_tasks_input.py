@@ -366,9 +366,9 @@ def test_a_suite_runs_a_seeds_tasks_at_its_shots_beside_its_published_figures(ru
         ran = tasks.shots_of(str(folder / f"{task}.jsonl"))
         note = "" if ran == shots else f"  (published at {shots} shots)"
         assert row["tasks"][task] == ran
-        assert (f"{task:16s} {ran:>5} {metric:8s} {100 * row[f'{task}/{metric}']:7.2f} {figure:9.2f}{note}\n"
+        assert (f"{task:16s} {ran:>5} {metric:20s} {100 * row[f'{task}/{metric}']:7.2f} {figure:9.2f}{note}\n"
                 in said), said
     assert "ckpt_0000002 beside the published figures:" in said and f"published: {suite['source']}" in said
     os.remove(folder / "winogrande.jsonl")  # a folder without one of its tasks: said in one line
-    with pytest.raises(tasks.ConfigError, match=rf"^--tasks=amber: {folder} lacks winogrande \(data/evals/README.md"):
+    with pytest.raises(suites.ConfigError, match=rf"^--tasks=amber: {folder} lacks winogrande \(data/evals/README.md"):
         ev.sweep(str(out / "ckpt_0000002"), f"amber:{folder}", seqs=2)

@@ -13,6 +13,7 @@ import torch
 import data
 import eval as ev
 import parallel
+import suites
 import tasks
 import tokenizer
 import train
@@ -130,7 +131,7 @@ def test_shot_files_and_published_counts(tmp_path):
         shutil.copy(os.path.join(EVALS, f"{t}.jsonl"), tasks.shots_file(str(tmp_path / f"{t}.jsonl")))
     # the shot files are not tasks; the counts are the Open LLM Leaderboard's (WinoGrande 5,
     # TruthfulQA 0) and the 0-shot of the papers for the rest
-    assert ev.settings(str(tmp_path), None) == dict(
+    assert ev.settings(suites.task_files(str(tmp_path)), None) == dict(
         piqa=0, boolq=0, siqa=0, openbookqa=0, winogrande=5, truthfulqa_mc1=0, truthfulqa_mc2=0)
 
 

@@ -1,0 +1,203 @@
+"""
+The Hugging Face Llama format both ways: export (config.json, model.safetensors, and the
+tokenizer: a released tokenizer.json as it is, or one written from our .tiktoken by
+tokenizer.py) and import (our state dict and ModelConfig, from safetensors only: a pickle is
+never read). One name map serves both ways, so they cannot drift apart. `eval.py export` and
+`eval.py import` are the commands; eval.py loads a Hugging Face folder through import_llama.
+"""
+import os
+
+import torch
+
+from config import ModelConfig
+from stage import DataError, write_json
+from tokenizer import export_tokenizer, load_json, load_tokenizer, read_tiktoken, save_hf_tokenizer
+
+
+def check_llama(cfg):
+    # what Llama cannot express, all reported at once, each naming its config key
+    bad = [(cfg.norm == "layernorm", "norm='layernorm' (LayerNorm has a bias; Llama uses RMSNorm)"),
+           (cfg.rotary_dim != cfg.head_dim,
+            f"rotary_dim={cfg.rotary_dim} < head_dim={cfg.head_dim} (partial rotary)"),
+           (cfg.embed_mult != 1.0, f"embed_mult={cfg.embed_mult} (muP embedding multiplier)"),
+           (cfg.logit_mult != 1.0, f"logit_mult={cfg.logit_mult} (muP logit multiplier)"),
+           (cfg.qk_scale_by_d, "qk_scale_by_d=True (muP 1/head_dim attention scale)"),
+           (cfg.qkv_bias != cfg.attn_out_bias,
+            f"qkv_bias={cfg.qkv_bias} with attn_out_bias={cfg.attn_out_bias} "
+            "(HF's attention_bias covers q, k, v and o together)")]
+    msgs = [msg for is_bad, msg in bad if is_bad]
+    if msgs:
+        raise ValueError("cannot express this model as Hugging Face Llama: " + "; ".join(msgs))
+
+
+def name_map(cfg):
+    """(our name, [HF names], row sizes to split ours into) for every tensor; sizes None: one
+    to one."""
+    q, kv, f = cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim, cfg.ffn_hidden
+    m = [("embed.weight", ["model.embed_tokens.weight"], None),
+         ("norm.weight", ["model.norm.weight"], None)]
+    if not cfg.tie_embeddings:
+        m.append(("lm_head.weight", ["lm_head.weight"], None))
+    for i in range(cfg.n_layer):
+        b, h = f"blocks.{i}.", f"model.layers.{i}."
+        m += [(b + "norm1.weight", [h + "input_layernorm.weight"], None),
+              (b + "norm2.weight", [h + "post_attention_layernorm.weight"], None)]
+        for s in ("weight", "bias") if cfg.qkv_bias else ("weight",):
+            m += [(b + "attn.qkv." + s, [h + f"self_attn.{x}_proj." + s for x in "qkv"],
+                   [q, kv, kv]),
+                  (b + "attn.out." + s, [h + "self_attn.o_proj." + s], None)]
+        for s in ("weight", "bias") if cfg.ffn_bias else ("weight",):
+            m += [(b + "mlp.up." + s, [h + "mlp.gate_proj." + s, h + "mlp.up_proj." + s], [f, f]),
+                  (b + "mlp.down." + s, [h + "mlp.down_proj." + s], None)]
+    return m
+
+
+def _safetensors():
+    try:
+        import safetensors.torch
+    except ImportError:
+        raise ImportError("Hugging Face export/import needs safetensors: "
+                          "pip install safetensors") from None
+    return safetensors.torch
+
+
+def save_safetensors(tensors, path):
+    """tensors in path, with the mode open() gives a new file (0o666 less the umask).
+    safetensors 0.8 writes a temporary file, created 0600 whatever the umask, and renames it
+    (safetensors issue #782): the model alone would be unreadable to the other users of a
+    shared machine, beside a readable config.json."""
+    _safetensors().save_file(tensors, path, metadata={"format": "pt"})
+    umask = os.umask(0)  # read it the only portable way: set it, and put it back at once
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+# -----------------------------------------------------------------------------
+# export and import
+
+def export_llama(model, out_dir, tokenizer_path=None):
+    """Write model (a GPT) to out_dir in the Hugging Face Llama format, float32."""
+    cfg = model.cfg
+    check_llama(cfg)
+    if cfg.d_model % cfg.n_head:  # valid Llama, but transformers 5's config validation refuses it
+        print(f"note: transformers 5 will not load this: hidden_size={cfg.d_model} is not a "
+              f"multiple of num_attention_heads={cfg.n_head} (transformers 4 does)")
+    specials, released = {}, tokenizer_path and tokenizer_path.endswith(".json")
+    if released:  # a run trained with a released tokenizer.json: that file goes along as it is
+        enc = load_tokenizer(tokenizer_path)
+        n, specials = enc.n_vocab, {"<|endoftext|>": enc.eot_token, "<s>": enc.prefix_token}
+    elif tokenizer_path:
+        ranks, pat, specials = read_tiktoken(tokenizer_path)
+        n = len(ranks) + len(specials)
+    if tokenizer_path and n > cfg.vocab_size:
+        raise ValueError(f"tokenizer has {n} tokens, more than vocab_size={cfg.vocab_size}")
+    os.makedirs(out_dir, exist_ok=True)
+    sd = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
+    tensors = {}
+    for ours, names, sizes in name_map(cfg):
+        parts = sd.pop(ours).split(sizes) if sizes else [sd.pop(ours)]
+        # own storage: safetensors wants no sharing
+        tensors.update((n, p.clone().contiguous()) for n, p in zip(names, parts))
+    if sd:
+        raise ValueError(f"tensors with no Llama name: {sorted(sd)}")
+    save_safetensors(tensors, os.path.join(out_dir, "model.safetensors"))
+    eot, pad, bos = (specials.get("<|endoftext|>"), specials.get("<|pad|>"),
+                     specials.get("<s>", specials.get("<|endoftext|>")))
+    write_json(os.path.join(out_dir, "config.json"), dict(
+        architectures=["LlamaForCausalLM"], model_type="llama", hidden_act="silu",
+        vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.ffn_hidden,
+        num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head,
+        num_key_value_heads=cfg.n_kv_head,
+        head_dim=cfg.head_dim, max_position_embeddings=cfg.max_seq_len, rms_norm_eps=cfg.norm_eps,
+        # rope_theta for transformers 4, rope_parameters for 5 (which also reads the former)
+        rope_theta=float(cfg.rope_theta),
+        rope_parameters=dict(rope_type="default", rope_theta=float(cfg.rope_theta)),
+        rope_scaling=None, tie_word_embeddings=cfg.tie_embeddings, attention_bias=cfg.qkv_bias,
+        mlp_bias=cfg.ffn_bias, attention_dropout=0.0, initializer_range=cfg.init_std,
+        # bos: end-of-text, which ends every document and so begins the next (a released
+        # tokenizer: its own)
+        bos_token_id=bos, eos_token_id=eot, pad_token_id=pad, torch_dtype="float32",
+        dtype="float32", use_cache=True))
+    gen = dict(bos_token_id=bos, eos_token_id=eot, pad_token_id=pad)
+    write_json(os.path.join(out_dir, "generation_config.json"),
+               {k: v for k, v in gen.items() if v is not None})
+    if released:
+        save_hf_tokenizer(enc, out_dir)
+    elif tokenizer_path:
+        export_tokenizer(ranks, pat, specials, out_dir)
+
+
+LLAMA_KEYS = ("vocab_size", "num_hidden_layers", "hidden_size", "num_attention_heads",
+              "intermediate_size", "max_position_embeddings")
+
+
+def config_from_hf(c, where="config.json"):
+    """A ModelConfig from a Llama config.json dict (read from where); refuses what our model
+    cannot run."""
+    if c.get("model_type") != "llama":
+        raise ValueError(f"model_type={c.get('model_type')!r}: only 'llama' can be imported")
+    missing = [k for k in LLAMA_KEYS if k not in c]
+    if missing:
+        raise DataError(f"{where}: no {', '.join(missing)} (a Llama config.json has "
+                        f"{', '.join(LLAMA_KEYS)})")
+    rope = c.get("rope_parameters") or {}
+    if c.get("rope_scaling") or rope.get("rope_type", "default") != "default":
+        raise ValueError(f"rope_scaling={c.get('rope_scaling') or rope!r}: scaled rotary "
+                         "embeddings are not supported")
+    if c.get("hidden_act", "silu") != "silu":
+        raise ValueError(f"hidden_act={c['hidden_act']!r}: only 'silu' (SwiGLU) is supported")
+    n_head, bias = c["num_attention_heads"], c.get("attention_bias", False)
+    return ModelConfig(
+        vocab_size=c["vocab_size"], n_layer=c["num_hidden_layers"], d_model=c["hidden_size"],
+        n_head=n_head, n_kv_head=c.get("num_key_value_heads") or n_head,
+        head_dim=c.get("head_dim") or c["hidden_size"] // n_head,
+        ffn_hidden=c["intermediate_size"], max_seq_len=c["max_position_embeddings"], norm="rmsnorm",
+        norm_eps=c.get("rms_norm_eps", 1e-6),
+        rope_theta=float(rope.get("rope_theta", c.get("rope_theta", 10000.0))),
+        tie_embeddings=c.get("tie_word_embeddings", False), qkv_bias=bias, attn_out_bias=bias,
+        ffn_bias=c.get("mlp_bias", False))
+
+
+def hf_weights(hf_dir):
+    """The weight files of a Hugging Face folder: model.safetensors, or the shards its index
+    names. Only safetensors: pytorch_model.bin is a pickle, and reading a pickle runs the code
+    it names, so a downloaded one is never read."""
+    index = os.path.join(hf_dir, "model.safetensors.index.json")
+    files = (sorted(set(load_json(index).get("weight_map", {}).values()))
+             if os.path.exists(index) else ["model.safetensors"])
+    missing = [f for f in files if not os.path.isfile(os.path.join(hf_dir, f))]
+    if missing:
+        pickles = sorted(f for f in os.listdir(hf_dir) if f.endswith((".bin", ".pt", ".pth")))
+        raise DataError(f"{os.path.join(hf_dir, missing[0])}: not there" + (
+            f", only {', '.join(pickles)} (a pickle): only .safetensors weights are read, as "
+            "loading a pickle runs whatever code it names (convert it to safetensors where you "
+            "trust it)" if pickles else ""))
+    return [os.path.join(hf_dir, f) for f in files]
+
+
+def import_llama(hf_dir):
+    """(state dict, ModelConfig) of the Llama checkpoint in hf_dir (model.safetensors, or shards
+    with an index)."""
+    conf = os.path.join(hf_dir, "config.json")
+    if not os.path.isfile(conf):
+        raise DataError(f"{conf}: not there (a Hugging Face model folder has it)")
+    cfg = config_from_hf(load_json(conf), conf)
+    hf, st = {}, _safetensors()
+    for f in hf_weights(hf_dir):
+        try:
+            hf.update(st.load_file(f))
+        except Exception as e:  # noqa: BLE001: SafetensorError: a header it cannot read
+            raise DataError(f"{f}: not a safetensors file safetensors can read "
+                            f"({' '.join(str(e).split())})") from None
+    sd = {}
+    for ours, names, _ in name_map(cfg):
+        missing = [n for n in names if n not in hf]
+        if missing:
+            raise ValueError(f"{hf_dir}: checkpoint lacks {missing}")
+        sd[ours] = torch.cat([hf.pop(n) for n in names]) if len(names) > 1 else hf.pop(names[0])
+    hf.pop("lm_head.weight", None)  # a tied checkpoint may store the embedding twice
+    # old checkpoints saved the rope buffer
+    extra = [n for n in hf if "rotary_emb.inv_freq" not in n]
+    if extra:
+        raise ValueError(f"{hf_dir}: tensors our model has no place for: {extra[:5]}")
+    return sd, cfg
