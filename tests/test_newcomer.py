@@ -112,7 +112,10 @@ def test_the_readme_walked_by_a_new_user(tmp_path):
     r = shell(copy, walk[4])
     rows = [json.loads(l) for l in open(copy / "out" / "toy" / "evals.jsonl")]
     assert [row["step"] for row in rows] == [400, 600]
-    assert all(f"{task}/acc" in row and "loss/all" in row for row in rows for task in row["tasks"])
+    # every task scored (acc, or pct_stereotype, exact_match_*), the code tasks left out, said
+    assert all(any(k.startswith(task + "/") for k in row) and "loss/all" in row
+               for row in rows for task in row["tasks"])
+    assert "humaneval" not in rows[0]["tasks"] and "--confirm_run_unsafe_code" in r.stderr
     assert os.path.exists(copy / "out" / "toy" / "evals.md") and os.path.exists(copy / "out" / "toy" / "evals.png")
 
     r = shell(copy, walk[5])
