@@ -101,6 +101,19 @@ def make(task, i, take):
         options, g = among(i, w[j], [max(o.split(), key=len)])
         return {"sentence": " ".join(w[:j] + ["_"] + w[j + 1:]), "option1": options[0], "option2": options[1],
                 "answer": str(g + 1)}
+    if task == "race":  # an article and 1-3 problems, the last scored; a cloze question ("  _  .") now and then
+        problems = []
+        for j in range(1 + i % 3):
+            start, end, others = halves(take, 4)  # four options: the sentence's end and three others'
+            options, g = among(i + j, end, [" ".join(o) for o in others])
+            q = f"After '{start}' comes  _  ." if (i + j) % 3 == 0 else f"What comes after '{start}'?"
+            problems.append({"question": q, "options": options, "answer": "ABCD"[g]})
+        return {"example_id": f"r{i}", "article": " ".join(take(3)), "problems": repr(problems)}  # as EleutherAI/race
+    if task == "crows_pairs_english":  # a sentence and the same with two words swapped
+        s, = take(1)
+        w = s.split()
+        w[1], w[-2] = w[-2], w[1]
+        return {"sent_more": s, "sent_less": " ".join(w), "bias_type": ["age", "gender", "religion"][i % 3]}
     start, end, others = halves(take, 5)  # truthfulqa_mc1 and _mc2: the same rows
     wrong, true = [" ".join(o) for o in others], [end, f"It goes on: {end}"][:1 + i % 2]
     return {"question": f"What comes after '{start}'?",  # MC2: one or two true answers, two to four false
@@ -124,6 +137,9 @@ TASKS = {
     "winogrande": ("train", "winogrande/default.yaml", "validation"),  # its !functions load from beside it
     "truthfulqa_mc1": ("validation", "truthfulqa/truthfulqa_mc1.yaml", "validation"),
     "truthfulqa_mc2": ("validation", "truthfulqa/truthfulqa_mc2.yaml", "validation"),
+    # no few-shot split in their configs: lm-eval draws from the test split it scores (X.test.jsonl, a copy)
+    "race": ("test", "race/race.yaml", "test"),
+    "crows_pairs_english": ("test", "crows_pairs/crows_pairs_english.yaml", "test"),
 }
 EXTRA = {  # lines added to lm-eval's config: the description its per-subject configs add (one subject here),
     "mmlu": 'description: "The following are multiple choice questions (with answers) about world literature.\\n\\n"',
@@ -143,7 +159,7 @@ def build(folder, seed=0):
         rnd = random.Random(f"{seed}:{task}")  # sentences may recur across tasks, never within an item
         lang = "zh" if task in ("ceval", "cmmlu") else "en"
         items = [make(task, i, lambda n: rnd.sample(text[lang], n)) for i in range(N_ITEMS + N_POOL)]
-        pool = items[:N_ITEMS] if split == "validation" else items[N_ITEMS:]
+        pool = items[:N_ITEMS] if split in ("validation", "test") else items[N_ITEMS:]
         for name, rows in ((f"{task}.jsonl", items[:N_ITEMS]), (f"{task}.{split}.jsonl", pool)):
             with open(os.path.join(folder, name), "w", encoding="utf-8") as f:
                 f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
@@ -225,7 +241,7 @@ def lmeval_side(items_dir, hf_dir, threads):
         out = dict(seconds=time.perf_counter() - t, spans=clock.spans, setup=setup)
         if cmd["samples"]:
             out["tasks"] = {task[len("parity_"):]: [
-                dict(args=[list(a) for a in s["arguments"]], ll=[r[0][0] for r in s["resps"]], acc=s.get("acc"),
+                dict(args=[list(a) for a in s["arguments"]], ll=[r[0][0] for r in s["resps"]], acc=s.get("acc", s.get("pct_stereotype")),
                      acc_norm=s.get("acc_norm")) for s in sorted(samples, key=lambda s: s["doc_id"])]
                 for task, samples in res["samples"].items()}
         print(json.dumps(out, ensure_ascii=False), file=reply, flush=True)
@@ -281,16 +297,20 @@ class Ours:
         for item, rs in zip(items, reqs):
             s = [next(ll) for _ in rs]
             norm = float(np.argmax([v / len(c) for v, c in zip(s, item.choices)]) == item.gold)
-            acc = T.true_mass(s, item.labels) if item.labels else float(np.argmax(s) == item.gold)
-            out.append(dict(args=[list(r) for r in rs], ll=s, acc=acc, acc_norm=None if task in T.ACC_ONLY else norm))
+            # CrowS-Pairs: acc is whether the stereotypical sentence is the likelier (pct_stereotype per pair)
+            acc = (float(s[0] > s[1]) if task in T.PAIRS else T.true_mass(s, item.labels) if item.labels
+                   else float(np.argmax(s) == item.gold))
+            out.append(dict(args=[list(r) for r in rs], ll=s, acc=acc,
+                            acc_norm=None if task in T.ACC_ONLY | T.PAIRS else norm))
         return dict(rows=out, cut=sum(len(c) + len(d) - 1 > self.model.cfg.max_seq_len for c, d in toks))
 
     def run(self, shots, bs, share=True):
         self.T.SHARE_MIN_TOKENS = self.share_min if share else 1 << 62  # off: no context worth sharing
         self.clock.spans = {}
         t = time.perf_counter()
-        acc = {task: self.T.run_task(self.model, self.enc, os.path.join(self.items_dir, f"{task}.jsonl"), k, bs)["acc"]
+        run = {task: self.T.run_task(self.model, self.enc, os.path.join(self.items_dir, f"{task}.jsonl"), k, bs)
                for task, k in shots.items()}
+        acc = {task: r["acc"] if "acc" in r else r["pct_stereotype"] for task, r in run.items()}
         return dict(seconds=time.perf_counter() - t, spans=self.clock.spans, acc=acc)
 
 
