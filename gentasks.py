@@ -17,7 +17,7 @@ shots are lm-eval's own (MBPP_SHOTS). Generation is batched through the model's 
 (model.GPT.stream), prompts left-padded, each row ending at end-of-text, at a stop sequence or
 at the token budget, as lm-eval's Hugging Face backend ends them.
 """
-import os, re, sys, typing
+import os, re, typing
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -25,10 +25,9 @@ import torch
 from tqdm import tqdm
 
 import sandbox
-from config import ConfigError, place
+from config import ConfigError
 from model import autocast
-from stage import DataError
-from tasks import Fields, contexts, read_task, shots_of, stderr, task_of
+from tasks import Fields, contexts, items_of, read_task, shots_of, stderr, task_of, warn_once
 from tokenizer import special_ids
 
 # lm-eval's generation_kwargs: stop sequences (end-of-text is one too) and the most new tokens
@@ -107,10 +106,7 @@ def gen_prompts(path, shots):
     """The items of a generative task file and their prompts with `shots` shots: GSM8K's drawn
     from its train file as tasks.contexts draws them, MBPP's the first `shots` of lm-eval's
     three; HumanEval has none."""
-    task, items = task_of(path), read_gen_task(path)
-    if not items:
-        raise DataError(f"{path}: no items, so no score (an empty file: fill it, or take it "
-                        "out of the folder)")
+    task, items = task_of(path), items_of(path, read_gen_item)
     if task == "gsm8k":  # a shot: prompt, " ", the worked answer, a blank line
         return items, contexts(path, items, shots, read_gen_task,
                                lambda s: f"{s.prompt} {s.answer}\n\n")
@@ -127,15 +123,6 @@ def gen_prompts(path, shots):
 # -----------------------------------------------------------------------------
 # generation: batched, through the KV cache, until a stop sequence
 
-_said = set()  # warnings said once: every checkpoint of a sweep would say them again
-
-
-def warn(msg):
-    if msg not in _said and place()[0] == 0:
-        _said.add(msg)
-        print(msg, file=sys.stderr)
-
-
 @torch.no_grad()
 def generate_until(model, enc, prompts, until, max_gen_toks, temperature=0.0, top_p=1.0,
                    top_k=0, seeds=None, batch_size=16, desc="generate"):
@@ -151,7 +138,7 @@ def generate_until(model, enc, prompts, until, max_gen_toks, temperature=0.0, to
     ids = [enc.bos_ids + enc.encode_ordinary(p) for p in prompts]
     cut = sum(len(x) > keep for x in ids)
     if cut:
-        warn(f"warning: {desc}: {cut} of {len(ids)} prompts are longer than the {keep} tokens "
+        warn_once(f"warning: {desc}: {cut} of {len(ids)} prompts are longer than the {keep} tokens "
              f"the model's {window}-token window leaves beside {max_gen_toks} new ones: their "
              "start is cut, as lm-eval cuts it")
     ids = [x[-keep:] for x in ids]
@@ -243,7 +230,7 @@ def run_generative(model, enc, path, shots=None, unsafe=False, samples=1, temper
     items, prompts = gen_prompts(path, shots)
     window, limit = model.cfg.max_seq_len, max_gen_toks or MAX_GEN_TOKS[task]
     if limit >= window:  # lm-eval refuses this model; a toy model still gets a figure
-        warn(f"warning: {name}: lm-eval generates up to {limit} tokens, and the model's window "
+        warn_once(f"warning: {name}: lm-eval generates up to {limit} tokens, and the model's window "
              f"is {window}: {window // 2} here (--max_gen_toks sets it), a figure outside "
              "lm-eval's protocol")
         limit = window // 2

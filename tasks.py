@@ -437,6 +437,14 @@ def encode_pair(enc, context, continuation):
 
 
 _said = set()  # warnings said: every checkpoint of a sweep cuts the same requests
+
+
+def warn_once(msg):
+    """msg on stderr, by rank 0, once per process: a sweep's checkpoints would each say it."""
+    if msg not in _said and place()[0] == 0:
+        _said.add(msg)
+        print(msg, file=sys.stderr)
+
 # an item's context is read once for all its choices where that saves this many tokens or more
 # (benchmarks/fewshot_bench.py: at 0 shots, HellaSwag's short contexts are faster read per row)
 SHARE_MIN_TOKENS = 256
@@ -486,9 +494,8 @@ def loglikelihoods(model, requests, batch_size=16, max_tokens=32768, desc="logli
     cut = sum(len(ctx) + len(cont) - 1 > limit for ctx, cont in requests)
     warning = (f"warning: {desc}: {cut} of {len(requests)} requests are longer than the "
                f"model's {limit}-token window: cut from the left, as lm-eval cuts them{hint}")
-    if cut and warning not in _said and place()[0] == 0:
-        _said.add(warning)
-        print(warning, file=sys.stderr)
+    if cut:
+        warn_once(warning)
     order = sorted(rows, key=len, reverse=True)
     batches, start = [], 0
     while start < len(order):
@@ -561,11 +568,17 @@ def task_prompts(path, shots):
     """The items of a task file and their prompts with `shots` shots; eval.py's sweep reads
     them before it loads a model, so a bad file costs no checkpoint's load. An empty file is an
     error: its scores would be nan, the mean of nothing, in a row that looks scored."""
-    items = read_task(path)
+    items = items_of(path)
+    return items, contexts(path, items, shots)
+
+
+def items_of(path, read=None):
+    """read_task's items, at least one: an empty file is an error, not a row of nan."""
+    items = read_task(path, read)
     if not items:
         raise DataError(f"{path}: no items, so no score (an empty file: fill it, or take it "
                         "out of the folder)")
-    return items, contexts(path, items, shots)
+    return items
 
 
 def true_mass(lls, labels):

@@ -16,7 +16,7 @@ evaluate), as a subprocess of this script. Its HumanEval and MBPP load evaluate'
 metric, from the Hub or from a folder code_eval/ in the working folder: --code_eval is that
 folder (metrics/code_eval of github.com/huggingface/evaluate), the subprocess runs beside it.
 """
-import argparse, json, os, random, re, subprocess, sys, time
+import argparse, json, os, random, subprocess, sys, time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
@@ -25,15 +25,11 @@ N_ITEMS, N_POOL, BATCH = 12, 8, 16
 SHOTS = dict(gsm8k=(0, 5), humaneval=(0,), mbpp=(0, 3))
 
 
-def sentences():
-    text = " ".join(json.loads(l)["text"] for l in open(os.path.join(HERE, "..", "data", "tiny", "en.jsonl")))
-    return [p for p in re.split(r"(?<=[.!?])\s+", " ".join(text.split())) if 8 <= len(p.split()) <= 30]
-
-
 def build(folder, seed=0):
     """Each task's items (N_ITEMS; GSM8K's shots N_POOL more) in its Hugging Face export format,
     and a right and a wrong completion of each code item (for the runners' comparison)."""
-    rnd, text = random.Random(seed), sentences()
+    from lmeval_parity import sentences  # the same sentences as the multiple-choice items
+    rnd, text = random.Random(seed), sentences("en")
     rnd.shuffle(text)
     it = iter(text)
     os.makedirs(folder, exist_ok=True)

@@ -54,3 +54,10 @@ def tiny_data(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("data") / "tokens")
     tokenize_tiny(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def enc(tiny_data):
+    """tiny_data's tokenizer, as a run on it reads it."""
+    import data, tokenizer
+    return tokenizer.tokenizer_of(tiny_data, data.load_manifest(tiny_data, hash_shards=False))

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-import data
 import eval as ev
 import gentasks
 import sandbox
@@ -27,11 +26,6 @@ EVALS = os.path.join(ROOT, "data", "evals")
 def write(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return str(path)
-
-
-@pytest.fixture(scope="module")
-def enc(tiny_data):
-    return tokenizer.tokenizer_of(tiny_data, data.load_manifest(tiny_data, hash_shards=False))
 
 
 @pytest.fixture(scope="module")
@@ -296,7 +290,7 @@ def test_a_bad_item_is_one_line_naming_file_line_and_field(task, doc, said, tmp_
 
 def test_a_window_too_small_for_lm_evals_budget_is_said(monkeypatch, capsys):
     seen = completions(monkeypatch, ["#### 1"] * 4)
-    monkeypatch.setattr(gentasks, "_said", set())
+    monkeypatch.setattr(tasks, "_said", set())
     gentasks.run_generative(tiny_model(window=256), None, os.path.join(EVALS, "gsm8k.jsonl"), 0)
     assert "gsm8k.jsonl: lm-eval generates up to 256 tokens, and the model's window is 256: " \
            "128 here" in capsys.readouterr().err

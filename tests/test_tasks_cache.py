@@ -11,10 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import data
 import parallel
 import tasks
-import tokenizer
 from config import ModelConfig
 from helpers import ROOT
 
@@ -65,11 +63,6 @@ def share_every_context(monkeypatch):
     """The shared context for every group of requests, however short (the default leaves short
     ones to today's path, test_short_contexts_are_read_per_row)."""
     monkeypatch.setattr(tasks, "SHARE_MIN_TOKENS", 0)
-
-
-@pytest.fixture(scope="module")
-def enc(tiny_data):
-    return tokenizer.tokenizer_of(tiny_data, data.load_manifest(tiny_data, hash_shards=False))
 
 
 def model_of(enc, window):

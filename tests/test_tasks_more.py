@@ -10,12 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-import data
 import eval as ev
 import parallel
 import suites
 import tasks
-import tokenizer
 import train
 from config import ModelConfig
 from helpers import ROOT, small_args
@@ -173,11 +171,6 @@ def fake_scores(monkeypatch, values):
         return list(values[:len(reqs)])
     monkeypatch.setattr(tasks, "loglikelihoods", fake)
     return seen
-
-
-@pytest.fixture(scope="module")
-def enc(tiny_data):
-    return tokenizer.tokenizer_of(tiny_data, data.load_manifest(tiny_data, hash_shards=False))
 
 
 def test_mc2_is_the_normalized_probability_of_the_true_answers(enc, tmp_path, monkeypatch):

@@ -11,11 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-import data
 import eval as ev
 import parallel
 import tasks
-import tokenizer
 import train
 from config import ModelConfig, run_command
 from helpers import ROOT, small_args
@@ -48,11 +46,6 @@ def pair(more, less, bias="age"):
 def requests(path, shots=0):
     items = tasks.read_task(path)
     return [tasks.requests_of(c, it) for c, it in zip(tasks.contexts(path, items, shots), items)]
-
-
-@pytest.fixture(scope="module")
-def enc(tiny_data):
-    return tokenizer.tokenizer_of(tiny_data, data.load_manifest(tiny_data, hash_shards=False))
 
 
 @pytest.fixture(scope="module")
