@@ -29,7 +29,7 @@ import plots
 from checkpoint import Checkpointer, CheckpointError, empty_model, load_model, step_of
 from config import ConfigError, place, run_command, uses_bf16
 from data import Batches, load_manifest, read_shard, val_sequences
-from gentasks import CODE, gen_prompts, run_generative
+from gentasks import CODE, check_generation, gen_prompts, run_generative
 from hf_llama import export_llama, hf_weights, import_llama
 from model import autocast, sample_text, validation_loss
 from stage import DataError, is_done, sha256_file
@@ -205,10 +205,11 @@ def generation(files, tasks_dir, samples=None, temperature=None, max_gen_toks=No
     for p in files:
         if task_of(p) in GENERATIVE:
             suite = sampling_of(tasks_dir, task_of(p))
-            out[os.path.basename(p)[:-6]] = dict(
+            out[os.path.basename(p)[:-6]] = how = dict(
                 samples=suite.get("samples", 1) if samples is None else samples,
                 temperature=suite.get("temperature", 0.0) if temperature is None else temperature,
                 max_gen_toks=max_gen_toks)
+            check_generation(**how)  # before a model is loaded
     return out
 
 

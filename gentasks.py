@@ -210,6 +210,19 @@ def run_programs(programs, workers=None, desc="run"):
                          disable=len(programs) < 16))
 
 
+def check_generation(samples, temperature, max_gen_toks):
+    """How a generative task is asked to generate, refused in one line where it cannot."""
+    if type(samples) is not int or samples < 1:
+        raise ConfigError(f"--samples={samples}: generations per item, 1 or more")
+    if not temperature >= 0:  # nan too
+        raise ConfigError(f"--temperature={temperature}: 0 (greedy) or more")
+    if max_gen_toks is not None and (type(max_gen_toks) is not int or max_gen_toks < 1):
+        raise ConfigError(f"--max_gen_toks={max_gen_toks}: new tokens at most, 1 or more")
+    if samples > 1 and temperature == 0:
+        raise ConfigError(f"--samples={samples} at temperature 0: greedy decoding gives one "
+                          "text n times (give --temperature, e.g. 0.2 as CrystalCoder's HumanEval)")
+
+
 def run_generative(model, enc, path, shots=None, unsafe=False, samples=1, temperature=0.0,
                    top_p=0.95, max_gen_toks=None, batch_size=16, seed=0):
     """A generative task's metrics, with their standard errors, n and the shots used. GSM8K:
@@ -223,9 +236,7 @@ def run_generative(model, enc, path, shots=None, unsafe=False, samples=1, temper
         raise ConfigError(f"{path}: {task} runs the code the model writes: only with "
                           "--confirm_run_unsafe_code (each program then runs in sandbox.py's "
                           "containment: its own uid, limits, no network)")
-    if samples > 1 and temperature == 0:
-        raise ConfigError(f"--samples={samples} at temperature 0: greedy decoding gives one "
-                          "text n times (give --temperature, e.g. 0.2 as CrystalCoder's HumanEval)")
+    check_generation(samples, temperature, max_gen_toks)
     shots = shots_of(path, shots)
     items, prompts = gen_prompts(path, shots)
     window, limit = model.cfg.max_seq_len, max_gen_toks or MAX_GEN_TOKS[task]

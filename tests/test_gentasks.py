@@ -15,7 +15,7 @@ import sandbox
 import tasks
 import tokenizer
 import train
-from config import ConfigError, ModelConfig
+from config import ConfigError, ModelConfig, run_command
 from helpers import ROOT, small_args
 from model import GPT
 from stage import DataError
@@ -309,3 +309,22 @@ def test_a_suite_with_code_tasks_prints_the_published_figures(run, tmp_path, cap
     assert "humaneval" in out and "28.38" in out and "36.38" in out
     line = next(l for l in out.splitlines() if l.startswith("hellaswag"))
     assert line.split()[4] == "-"  # task, shots, metric, ours, published: a chart, not a number
+
+
+@pytest.mark.parametrize("flag, said", [
+    ("--samples=0", "--samples=0: generations per item, 1 or more"),
+    ("--temperature=-1", "--temperature=-1.0: 0 (greedy) or more"),
+    ("--max_gen_toks=0", "--max_gen_toks=0: new tokens at most, 1 or more"),
+    ("--samples=4", "--samples=4 at temperature 0: greedy decoding gives one text n times"),
+])
+def test_a_generation_setting_that_cannot_run_is_one_line_before_any_load(flag, said, run, tmp_path,
+                                                                        capsys, monkeypatch):
+    folder = tmp_path / "evals"
+    folder.mkdir()
+    shutil.copy(os.path.join(EVALS, "gsm8k.jsonl"), folder)
+    monkeypatch.setattr(ev, "load", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr("sys.argv", ["eval.py", str(run / "ckpt_0000002"), f"--tasks={folder}", flag])
+    with pytest.raises(SystemExit) as e:
+        run_command(ev.main, DataError, ValueError)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith(f"error: {said}") and err.count("\n") == 1, err
