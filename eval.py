@@ -393,7 +393,7 @@ def parser():
                     help="a folder of task files (data/evals/ has a few hand-made items), or a seed's table: amber (its tasks in data/evals) or amber:FOLDER")
     sw.add_argument("--shots", type=int, default=None,
                     help="shots per task (default: the published count where the task's few-shot "
-                    "file is, else 0)")
+                    "file is, else 0; TruthfulQA 0 always, as lm-eval pins it)")
     sw.add_argument("--seqs", type=int, default=0,
                     help="held-out sequences per source (default: the run's eval_seqs) and "
                     "memorization sequences (default 64)")

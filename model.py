@@ -54,17 +54,21 @@ def attention(q, k, v, scale, impl, doc_ids=None):
     # q: (B, Tq, Hq, D), k and v: (B, Tk, Hkv, D),
     # the layout of nanokernels.flash_attention.flash_attn.
     # the queries are the last Tq positions of the Tk keys (Tq < Tk when decoding with a KV cache).
-    # doc_ids (B, T): a token sees only the keys of its own document (a run of equal ids)
+    # doc_ids (B, T): a token sees only the keys of its own document (a run of equal ids);
+    # or (B, Tq, Tk) booleans, the mask itself, for what runs cannot say (tasks.loglikelihoods:
+    # each answer sees its question and itself, not the other answers)
     Tq, Tk = q.size(1), k.size(1)
     if impl == "auto":
         impl = "triton" if q.is_cuda and HAVE_TRITON else "sdpa"
-    if impl == "triton" and Tq == Tk:
+    if impl == "triton" and Tq == Tk and (doc_ids is None or doc_ids.dim() == 2):
         from nanokernels.flash_attention import flash_attn
         return flash_attn(q, k, v, causal=True, softmax_scale=scale, doc_ids=doc_ids)
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))
     gqa = dict(enable_gqa=True) if q.size(1) != k.size(1) else {}
     if Tq == Tk and doc_ids is None:
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, **gqa)
+    elif doc_ids is not None and doc_ids.dim() == 3:
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=doc_ids[:, None], scale=scale, **gqa)
     else:
         mask = (torch.arange(Tk, device=q.device)[None, :]
                 <= torch.arange(Tk - Tq, Tk, device=q.device)[:, None])
@@ -229,16 +233,18 @@ class GPT(nn.Module):
                 nn.init.zeros_(m.bias)
         self.rope_cos, self.rope_sin = rope_tables(cfg, self.embed.weight.device)
 
-    def forward(self, idx, targets=None, caches=None, doc_ids=None, pos=None):
+    def forward(self, idx, targets=None, caches=None, doc_ids=None, pos=None, at=None):
         """idx (B, T) -> logits (B, T, V), or the mean cross-entropy when targets (B, T) are given
         (targets of -1 are ignored). With caches, idx continues the cached positions. With doc_ids
         (B, T, or all the keys' with caches), packed documents (runs of equal ids) do not attend
-        to each other. pos (B, T): each token's position, where rows do not start at 0 together
-        (left-padded prompts)."""
+        to each other; (B, T, T) booleans are the attention mask itself. pos (B, T): each token's
+        position, where rows do not start at 0 together (left-padded prompts, several answers
+        after one question). at (B, T) booleans: the logits (N, V) of those positions alone."""
         start = caches[0].len if caches else 0
         T = idx.size(1)
-        if start + T > self.cfg.max_seq_len:
-            raise ValueError(f"sequence of {start + T} tokens is longer than "
+        end = start + T if pos is None else int(pos.max()) + 1  # the last position, plus one
+        if end > self.cfg.max_seq_len:
+            raise ValueError(f"sequence of {end} tokens is longer than "
                              f"max_seq_len={self.cfg.max_seq_len}")
         cos, sin = ((self.rope_cos[start:start + T], self.rope_sin[start:start + T]) if pos is None
                     else (self.rope_cos[pos], self.rope_sin[pos]))
@@ -249,6 +255,8 @@ class GPT(nn.Module):
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, caches[i] if caches else None, doc_ids)
         x = self.norm(x)
+        if at is not None:  # scoring reads a few positions of each row: the rest need no logits
+            x = x[at]
         weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
         # never the (B, T, V) fp32 logits
         if targets is not None and self.loss_chunk and self.training:

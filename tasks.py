@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from config import place
-from model import GPT, KVCache, autocast
+from model import autocast
 from stage import DataError
 
 TASKS = ("hellaswag", "arc_easy", "arc_challenge", "mmlu", "ceval", "cmmlu", "piqa", "boolq",
@@ -50,6 +50,9 @@ SHOT_SPLIT = dict(hellaswag="train", arc_easy="train", arc_challenge="train", mm
                   openbookqa="train", winogrande="train", truthfulqa_mc1="validation",
                   truthfulqa_mc2="validation", race="test", crows_pairs_english="test",
                   gsm8k="train")
+# truthfulqa_mc1.yaml (and mc2, which includes it) says num_fewshot: 0, and lm-eval then ignores
+# --num_fewshot there: those shots are for a caller of contexts() alone
+PINNED = {"truthfulqa_mc1", "truthfulqa_mc2"}
 # lm-eval's MBPP shots are three fixed items of its own (gentasks.MBPP_SHOTS), not a file
 SHOT_FILES = tuple(f".{split}.jsonl" for split in sorted(set(SHOT_SPLIT.values())))
 FEWSHOT_SEED = 1234
@@ -371,10 +374,15 @@ def shots_file(path):
 
 def shots_of(path, shots=None):
     """The shots a task gets: those asked, else the published count where its few-shot file is,
-    else 0."""
+    else 0; TruthfulQA 0 whatever is asked, as lm-eval pins it."""
+    task = task_of(path)
+    if task in PINNED:
+        if shots:
+            warn_once(f"{os.path.basename(path)}: 0 shots, not {shots}: lm-eval pins TruthfulQA "
+                      "at 0 (its prompt holds six question-answer pairs already)")
+        return 0
     if shots is not None:
         return shots
-    task = task_of(path)
     return SHOTS[task] if task == "mbpp" or os.path.exists(shots_file(path) or "") else 0
 
 
@@ -445,117 +453,82 @@ def warn_once(msg):
         _said.add(msg)
         print(msg, file=sys.stderr)
 
-# an item's context is read once for all its choices where that saves this many tokens or more
-# (benchmarks/fewshot_bench.py: at 0 shots, HellaSwag's short contexts are faster read per row)
-SHARE_MIN_TOKENS = 256
-
 
 @torch.no_grad()
 def loglikelihoods(model, requests, batch_size=16, max_tokens=32768, desc="loglikelihood",
                    hint="", share_context=True):
     """log P(continuation | context) of each (context tokens, continuation tokens), summed over
-    the continuation: longest first, in batches of at most batch_size rows and max_tokens
-    tokens, each row one forward of context + continuation. Rows that are the same input
-    (single-token answers after one context: letters) are one forward. A request longer than
-    the model's window is cut from the left as lm-eval 0.4's HFLM cuts it, with one warning
-    (desc names the requests, hint says what keeps them whole). share_context: requests with the
-    same context tokens (an item's choices; with shots the context dwarfs the answers) read
-    their context once, through the model's KV cache, and their continuations on top of it,
-    batched; requests cut at the window, or alone with their context, or whose continuations are
-    all one token (one forward already), or whose sharing would save fewer than
-    SHARE_MIN_TOKENS tokens of context (0 shots: two small forwards cost more), go the way
-    above."""
+    the continuation. A request longer than the model's window is cut from the left as lm-eval
+    0.4's HFLM cuts it, with one warning (desc names the requests, hint says what keeps them
+    whole). The requests with the same context (an item's choices) are one row: the context
+    once, then each continuation less its last token, which is only predicted; each answer sees
+    the context and itself, at the positions it would have alone (share_context=False: a row per
+    request, lm-eval's layout, for benchmarks). Rows go longest first, in batches of at most
+    batch_size rows and max_tokens tokens (the rows that need that mask apart), and only the
+    positions that predict a continuation's token get logits."""
     device, limit = next(model.parameters()).device, model.cfg.max_seq_len
     bf16 = autocast(device, device.type == "cuda")
-    out = [0.0] * len(requests)
-    groups = {}  # context -> [request index] of the requests read whole
-    share_context = share_context and isinstance(model, GPT)  # a model with our KV cache
+    rows = {}  # context (or request, unshared) -> (context, [(request, the tokens it predicts)])
     for i, (ctx, cont) in enumerate(requests):
-        if share_context and ctx and cont and len(ctx) + len(cont) - 1 <= limit:
-            groups.setdefault(tuple(ctx), []).append(i)
-    groups = {ctx: idx for ctx, idx in groups.items()
-              if len(idx) > 1 and max(len(requests[i][1]) for i in idx) > 1
-              and (len(idx) - 1) * len(ctx) >= SHARE_MIN_TOKENS}
-    shared = {i for idx in groups.values() for i in idx}
-    for ctx in tqdm(sorted(groups, key=len, reverse=True), desc=desc + " (shared context)",
-                    disable=len(groups) < 4, leave=False):
-        idx = groups[ctx]
-        for i, value in zip(idx, shared_context(model, list(ctx), [requests[i][1] for i in idx],
-                                                batch_size, max_tokens, bf16)):
-            out[i] = value
-    rows = {}  # input -> [(request index, continuation)]
-    for i, (ctx, cont) in enumerate(requests):
-        if i in shared:
-            continue
-        # the model reads context + continuation less its last token, which is only
-        # predicted: the last `limit` of those, as lm-eval does
+        # the model reads the last `limit` tokens of context + continuation less its last
+        # token, as lm-eval does; the continuation's tokens there are the ones predicted
         ids = (ctx + cont)[-(limit + 1):]
-        rows.setdefault(tuple(ids[:-1]), []).append((i, cont))
+        n = min(len(cont), len(ids) - 1)
+        ctx = tuple(ids[:len(ids) - n])
+        rows.setdefault(ctx if share_context else i, (ctx, []))[1].append((i, ids[len(ids) - n:]))
     cut = sum(len(ctx) + len(cont) - 1 > limit for ctx, cont in requests)
-    warning = (f"warning: {desc}: {cut} of {len(requests)} requests are longer than the "
-               f"model's {limit}-token window: cut from the left, as lm-eval cuts them{hint}")
     if cut:
-        warn_once(warning)
-    order = sorted(rows, key=len, reverse=True)
+        warn_once(f"warning: {desc}: {cut} of {len(requests)} requests are longer than the "
+                  f"model's {limit}-token window: cut from the left, as lm-eval cuts them{hint}")
+
+    def width(row):  # the context, then each answer less its last token
+        return len(row[0]) + sum(max(len(t) - 1, 0) for _, t in row[1])
+
+    def tree(row):  # two answers read tokens after the context: the row needs a mask
+        return sum(len(t) > 1 for _, t in row[1]) > 1
+    # the rows with a mask apart from the rest (a batch of plain rows is plain causal attention)
+    rows = sorted(rows.values(), key=lambda row: (not tree(row), -width(row)))
     batches, start = [], 0
-    while start < len(order):
-        n = max(1, min(batch_size, max_tokens // len(order[start])))
-        batches.append(order[start:start + n])
-        start += n
-    for batch in tqdm(batches, desc=desc, disable=len(batches) < 4, leave=False):
-        T = len(batch[0])
-        x = torch.zeros(len(batch), T, dtype=torch.long)
-        for r, ids in enumerate(batch):
-            # padded on the right: causal attention never sees it
-            x[r, :len(ids)] = torch.tensor(ids)
+    while start < len(rows):
+        T, kind = width(rows[start]), tree(rows[start])
+        n = max(1, min(batch_size, max_tokens // T))
+        batch = [row for row in rows[start:start + n] if tree(row) == kind]  # (sorted: a prefix)
+        batches.append((T, batch))
+        start += len(batch)
+    out = torch.zeros(len(requests), dtype=torch.float64)
+    for T, batch in tqdm(batches, desc=desc, disable=len(batches) < 4, leave=False):
+        x, position = (torch.zeros(len(batch), T, dtype=torch.long) for _ in "xp")
+        part = torch.full((len(batch), T), -1)  # 0: the context, c: the answer at c, -1: padding
+        at = torch.zeros(len(batch), T, dtype=torch.bool)  # the positions that predict a token
+        reads, index, targets = [], [], []  # per token predicted: (row, position), request, token
+        for r, (ctx, answers) in enumerate(batch):
+            P = c = len(ctx)
+            x[r, :P], position[r, :P], part[r, :P], at[r, P - 1] = torch.tensor(ctx), torch.arange(P), 0, True
+            for i, toks in answers:
+                if not toks:  # nothing to predict: log P = 0
+                    continue
+                m = len(toks) - 1  # read at positions P.. as if alone after the context
+                x[r, c:c + m], position[r, c:c + m] = torch.tensor(toks[:-1]), torch.arange(P, P + m)
+                part[r, c:c + m], at[r, c:c + m] = c, True
+                reads += [(r, P - 1)] + [(r, p) for p in range(c, c + m)]
+                index += [i] * len(toks)
+                targets += toks
+                c += m
+        mask = pos = None
+        if tree(batch[0]):
+            # a row of two answers: a token sees the keys before it of the context and of its own
+            # answer (with one, plain causal attention is that)
+            mask = (torch.ones(T, T, dtype=torch.bool).tril()
+                    & ((part[:, None, :] == 0) | (part[:, None, :] == part[:, :, None]))).to(device)
+            pos = position.to(device)
         with bf16:
-            logits = model(x.to(device))
-        for r, ids in enumerate(batch):
-            # the continuation's tokens are the targets of the last positions
-            for i, cont in rows[ids]:
-                pos = torch.arange(max(0, len(ids) - len(cont)), len(ids))
-                logp = F.log_softmax(logits[r, pos].double(), -1)
-                out[i] = logp.gather(
-                    1, torch.tensor(cont[-len(pos):], device=logp.device)[:, None]).sum().item()
-    return out
-
-
-def shared_context(model, ctx, conts, batch_size=16, max_tokens=32768, bf16=None):
-    """log P(cont | ctx) summed, for each of conts after the one context ctx (read whole: ctx and
-    each continuation less its last token fit the window): ctx once, into a KV cache, whose
-    last position predicts each continuation's first token; then the continuations less their
-    last token, right-padded (causal attention never sees it), in batches on copies of that
-    cache. The same model call as a full forward, position for position."""
-    device = next(model.parameters()).device
-    bf16 = autocast(device, device.type == "cuda") if bf16 is None else bf16
-    extra = max(len(c) for c in conts) - 1
-    caches = [KVCache(1, len(ctx) + extra) for _ in model.blocks]
-    with bf16:
-        first = model(torch.tensor([ctx], device=device), caches=caches)[0, -1]
-    out = []
-    n = max(1, min(batch_size, max_tokens // (len(ctx) + extra)))
-    for start in range(0, len(conts), n):
-        batch = conts[start:start + n]
-        T = max(len(c) for c in batch) - 1
-        logits = None
-        if T:
-            x = torch.zeros(len(batch), T, dtype=torch.long)
-            for r, c in enumerate(batch):
-                x[r, :len(c) - 1] = torch.tensor(c[:-1])
-            rows = []
-            for c in caches:  # the context's keys and values, one copy per row
-                row = KVCache(len(batch), len(ctx) + T)
-                row.k, row.v = (t.new_zeros(row.shape + t.shape[2:]) for t in (c.k, c.v))
-                row.k[:, :len(ctx)], row.v[:, :len(ctx)] = c.k[:, :len(ctx)], c.v[:, :len(ctx)]
-                row.len = len(ctx)
-                rows.append(row)
-            with bf16:
-                logits = model(x.to(device), caches=rows)
-        for r, c in enumerate(batch):
-            lg = first[None] if len(c) == 1 else torch.cat([first[None], logits[r, :len(c) - 1]])
-            logp = F.log_softmax(lg.double(), -1)
-            out.append(logp.gather(1, torch.tensor(c, device=logp.device)[:, None]).sum().item())
-    return out
+            logits = model(x.to(device), doc_ids=mask, pos=pos, at=at.to(device))
+        logp = F.log_softmax(logits.double(), -1)
+        row = (at.flatten().cumsum(0) - 1).view(at.shape)  # (row, position) -> its logits' row
+        rr, pp = torch.tensor(reads).T
+        got = logp[row[rr, pp].to(device), torch.tensor(targets, device=device)]
+        out.index_add_(0, torch.tensor(index), got.cpu())
+    return out.tolist()
 
 
 def stderr(hits):

@@ -1,6 +1,6 @@
-"""Few-shot scoring, today's path (every request reads its context + continuation) against the
-shared context (tasks.loglikelihoods' share_context: an item's context once, through the KV
-cache, its continuations batched on top), on HellaSwag-format items at 0 and 10 shots and
+"""Few-shot scoring, a row per request (every request reads its context + continuation, lm-eval's
+layout) against the shared context (tasks.loglikelihoods' share_context: an item's context once,
+its continuations after it in the same row, each seeing the context and itself), on HellaSwag-format items at 0 and 10 shots and
 MMLU-format items at 5 shots, synthesized from data/tiny's English text (items and their own
 shot file). One torch thread by default (--threads). Best of 3 wall-clock seconds per path; the largest difference of a request's
 log-likelihood between the two paths is printed too.
@@ -105,7 +105,7 @@ def main(argv=None):
           f"{'seconds':>8s} {'ratio':>6s} {'max |diff| nats':>15s}")
     for i, (task, shots, n, cut, tokens, share, sec, *diff) in enumerate(rows):
         base = rows[i - 1][6] if share else sec
-        print(f"{task:10s} {'cached' if share else 'today':8s} {shots:5d} {n:8d} {cut:4d} "
+        print(f"{task:10s} {'shared' if share else 'per row':8s} {shots:5d} {n:8d} {cut:4d} "
               f"{tokens:7d} {sec:8.3f} {base / sec:5.2f}x "
               f"{(f'{diff[0]:.2e}' if diff else ''):>15s}")
 

@@ -144,10 +144,7 @@ TASKS = {
 EXTRA = {  # lines added to lm-eval's config: the description its per-subject configs add (one subject here),
     "mmlu": 'description: "The following are multiple choice questions (with answers) about world literature.\\n\\n"',
     "ceval": 'description: "以下是中国关于中国语言文学的单项选择题，请选出其中的正确答案。\\n\\n"',
-    "cmmlu": 'description: "以下是关于中国古代文学的单项选择题，请直接给出正确答案的选项。\\n\\n"',
-    # and TruthfulQA's num_fewshot: 0 unpinned (lm-eval ignores --num_fewshot there) so that k shots,
-    # drawn from the validation split, are compared too
-    "truthfulqa_mc1": "num_fewshot: null", "truthfulqa_mc2": "num_fewshot: null"}
+    "cmmlu": 'description: "以下是关于中国古代文学的单项选择题，请直接给出正确答案的选项。\\n\\n"'}
 
 
 def build(folder, seed=0):
@@ -228,8 +225,9 @@ def lmeval_side(items_dir, hf_dir, threads):
         if key not in loaded:  # tasks and datasets loaded once per setting, outside the timing
             t = time.perf_counter()
             loaded[key] = tm.load([f"parity_{task}" for task in cmd["shots"]])
-            for name, task in loaded[key]["tasks"].items():  # as simple_evaluate sets them up
-                task.set_config(key="num_fewshot", value=cmd["shots"][name[len("parity_"):]])
+            for name, task in loaded[key]["tasks"].items():  # as simple_evaluate sets them up:
+                if task.get_config("num_fewshot") != 0:  # a task pinned at 0 (TruthfulQA) keeps it
+                    task.set_config(key="num_fewshot", value=cmd["shots"][name[len("parity_"):]])
                 clock.wrap(task, "build_all_requests", "prompts")
             setup[key] = time.perf_counter() - t
         for task in loaded[key]["tasks"].values():
@@ -275,7 +273,7 @@ class Ours:
 
     def __init__(self, path, items_dir, threads, progress):
         import torch, eval as ev, tasks
-        self.T, self.items_dir, self.share_min = tasks, items_dir, tasks.SHARE_MIN_TOKENS
+        self.T, self.items_dir = tasks, items_dir
         torch.set_num_threads(threads)
         self.threads = torch.get_num_threads()
         self.model, _, self.enc, _ = ev.load(ev.checkpoints(path)[-1], "cpu")
@@ -285,12 +283,14 @@ class Ours:
         tasks.tqdm = functools.partial(tasks.tqdm, file=progress)
         for name, key in (("contexts", "prompts"), ("encode_pair", "tokenize"), ("loglikelihoods", "score")):
             self.clock.wrap(tasks, name, key)
+        self.score = tasks.loglikelihoods
         self.clock.forwards(self.model)
 
     def rows(self, task, shots, bs):
         import numpy as np
         T = self.T
-        items, prompts = T.task_prompts(os.path.join(self.items_dir, f"{task}.jsonl"), shots)
+        path = os.path.join(self.items_dir, f"{task}.jsonl")
+        items, prompts = T.task_prompts(path, T.shots_of(path, shots))  # TruthfulQA: 0, pinned
         reqs = [T.requests_of(c, item) for c, item in zip(prompts, items)]
         toks = [T.encode_pair(self.enc, *r) for rs in reqs for r in rs]
         ll, out = iter(T.loglikelihoods(self.model, toks, bs)), []
@@ -305,11 +305,14 @@ class Ours:
         return dict(rows=out, cut=sum(len(c) + len(d) - 1 > self.model.cfg.max_seq_len for c, d in toks))
 
     def run(self, shots, bs, share=True):
-        self.T.SHARE_MIN_TOKENS = self.share_min if share else 1 << 62  # off: no context worth sharing
+        self.T.loglikelihoods = functools.partial(self.score, share_context=share)  # off: a row per request
         self.clock.spans = {}
         t = time.perf_counter()
-        run = {task: self.T.run_task(self.model, self.enc, os.path.join(self.items_dir, f"{task}.jsonl"), k, bs)
-               for task, k in shots.items()}
+        try:
+            run = {task: self.T.run_task(self.model, self.enc, os.path.join(self.items_dir, f"{task}.jsonl"), k, bs)
+                   for task, k in shots.items()}
+        finally:
+            self.T.loglikelihoods = self.score
         acc = {task: r["acc"] if "acc" in r else r["pct_stereotype"] for task, r in run.items()}
         return dict(seconds=time.perf_counter() - t, spans=self.clock.spans, acc=acc)
 
@@ -337,6 +340,7 @@ def compare(runs, ours, theirs):
             if (len(mine) != len(them) or same != nreq or nreq != sum(len(t["args"]) for t in them) or gap > 1e-4
                     or nacc != len(mine) or accn[0] != "(" and naccn != len(mine)):
                 bad.append(f"{task} at {k} shots")
+            k = f"0 (pinned; {k} asked)" if k and task.startswith("truthfulqa") else k  # both sides pin it
             lines.append(f"| {task} | {k} | {len(mine)} | {nreq} | {same}/{nreq} | {gap:.2e} | {acc} | {accn} | "
                          + " / ".join(f"{sum(r['acc'] for r in rs) / len(rs):.3f}" for rs in (mine, them)) + " |")
     return lines, worst, bad
