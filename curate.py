@@ -26,13 +26,15 @@ from itertools import count as counter, repeat
 
 import numpy as np
 
+import claims
 from config import ROOT, ConfigError, load_config, place, pop_flag, run_command
 from data import tokenize
 from dedup import dedup_corpus
 from fetch import archive_members, fetch_pinned
 from guard import json_dict, output_problem
 from kept import DocWriter, count, finish_documents
-from stage import (DataError, Progress, Stage, already_done, commit_dir, read_json,
+from executor import Stage
+from stage import (DataError, Progress, already_done, commit_dir, read_json,
                    report_problems, sample_documents, sha256_file, tmp_dir, write_json)
 from tokenizer import train_bpe
 
@@ -589,7 +591,7 @@ def pipeline(cfg, rank=0, world=1):
 
 def stages(cfg, cmd, rank=0, world=1):
     """One stage of cfg: clean (source_dir -> clean_dir), dedup (clean_dir -> docs_dir) or
-    train-tokenizer (docs_dir -> tokenizer; rank 0 alone, the others wait for it)."""
+    train-tokenizer (docs_dir -> tokenizer; one worker, the others wait for it)."""
     if cmd in ("clean", "dedup") and not (cfg.clean_dir and (cfg.source_dir or cmd == "dedup")):
         raise ConfigError(f"{cmd} needs source_dir and clean_dir in the config "
                           "(see config/demo_small.py)")
@@ -603,12 +605,20 @@ def stages(cfg, cmd, rank=0, world=1):
     elif not cfg.tokenizer.endswith(".tiktoken"):
         raise ConfigError(f"train-tokenizer writes the file named by tokenizer, which must end in "
                           f".tiktoken (got tokenizer={cfg.tokenizer!r})")
-    elif rank == 0:
-        train_tokenizer(cfg.docs_dir, cfg.tokenizer, cfg.tokenizer_vocab, cfg.tokenizer_sample,
-                        cfg.seed)
-    else:
+    else:  # one worker trains it, the first to claim it (static: rank 0); the others wait
+        leases = claims.Leases()
         while not os.path.exists(cfg.tokenizer):
-            time.sleep(1)
+            claim = leases.take(cfg.tokenizer) if not claims.STATIC else None
+            if claim is None and (not claims.STATIC or rank):
+                time.sleep(1)
+                continue
+            try:
+                train_tokenizer(cfg.docs_dir, cfg.tokenizer, cfg.tokenizer_vocab,
+                                cfg.tokenizer_sample, cfg.seed)
+            finally:
+                if claim is not None:
+                    leases.drop(claim)
+                    claims.clear(cfg.tokenizer)
 
 
 COMMANDS = ("fetch-demo", "clean", "dedup", "train-tokenizer", "pipeline")

@@ -19,7 +19,8 @@ import numpy as np
 
 from config import (RENAMED, ConfigError, config_from_dict, global_batch, load_config, place,
                     pop_flag, run_command)
-from stage import (DataError, Progress, Stage, already_done, is_done, read_json, sha256_file,
+from executor import Stage
+from stage import (DataError, Progress, already_done, is_done, read_json, sha256_file,
                    splitmix64, write_json, written_by)
 from tokenizer import FIM_TOKENS, install, load_json, tokenizer_of, tokenizer_sha256
 

@@ -35,7 +35,8 @@ from itertools import repeat
 import numpy as np
 
 from kept import DocWriter, count, finish_documents
-from stage import Stage, already_done, input_files, read_json, splitmix64, write_json
+from executor import Stage
+from stage import already_done, input_files, read_json, splitmix64, write_json
 
 _NON_WORD = re.compile(r"[\W_]+")  # \w is every unicode letter and digit, CJK included
 

@@ -1,24 +1,16 @@
 """
 What every corpus command shares (curate.py, dedup.py, data.py's tokenize): progress a log can
-follow, documents in, folders written whole, the Stage executor (the folder it may write, its
-lock, a full disk said in one line), the report and timing writers. Nothing here imports torch;
-the fetcher of pinned archives is fetch.py.
-
-A stage turns a folder of documents into an output folder by independent tasks, in the manner
-of datatrove: the input is cut into pieces of about shard_mb (plan_pieces), each task writes a
-folder of its own whole (tmp_dir -> commit_dir, DONE last), and rank 0 assembles the output
-from them. So the same command runs as N local processes, one worker per torchrun rank or one
-Slurm array task (a shared filesystem holds the folders); a rerun skips every task with DONE,
-so a stage killed halfway resumes where it stopped; and a task's output depends on its inputs
-only, so the result is the same bytes for any number of workers.
+follow, the documents in (the input's files, cut into pieces at line boundaries, read and
+sampled), folders written whole (tmp_dir -> commit_dir, DONE last), and what tells a complete
+output. The Stage executor that runs a stage's tasks over these is executor.py. Nothing here
+imports torch; the fetcher of pinned archives is fetch.py.
 """
-import contextlib, errno, gzip, hashlib, heapq, itertools, json, os, re, shutil, sys, time, zlib
+import errno, gzip, hashlib, heapq, json, os, re, shutil, sys, time, zlib
 
 import numpy as np
 from tqdm import tqdm
 
-from guard import (OUTPUT_KEYS, Busy, FileLock, alive, command_id, describe, json_dict,
-                   output_problem)
+from guard import OUTPUT_KEYS
 
 
 class DataError(Exception):
@@ -356,11 +348,12 @@ def tmp_dir(final, create=True, keep=()):
     return tmp
 
 
-def commit_dir(tmp, final, done=""):
+def commit_dir(tmp, final, done="", replace=True):
     """Complete a folder written in tmp: its files on disk (so a power cut cannot reorder them),
     then DONE (holding done: a dict is written as JSON, such as a stage's {"stage": name}), then
     tmp renamed to final. An older final is renamed away first and removed after, so no crash
-    leaves a complete-looking folder without its files."""
+    leaves a complete-looking folder without its files; replace=False: FileExistsError where
+    final is there (a task that another worker committed first)."""
     for d, _, files in os.walk(tmp):
         for name in files:
             with open(os.path.join(d, name), "rb+") as f:
@@ -369,6 +362,14 @@ def commit_dir(tmp, final, done=""):
         f.write(done if isinstance(done, str) else json.dumps(done))
         os.fsync(f.fileno())
     final = final.rstrip(os.sep)
+    if not replace:
+        try:  # a rename onto a folder that holds files fails, whoever made it
+            os.rename(tmp, final)
+        except OSError as e:
+            if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                raise FileExistsError(final) from None
+            raise
+        return final
     old = os.path.join(os.path.dirname(final), ".del_" + os.path.basename(final))
     shutil.rmtree(old, ignore_errors=True)
     if os.path.exists(final):
@@ -380,6 +381,13 @@ def commit_dir(tmp, final, done=""):
 
 def is_done(path):
     return os.path.exists(os.path.join(path, DONE))
+
+
+def remove_if_there(path):
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
 
 
 def written_by(path):
@@ -410,247 +418,3 @@ def already_done(path, what, marker=DONE):
                         f"{what}'s; choose an empty or new {OUTPUT_KEYS.get(what, 'folder')}")
     print(f"{what}: {path} is complete{f' ({marker})' if marker else ''}; delete it to redo {what}")
     return True
-
-
-# -----------------------------------------------------------------------------
-# the Stage executor
-
-def _run_task(job):
-    """One task: fn(stage, i, folder) fills a fresh temporary folder, which becomes final whole
-    (one that fails is removed: the space it took, back)."""
-    stage, final, fn, i, args = job
-    tmp, t0 = tmp_dir(final), time.time()
-    try:
-        fn(stage, i, tmp, *args)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    commit_dir(tmp, final)
-    return time.time() - t0
-
-
-class Stage:
-    """A folder out_dir made from the documents under src by tasks; settings (anything that
-    changes the result) and the input files' names, sizes and times are its key: a rerun with
-    the same key resumes, any other starts over. workers: local processes (0: every core);
-    rank, world: this process among world workers (config.place), each running its share.
-    out_dir must be new, empty or the stage's own (guard.output_problem; documents=True: not
-    inside src either). Rank 0 plans and assembles holding .tmp_<out_dir>/LOCK: the ranks of
-    its command (command_id) join it, another command is refused. A full disk: one line."""
-
-    def __init__(self, name, src, out_dir, settings, task_bytes, workers=0, rank=0, world=1,
-                 setup=None, documents=False):
-        self.name, self.root, self.out_dir = name, src, out_dir.rstrip(os.sep)
-        self.rank, self.world, self.lock = rank, world, None
-        self.tmp = tmp_dir(self.out_dir, create=False)
-        self.workers = 1 if world > 1 else workers or os.cpu_count() or 1
-        self.seconds, self._tasks, self._pool, self.sizes, self.links = {}, None, None, [], []
-        if is_done(self.out_dir):
-            return
-        why = output_problem(name, self.out_dir, self.tmp, src, documents)
-        if why:
-            raise DataError(why)
-        files, other = input_files(src, self.links)
-        if not files:
-            raise DataError(f"{src}: no documents found "
-                            "(looked for .jsonl, .jsonl.gz and .txt files)")
-        self.skipped = skipped_note(src, other)
-        self._tasks = plan_pieces(src, files, max(1, int(task_bytes)))
-        rel = {p: os.path.relpath(p, src) if p != src else "" for p in files}
-        size = {rel[p]: os.path.getsize(p) for p in files}
-        self.sizes = [sum((b if b is not None else size[f]) - a for f, a, b in t)
-                      for t in self._tasks]
-        plan = dict(stage=name, settings=settings, tasks=self._tasks)
-        stats = [[rel[p], os.stat(p).st_size, os.stat(p).st_mtime_ns] for p in files]
-        key_path, key = (os.path.join(self.tmp, "key.json"),
-                         json.loads(json.dumps(dict(plan, files=stats))))
-        if rank == 0:
-            try:
-                with self._disk():
-                    self._plan(plan, key_path, key, setup)
-            except BaseException:
-                self.__exit__()  # the lock let go
-                raise
-        else:
-            me, lock = command_id(), os.path.join(self.tmp, LOCK)
-
-            def planned():  # by rank 0 of this command, not by another command
-                holder = json_dict(lock)
-                if holder.get("command", me) != me and alive(holder):
-                    self._busy(holder)
-                return self.done or holder.get("command") == me and read_json(key_path) == key
-            self._wait(planned, f"rank 0 to plan {self.tmp}")
-
-    def _plan(self, plan, key_path, key, setup):
-        """Rank 0: the lock, then the plan, or the one there when its key is the same."""
-        os.makedirs(self.tmp, exist_ok=True)
-        try:
-            self.lock = FileLock(os.path.join(self.tmp, LOCK))
-        except Busy as e:
-            self._busy(e.holder)
-        if self.lock.taken_over:
-            print(f"{self.lock.path}: taking over the lock of a command that is gone "
-                  f"({describe(self.lock.taken_over)})")
-        if self.done:  # finished by another command while this one looked
-            self.__exit__()
-            shutil.rmtree(self.tmp, ignore_errors=True)
-        elif read_json(key_path) == key:
-            print(f"{self.name}: resuming {self.tmp} ({self.finished()} tasks finished)")
-        else:  # anything there was made from other inputs or settings
-            tmp_dir(self.out_dir, keep=(LOCK,))
-            if setup:
-                setup(self.tmp)
-            write_json(os.path.join(self.tmp, "plan.json"), plan)
-            write_json(key_path, key)  # last: the other workers start when it is there
-
-    def _busy(self, holder):
-        path = os.path.join(self.tmp, LOCK)
-        raise DataError(f"{self.out_dir}: {self.name} is running on it in another command "
-                        f"({describe(holder)}; {path}): wait for it to end, or choose another "
-                        f"{OUTPUT_KEYS.get(self.name, 'output folder')}; if none is running, "
-                        f"delete {path}")
-
-    @contextlib.contextmanager
-    def _disk(self):
-        """A full disk (or a file size limit) as one line: the folder, the free space, and that
-        a rerun resumes (the finished tasks are kept)."""
-        try:
-            yield
-        except OSError as e:
-            if e.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
-                raise
-            free = shutil.disk_usage(os.path.dirname(os.path.abspath(self.tmp))).free
-            raise DataError(f"{self.out_dir}: writing it failed: {e.strerror} "
-                            f"({free / 2**30:.2f} GiB free on that disk; {self.finished()} "
-                            f"finished tasks kept in {self.tmp}): make room, then rerun to "
-                            "resume") from None
-
-    @property
-    def done(self):
-        return is_done(self.out_dir)
-
-    @property
-    def tasks(self):
-        """The pieces of every task (plan.json, read once per process)."""
-        if self._tasks is None:
-            self._tasks = read_json(os.path.join(self.tmp, "plan.json"))["tasks"]
-        return self._tasks
-
-    def __getstate__(self):  # what goes to a worker process: not the plan, which it reads itself
-        return {**self.__dict__, "_tasks": None, "_pool": None, "sizes": [], "lock": None}
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if self._pool is not None:
-            self._pool.terminate()
-            self._pool = None
-        if self.lock is not None:
-            self.lock.release()
-            self.lock = None
-
-    def documents(self, i, problems):
-        """The documents of task i, in order."""
-        for rel, start, end in self.tasks[i]:
-            yield from read_piece(self.root, rel, start, end, problems)
-
-    def path(self, phase, i=None):
-        """The folder of task i of phase (or of the whole phase)."""
-        return os.path.join(self.tmp, "work", phase, *([] if i is None else [f"{i:06d}"]))
-
-    def finished(self):
-        return sum(DONE in fs for _, _, fs in os.walk(os.path.join(self.tmp, "work")))
-
-    def run(self, phase, n, fn, *args):
-        """Run tasks 0..n-1 of phase, fn(stage, i, folder, *args) each, and return when all n are
-        done (by any worker). A task with DONE is not run again; nothing runs once the whole
-        stage is (the other workers may have finished it while this one was on its way)."""
-        t0 = time.time()
-        if self.done:
-            return
-        mine = [i for i in range(n) if i % self.world == self.rank]
-        todo = [i for i in mine if not is_done(self.path(phase, i))]
-        if len(todo) < len(mine):
-            print(f"{self.name} {phase}: {len(mine) - len(todo)} of {len(mine)} tasks already done")
-        if n == len(self.sizes):  # tasks over the input: the largest first, none left to run alone
-            todo.sort(key=lambda i: -self.sizes[i])
-        jobs = [(self, self.path(phase, i), fn, i, args) for i in todo]
-        runs = map(_run_task, jobs)  # lazily: each task as the progress below asks for it
-        if self.workers > 1 and len(jobs) > 1:
-            # spawned, not forked: fresh processes, whatever threads this one has
-            if self._pool is None:
-                import multiprocessing
-                self._pool = multiprocessing.get_context("spawn").Pool(self.workers)
-            runs = self._pool.imap_unordered(_run_task, jobs)
-        desc = self.name if phase == self.name else f"{self.name} {phase}"
-        with self._disk():
-            for _ in Progress(desc, runs, " tasks", len(mine), len(mine) - len(todo)):
-                pass
-        left = [self.path(phase, i) for i in range(n)]
-        while left and not self.done:  # the tasks of other workers
-            left = [p for p in left if not is_done(p)]
-            if left:
-                self._wait(lambda: self.done or is_done(left[0]),
-                           f"{len(left)} tasks of {phase} that other workers run")
-        self.seconds[phase] = round(time.time() - t0, 3)
-
-    def finish(self, assemble):
-        """Rank 0: assemble(folder) writes the outputs from the tasks' folders, then the work is
-        removed and the folder becomes out_dir whole. The other ranks wait for that."""
-        if self.done:  # (another command finished it while this one planned)
-            return
-        if self.rank == 0:
-            with self._disk():
-                assemble(self.tmp)
-                shutil.rmtree(os.path.join(self.tmp, "work"), ignore_errors=True)
-                os.remove(os.path.join(self.tmp, "key.json"))
-                commit_dir(self.tmp, self.out_dir, dict(stage=self.name))
-            self.lock.release(moved_to=os.path.join(self.out_dir, LOCK))  # it went along
-            self.lock = None
-        else:
-            self._wait(lambda: is_done(self.out_dir), f"rank 0 to write {self.out_dir}")
-
-    def move(self, phase, i, name, dest):
-        """Move a file of a finished task to dest (a rerun after a crash here finds it moved)."""
-        src = os.path.join(self.path(phase, i), name)
-        if os.path.exists(src):
-            os.makedirs(os.path.dirname(dest), exist_ok=True)
-            os.replace(src, dest)
-        elif not os.path.exists(dest):
-            raise DataError(f"{src}: missing from a finished task")
-
-    def _wait(self, ready, what):
-        t0 = last = time.time()
-        while not ready():
-            if time.time() - last > 60:
-                print(f"{self.name}: rank {self.rank} of {self.world} waiting "
-                      f"{time.time() - t0:.0f} s for {what}", file=sys.stderr)
-                last = time.time()
-            time.sleep(0.5)
-
-    # --- what a stage writes beside its outputs: problems.log, report.json, timing.json
-
-    def write_problems(self, folder, problems_of_tasks):
-        """folder/problems.log: the problems of each task (an iterable of lists, read one task at
-        a time), then the symbolic links of the input and the files that are not documents; the
-        first 20 printed. Returns the count."""
-        shown, count = [], 0
-        skipped = [self.links + ([self.skipped] if self.skipped else [])]
-        with open(os.path.join(folder, "problems.log"), "w", encoding="utf-8") as log:
-            for problems in itertools.chain(problems_of_tasks, skipped):
-                log.writelines(p + "\n" for p in problems)
-                shown += problems[:max(0, 21 - len(shown))]
-                count += len(problems)
-        report_problems(shown, self.root, count, os.path.join(self.out_dir, "problems.log"))
-        return count
-
-    def write_timing(self, folder, size, seconds):
-        """folder/timing.json, and the stage's throughput in one line."""
-        write_json(os.path.join(folder, "timing.json"),
-                   dict(seconds=round(seconds, 3), phases=self.seconds, bytes=size,
-                        workers=self.workers, world=self.world, cores=os.cpu_count()))
-        ranks = f" x {self.world} ranks" if self.world > 1 else ""
-        print(f"{self.name}: {size / 1e6:.1f} MB in {seconds:.1f} s, "
-              f"{size / 1e6 / max(seconds, 1e-9) / self.workers:.1f} MB/s per worker, "
-              f"{self.workers} worker{'s' * (self.workers > 1)}{ranks}")

@@ -1,0 +1,106 @@
+"""claims.py by itself: a claim is exclusive, a live lease is never taken over, a dead one is
+after its lease (by one worker alone), an overtaken worker commits nothing, a committed task is
+never replaced, and claims.work runs every task once across workers that come and go.
+(The stages on a simulated cluster: test_cluster.py.)"""
+import os, threading, time
+
+import claims
+import stage
+
+
+def dead(leases, claim):
+    """A worker that died holding claim: its file stays, nobody touches it."""
+    leases.drop(claim)
+
+
+def test_a_claim_is_exclusive_and_a_live_lease_is_kept(tmp_path):
+    base = str(tmp_path / "000001")
+    a, b = claims.Leases(0.4), claims.Leases(0.4)
+    mine = a.take(base)
+    assert mine is not None and mine.gen == 0 and mine.held()
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 1.5:  # a's thread touches it every 0.1 s: never expires
+        assert b.take(base) is None
+        time.sleep(0.05)
+    assert mine.held() and claims.newest(base) == 0
+
+
+def test_a_dead_worker_s_claim_is_taken_over_by_one_worker_after_its_lease(tmp_path):
+    base = str(tmp_path / "000002")
+    a = claims.Leases(0.3)
+    old = a.take(base)
+    dead(a, old)
+    others = [claims.Leases(0.3) for _ in range(4)]
+    assert all(o.take(base) is None for o in others)  # first sight: its lease starts now
+    time.sleep(0.35)
+    got = [o.take(base) for o in others]
+    took = [c for c in got if c is not None]
+    assert len(took) == 1 and took[0].gen == 1 and took[0].held()
+    assert not old.held()  # the dead (or stopped) one finds itself overtaken
+
+
+def test_an_overtaken_worker_commits_nothing_and_a_commit_is_never_replaced(tmp_path):
+    final = str(tmp_path / "000003")
+    a, b = claims.Leases(0.2), claims.Leases(0.2)
+    stale = a.take(final)
+    dead(a, stale)
+    b.take(final)
+    time.sleep(0.25)
+    new = b.take(final)
+    assert new is not None and new.gen == 1
+    for who, claim, text in (("stale", stale, b"old"), ("new", new, b"new")):
+        tmp = tmp_path / f".tmp_{who}"
+        tmp.mkdir()
+        (tmp / "out").write_bytes(text)
+        committed = claims.commit_task(str(tmp), final, claim, stage.commit_dir)
+        assert committed == (who == "new") and not tmp.exists()
+    assert open(os.path.join(final, "out"), "rb").read() == b"new"
+    # a second commit by the holder (say a worker's retry) leaves the first in place
+    tmp = tmp_path / ".tmp_again"
+    tmp.mkdir()
+    (tmp / "out").write_bytes(b"again")
+    assert not claims.commit_task(str(tmp), final, new, stage.commit_dir)
+    assert open(os.path.join(final, "out"), "rb").read() == b"new" and stage.is_done(final)
+
+
+def test_work_runs_every_task_once_across_workers_one_of_which_dies(tmp_path):
+    """Workers in threads over 12 tasks: one commits two and dies holding a third (its claim
+    untouched from then on); two others finish everything, each task committed once."""
+    bases = [str(tmp_path / f"{i:06d}") for i in range(12)]
+    ran, lock = [], threading.Lock()
+
+    def worker(name, die_after=None):
+        leases = claims.Leases(0.3)
+        count = [0]
+
+        def start(i, claim):
+            count[0] += 1
+            if die_after is not None and count[0] > die_after:
+                raise SystemExit  # dies holding this claim, before any commit
+            with lock:
+                ran.append((name, i))
+            tmp = tmp_path / f".tmp_{i}.{claim.gen}"
+            tmp.mkdir()
+            (tmp / "who").write_text(name)
+            claims.commit_task(str(tmp), bases[i], claim, stage.commit_dir)
+            return claims.Finished(i)
+        try:
+            got = list(claims.work(leases, bases, stage.is_done, start, range(12), poll=0.01))
+            assert sorted(got) == list(range(12))
+        except SystemExit:
+            for c in list(leases.held.values()):
+                dead(leases, c)
+    threads = [threading.Thread(target=worker, args=("dies", 2))]
+    threads[0].start()
+    threads[0].join()
+    threads = [threading.Thread(target=worker, args=(n,)) for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert all(stage.is_done(b) for b in bases)
+    committed = {i: open(os.path.join(bases[i], "who")).read() for i in range(12)}
+    assert sorted(i for _, i in ran) == list(range(12))  # each task ran (and committed) once
+    assert {committed[i] for i in range(12)} <= {"dies", "a", "b"}
+    assert sum(v == "dies" for v in committed.values()) == 2
+    assert claims.newest(bases[2]) == 1  # the task it died on: taken over, generation 1
