@@ -171,14 +171,18 @@ class Finished:
         return self.value
 
 
-def work(leases, bases, done, start, todo, workers=1, poll=0.2, waiting=None):
+def work(leases, bases, done, start, todo, workers=1, wake=None, waiting=None):
     """Yield i as each task i in todo (bases[i]: its final folder; done(base) when committed) is
     done, here or by another worker. This worker takes every task that no live lease holds, in the
     order listed, at most `workers` at once (start(i, claim) returns an AsyncResult: a pool's,
     or Finished), and waits for the others' tasks only while their leases live: a dead worker's
-    task is taken over after its lease. waiting(n, seconds): told each minute of waiting."""
+    task is taken over after its lease. wake: a threading.Event its running tasks set as they
+    end (else they are looked at every 10 ms). waiting(n, seconds): told each minute of
+    waiting; the others' tasks are looked at every lease / 8 seconds (2 at most)."""
     left, running, idle, said = list(todo), {}, None, time.monotonic()
     while left:
+        if wake is not None:
+            wake.clear()  # before looking: an end after the look wakes the wait below
         moved = False
         for i, (claim, result) in list(running.items()):
             if result.ready():
@@ -208,4 +212,8 @@ def work(leases, bases, done, start, todo, workers=1, poll=0.2, waiting=None):
         if waiting and not running and time.monotonic() - said > 60:
             waiting(len(left), time.monotonic() - idle)
             said = time.monotonic()
-        time.sleep(poll if running else min(2.0, leases.lease / 8))
+        pause = min(2.0, leases.lease / 8)  # (the others' tasks, and dead workers' leases)
+        if running and wake is not None:
+            wake.wait(pause)
+        else:
+            time.sleep(0.01 if running else pause)

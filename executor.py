@@ -9,7 +9,7 @@ the folders); a rerun skips every task with DONE, so a stage killed halfway resu
 stopped; and a task's output depends on its inputs only, so the result is the same bytes for any
 number of workers in any order.
 """
-import contextlib, errno, itertools, json, os, shutil, sys, time
+import contextlib, errno, itertools, json, os, shutil, sys, threading, time
 
 import claims
 from guard import (OUTPUT_KEYS, Busy, FileLock, alive, command_id, describe, json_dict,
@@ -252,12 +252,16 @@ class Stage:
             # lazily: each task as the progress below asks for it
             runs = pool.imap_unordered(_run_task, jobs) if pool else map(_run_task, jobs)
         else:
+            wake = threading.Event()  # set as each task of the pool ends
+
             def start(i, claim):
                 job = (self, bases[i], fn, i, args, claim)
-                return pool.apply_async(_run_task, (job,)) if pool else claims.Finished(
-                    _run_task(job))
+                if pool is None:
+                    return claims.Finished(_run_task(job))
+                return pool.apply_async(_run_task, (job,), callback=lambda _: wake.set(),
+                                        error_callback=lambda _: wake.set())
             runs = claims.work(self.leases, bases, lambda b: self.done or is_done(b), start,
-                               todo, self.workers,
+                               todo, self.workers, wake,
                                waiting=lambda k, sec: print(
                                    f"{self.name}: rank {self.rank} of {self.world} waiting "
                                    f"{sec:.0f} s for {k} tasks of {phase} that other workers "
