@@ -134,12 +134,18 @@ class Stage:
         """The command's lock: taken where no live process holds it, shared where a worker of
         this command holds it, and a DataError where another command's does."""
         os.makedirs(self.tmp, exist_ok=True)
-        try:
-            self.lock = FileLock(os.path.join(self.tmp, LOCK))
-        except Busy as e:
-            if e.holder.get("command") != command_id():
-                self._busy(e.holder)
-            return
+        t0 = time.time()
+        while True:
+            try:
+                self.lock = FileLock(os.path.join(self.tmp, LOCK))
+                break
+            except Busy as e:
+                if not e.holder and time.time() - t0 < 10:  # taken this instant: its holder's
+                    time.sleep(0.05)                       # name is on its way
+                    continue
+                if e.holder.get("command") != command_id():
+                    self._busy(e.holder)
+                return
         gone = self.lock.taken_over
         if gone and gone.get("command") != command_id():
             print(f"{self.lock.path}: taking over the lock of a command that is gone "

@@ -518,9 +518,9 @@ def loglikelihoods(model, requests, batch_size=16, max_tokens=32768, desc="logli
         if tree(batch[0]):
             # a row of two answers: a token sees the keys before it of the context and of its own
             # answer (with one, plain causal attention is that)
-            mask = (torch.ones(T, T, dtype=torch.bool).tril()
-                    & ((part[:, None, :] == 0) | (part[:, None, :] == part[:, :, None]))).to(device)
-            pos = position.to(device)
+            part, pos = part.to(device), position.to(device)  # (built where it is used: B x T x T)
+            mask = (torch.ones(T, T, dtype=torch.bool, device=device).tril()
+                    & ((part[:, None, :] == 0) | (part[:, None, :] == part[:, :, None])))
         with bf16:
             logits = model(x.to(device), doc_ids=mask, pos=pos, at=at.to(device))
         logp = F.log_softmax(logits.double(), -1)

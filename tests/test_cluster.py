@@ -113,3 +113,28 @@ def test_static_dealing_where_claims_cannot_be_trusted(reference, tmp_path):
     outs = [ends(p) for p in [worker(tmp_path, i, 2, NANO360_TASKS="static") for i in (0, 1)]]
     same(tmp_path, reference)
     assert "NANO360_TASKS=static: worker 1 of 2 runs tasks i % 2 == 1" in outs[1]
+
+
+def test_a_worker_that_meets_the_lock_being_taken_waits_for_its_holder_s_name(tmp_path):
+    # a worker of this command flocks .tmp_clean/LOCK and writes its name 0.5 s later: a worker
+    # that comes in between sees an empty holder, and must wait for the name, not refuse
+    import guard
+    tmp = tmp_path / ".tmp_clean"
+    tmp.mkdir()
+    ready = tmp_path / "ready"
+    holder = json.dumps(dict(host="elsewhere", pid=1, command=guard.command_id(), since="now"))
+    other = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time\n"
+        f"fd = os.open({str(tmp / 'LOCK')!r}, os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        f"open({str(ready)!r}, 'w').close()\n"
+        "time.sleep(0.5)\n"
+        f"os.pwrite(fd, {holder!r}.encode(), 0)\n"
+        "time.sleep(60)\n")])
+    try:
+        wait_for(lambda: ready.exists(), other)
+        curate.clean_corpus(os.path.join(ROOT, "data", "tiny"), str(tmp_path / "clean"), workers=1)
+        assert os.path.exists(tmp_path / "clean" / "DONE")
+    finally:
+        other.kill()
+        other.wait()
