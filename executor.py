@@ -115,6 +115,11 @@ class Stage:
             holder = json_dict(lock)
             if holder.get("command", me) != me and alive(holder):
                 self._busy(holder)
+            g = claims.newest(os.path.join(self.tmp, "assemble"))
+            if g >= 0 and not self.leases.expired(os.path.join(self.tmp, f"assemble.claim.{g}")):
+                self._say_wait(t0, f"the worker that writes {self.out_dir}")  # (its key.json
+                time.sleep(0.5)  # is gone: that is no plan to make again)
+                continue
             claim = self.leases.take(os.path.join(self.tmp, "plan"))
             if claim is None:
                 self._say_wait(t0, "the worker that plans " + self.tmp)
@@ -303,10 +308,13 @@ class Stage:
                         continue  # overtaken while it was stopped: the new holder writes it
                     shutil.rmtree(os.path.join(self.tmp, "work"), ignore_errors=True)
                     os.remove(os.path.join(self.tmp, "key.json"))
-                    for name in os.listdir(self.tmp):  # the claims on the plan and on this
-                        if ".claim." in name:
+                    mine = os.path.basename(claim.path) if claim is not None else None
+                    for name in os.listdir(self.tmp):  # the other claims: the plan's, the dead's
+                        if ".claim." in name and name != mine:
                             remove_if_there(os.path.join(self.tmp, name))
                     commit_dir(self.tmp, self.out_dir, dict(stage=self.name))
+                    if mine:  # held to the end: a worker that comes meanwhile makes no plan
+                        remove_if_there(os.path.join(self.out_dir, mine))
             finally:
                 if claim is not None:
                     self.leases.drop(claim)

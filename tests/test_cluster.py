@@ -138,3 +138,28 @@ def test_a_worker_that_meets_the_lock_being_taken_waits_for_its_holder_s_name(tm
     finally:
         other.kill()
         other.wait()
+
+
+def test_a_worker_that_comes_while_the_output_is_written_waits_and_wipes_nothing(tmp_path):
+    # the assembly has begun (its claim held and touched by a live worker, key.json gone): a new
+    # worker must not plan the stage again over it; once that worker is gone, it redoes the stage
+    tmp = tmp_path / ".tmp_clean"
+    tmp.mkdir()
+    (tmp / "docs_0000.jsonl").write_text('{"assembled": true}\n')
+    claim = tmp / "assemble.claim.0"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import json, os, socket, time\n"
+        f"open({str(claim)!r}, 'w').write(json.dumps(dict(host=socket.gethostname(), pid=os.getpid())))\n"
+        "while True:\n"
+        f"    os.utime({str(claim)!r}); time.sleep(0.2)\n")])
+    wait_for(lambda: claim.exists(), holder)
+    env = {**os.environ, "NANO360_LEASE": "2"}
+    new = subprocess.Popen([sys.executable, "curate.py", "clean", "config/toy.py", f"--source_dir={ROOT}/data/tiny",
+                            f"--clean_dir={tmp_path}/clean", "--workers=1"], cwd=ROOT, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(4)  # two leases: the assembler's is alive all along
+    assert new.poll() is None and (tmp / "docs_0000.jsonl").read_text() == '{"assembled": true}\n'
+    holder.kill()
+    holder.wait()  # gone: its claim is taken over at once, and the stage made anew
+    ends(new)
+    assert os.path.exists(tmp_path / "clean" / "DONE") and not glob.glob(str(tmp_path / "clean" / "*.claim.*"))
