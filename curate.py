@@ -35,7 +35,8 @@ from guard import json_dict, output_problem
 from kept import DocWriter, count, finish_documents
 from executor import Stage
 from stage import (DataError, Progress, already_done, commit_dir, read_json,
-                   report_problems, sample_documents, sha256_file, tmp_dir, write_json)
+                   remove_if_there, report_problems, sample_documents, sha256_file, tmp_dir,
+                   write_json)
 from tokenizer import train_bpe
 
 # -----------------------------------------------------------------------------
@@ -385,13 +386,15 @@ def clean_corpus(src, out_dir, overrides=None, shard_mb=16, workers=0, rank=0, w
 # -----------------------------------------------------------------------------
 # train-tokenizer: a BPE for the corpus, and how many characters a token holds in each source
 
-def train_tokenizer(docs_dir, path, vocab_size, sample_chars, seed=0):
+def train_tokenizer(docs_dir, path, vocab_size, sample_chars, seed=0, claim=None):
     """A BPE trained on a sample of docs_dir (stage.sample_documents: every source alike, up to
     sample_chars / sources characters each, never the whole corpus in memory); then characters
     per token per source, measured on held-out documents (on the sample when a source has no
     others), in path.report.json. Written beside path and renamed to path last: the .tiktoken
     file is there only when it is complete. A path.json or path.report.json that it did not
-    write (what a killed run leaves is its own) is a DataError, never replaced."""
+    write (what a killed run leaves is its own) is a DataError, never replaced. claim: the
+    claims.Claim this worker trains under; a worker overtaken meanwhile (stopped past its lease)
+    writes nothing, and its part files are its generation's own."""
     for side, field in ((path + ".json", "special_tokens"),
                         (path + ".report.json", "characters_per_token")):
         if os.path.lexists(side) and field not in json_dict(side):
@@ -403,7 +406,7 @@ def train_tokenizer(docs_dir, path, vocab_size, sample_chars, seed=0):
         raise DataError(f"{docs_dir}: no documents found "
                         "(looked for .jsonl, .jsonl.gz and .txt files)")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    t0, part = time.time(), path + ".part"
+    t0, part = time.time(), path + ".part" + (str(claim.gen) if claim and claim.gen else "")
     enc = train_bpe(sample, vocab_size, part)
     seconds = time.time() - t0
     report = {}
@@ -411,6 +414,10 @@ def train_tokenizer(docs_dir, path, vocab_size, sample_chars, seed=0):
         ids = enc.encode_ordinary_batch(docs)
         report[source] = sum(map(len, docs)) / max(1, sum(map(len, ids)))
         print(f"{source:12s} {report[source]:.2f} characters per token")
+    if claim is not None and not claim.held():  # taken over: the new holder writes it
+        for p in (part, part + ".json"):
+            remove_if_there(p)
+        return enc, report
     write_json(path + ".report.json",
                dict(characters_per_token=report, sample_characters=sum(map(len, sample)),
                     seconds=seconds, bytes=sum(len(t.encode()) for t in sample)))
@@ -614,7 +621,7 @@ def stages(cfg, cmd, rank=0, world=1):
                 continue
             try:
                 train_tokenizer(cfg.docs_dir, cfg.tokenizer, cfg.tokenizer_vocab,
-                                cfg.tokenizer_sample, cfg.seed)
+                                cfg.tokenizer_sample, cfg.seed, claim)
             finally:
                 if claim is not None:
                     leases.drop(claim)

@@ -163,3 +163,19 @@ def test_a_worker_that_comes_while_the_output_is_written_waits_and_wipes_nothing
     holder.wait()  # gone: its claim is taken over at once, and the stage made anew
     ends(new)
     assert os.path.exists(tmp_path / "clean" / "DONE") and not glob.glob(str(tmp_path / "clean" / "*.claim.*"))
+
+
+def test_a_tokenizer_trainer_taken_over_writes_nothing(tmp_path):
+    # a trainer stopped past its lease and woken must not write over its successor's files; the
+    # successor trains under generation 1, in part files of its own
+    import claims
+    path = str(tmp_path / "tok.tiktoken")
+    old = claims.Leases(60).take(path)
+    args = (os.path.join(ROOT, "data", "tiny"), path, 300, 100000)
+    new = claims.Claim(path, 1)
+    open(new.path, "w").close()  # the successor's claim: old is overtaken
+    curate.train_tokenizer(*args, claim=old)
+    assert sorted(os.listdir(tmp_path)) == ["tok.tiktoken.claim.0", "tok.tiktoken.claim.1"]
+    curate.train_tokenizer(*args, claim=new)
+    assert sorted(os.listdir(tmp_path)) == ["tok.tiktoken", "tok.tiktoken.claim.0", "tok.tiktoken.claim.1",
+                                            "tok.tiktoken.json", "tok.tiktoken.report.json"]
