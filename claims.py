@@ -11,14 +11,12 @@ worker alone takes the task over. Only the holder of a task's newest generation 
 output, by a rename that cannot replace a committed folder: a stopped worker that wakes up
 finds itself overtaken, and its work is dropped.
 
-NANO360_TASKS=static deals task i to worker i % world instead, with no claims, for a
-filesystem whose exclusive create is not atomic (some NFS v2 setups): then every worker of a
-command must run at once.
+The lease is NANO360_LEASE seconds and NANO360_TASKS=static turns claims off
+(executor.task_settings reads both, and names a bad value); this file reads no environment.
 """
 import contextlib, json, os, shutil, socket, threading, time
 
-LEASE = float(os.environ.get("NANO360_LEASE", 120))  # seconds without a touch: the holder is gone
-STATIC = os.environ.get("NANO360_TASKS", "claims") == "static"
+LEASE = 120.0  # seconds without a touch: the holder is gone
 
 
 def newest(base):

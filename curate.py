@@ -33,7 +33,7 @@ from dedup import dedup_corpus
 from fetch import archive_members, fetch_pinned
 from guard import json_dict, output_problem
 from kept import DocWriter, count, finish_documents
-from executor import Stage
+from executor import Stage, task_settings
 from stage import (DataError, Progress, already_done, commit_dir, read_json,
                    remove_if_there, report_problems, sample_documents, sha256_file, tmp_dir,
                    write_json)
@@ -613,10 +613,11 @@ def stages(cfg, cmd, rank=0, world=1):
         raise ConfigError(f"train-tokenizer writes the file named by tokenizer, which must end in "
                           f".tiktoken (got tokenizer={cfg.tokenizer!r})")
     else:  # one worker trains it, the first to claim it (static: rank 0); the others wait
-        leases = claims.Leases()
+        lease, static = task_settings()
+        leases = claims.Leases(lease)
         while not os.path.exists(cfg.tokenizer):
-            claim = leases.take(cfg.tokenizer) if not claims.STATIC else None
-            if claim is None and (not claims.STATIC or rank):
+            claim = leases.take(cfg.tokenizer) if not static else None
+            if claim is None and (not static or rank):
                 time.sleep(1)
                 continue
             try:

@@ -19,6 +19,23 @@ from stage import (DONE, LOCK, DataError, Progress, commit_dir, input_files, is_
                    skipped_note, tmp_dir, write_json)
 
 
+def task_settings():
+    """(lease seconds, static) from NANO360_LEASE (default 120) and NANO360_TASKS (claims, the
+    default, or static): a DataError names a bad value."""
+    lease, mode = os.environ.get("NANO360_LEASE", "120"), os.environ.get("NANO360_TASKS", "claims")
+    try:
+        seconds = float(lease)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds < float("inf"):
+        raise DataError(f"NANO360_LEASE={lease!r}: expected the lease in seconds, a number > 0 "
+                        "(default 120)")
+    if mode not in ("claims", "static"):
+        raise DataError(f"NANO360_TASKS={mode!r}: expected claims (the default: any worker takes "
+                        "any task) or static (task i to worker i % world)")
+    return seconds, mode == "static"
+
+
 def _run_task(job):
     """One task: fn(stage, i, folder) fills a fresh temporary folder of this claim's, which
     becomes final whole where the claim is still held (one that fails is removed: the space it
@@ -60,7 +77,8 @@ class Stage:
         self.tmp = tmp_dir(self.out_dir, create=False)
         self.workers = 1 if world > 1 else workers or os.cpu_count() or 1
         self.seconds, self._tasks, self._pool, self.sizes, self.links = {}, None, None, [], []
-        self.leases = None if claims.STATIC else claims.Leases()
+        lease, self.static = task_settings()
+        self.leases = None if self.static else claims.Leases(lease)
         if is_done(self.out_dir):
             return
         why = output_problem(name, self.out_dir, self.tmp, src, documents)
@@ -80,7 +98,7 @@ class Stage:
         stats = [[rel[p], os.stat(p).st_size, os.stat(p).st_mtime_ns] for p in files]
         key_path, key = (os.path.join(self.tmp, "key.json"),
                          json.loads(json.dumps(dict(plan, files=stats))))
-        if not claims.STATIC:
+        if not self.static:
             self._claim_plan(plan, key_path, key, setup)
             return
         if world > 1:
@@ -158,7 +176,7 @@ class Stage:
 
     def _plan(self, plan, key_path, key, setup, keep=None):
         """The plan, or the one there when its key is the same (static: the lock first)."""
-        if claims.STATIC:
+        if self.static:
             self._lock()
         if self.done:  # finished by another command while this one looked
             self.__exit__()
@@ -246,7 +264,7 @@ class Stage:
         order = list(range(n))
         if n == len(self.sizes):  # tasks over the input: the largest first, none left to run alone
             order.sort(key=lambda i: -self.sizes[i])
-        mine = [i for i in order if i % self.world == self.rank] if claims.STATIC else order
+        mine = [i for i in order if i % self.world == self.rank] if self.static else order
         todo = [i for i in mine if not is_done(self.path(phase, i))]
         if len(todo) < len(mine):
             print(f"{self.name} {phase}: {len(mine) - len(todo)} of {len(mine)} tasks already done")
@@ -258,7 +276,7 @@ class Stage:
         desc = self.name if phase == self.name else f"{self.name} {phase}"
         bases = [self.path(phase, i) for i in range(n)]
         os.makedirs(self.path(phase), exist_ok=True)
-        if claims.STATIC:
+        if self.static:
             jobs = [(self, bases[i], fn, i, args, None) for i in todo]
             # lazily: each task as the progress below asks for it
             runs = pool.imap_unordered(_run_task, jobs) if pool else map(_run_task, jobs)
@@ -295,9 +313,9 @@ class Stage:
         t0 = time.time()
         while not self.done:
             claim = None
-            if not claims.STATIC:
+            if not self.static:
                 claim = self.leases.take(os.path.join(self.tmp, "assemble"))
-            if claim is None and (not claims.STATIC or self.rank != 0):
+            if claim is None and (not self.static or self.rank != 0):
                 self._say_wait(t0, f"the worker that writes {self.out_dir}")
                 time.sleep(0.5)
                 continue

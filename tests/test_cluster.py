@@ -179,3 +179,15 @@ def test_a_tokenizer_trainer_taken_over_writes_nothing(tmp_path):
     curate.train_tokenizer(*args, claim=new)
     assert sorted(os.listdir(tmp_path)) == ["tok.tiktoken", "tok.tiktoken.claim.0", "tok.tiktoken.claim.1",
                                             "tok.tiktoken.json", "tok.tiktoken.report.json"]
+
+
+@pytest.mark.parametrize("name, value, said", [
+    ("NANO360_LEASE", "abc", "NANO360_LEASE='abc': expected the lease in seconds, a number > 0 (default 120)"),
+    ("NANO360_LEASE", "0", "NANO360_LEASE='0': expected the lease in seconds, a number > 0 (default 120)"),
+    ("NANO360_TASKS", "statc", "NANO360_TASKS='statc': expected claims (the default: any worker takes any task) "
+                               "or static (task i to worker i % world)")])
+def test_a_bad_setting_is_one_line_and_nothing_is_written(name, value, said, tmp_path):
+    r = subprocess.run([sys.executable, "curate.py", "clean", "config/toy.py", f"--source_dir={ROOT}/data/tiny",
+                        f"--clean_dir={tmp_path}/clean"], cwd=ROOT, env={**os.environ, name: value},
+                       capture_output=True, text=True, timeout=120)
+    assert (r.returncode, r.stderr) == (2, f"error: {said}\n") and os.listdir(tmp_path) == []
