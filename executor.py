@@ -49,9 +49,8 @@ def _run_task(job):
         if claim is None or claim.held():
             raise
     else:
-        if claim is None or claims.commit_task(tmp, final, claim, commit_dir):
-            if claim is None:
-                commit_dir(tmp, final)
+        if (commit_dir(tmp, final) if claim is None
+                else claims.commit_task(tmp, final, claim, commit_dir)):
             return time.time() - t0
     if claim is not None and not claim.held():  # overtaken: where the stage was finished
         with contextlib.suppress(OSError):  # meanwhile, the folders it made again, if empty
@@ -112,27 +111,22 @@ class Stage:
                 self.__exit__()  # the lock let go
                 raise
         else:
-            me, lock = command_id(), os.path.join(self.tmp, LOCK)
-
             def planned():  # by rank 0 of this command, not by another command
-                holder = json_dict(lock)
-                if holder.get("command", me) != me and alive(holder):
-                    self._busy(holder)
-                return self.done or holder.get("command") == me and read_json(key_path) == key
+                holder = self._not_another()
+                return self.done or (holder.get("command") == command_id()
+                                     and read_json(key_path) == key)
             self._wait(planned, f"rank 0 to plan {self.tmp}")
 
     def _claim_plan(self, plan, key_path, key, setup):
         """Any worker plans: the first to claim it (the others wait while its lease lives, and
         take over from one that died); a worker that finds the plan made joins."""
         os.makedirs(self.tmp, exist_ok=True)
-        me, lock, t0 = command_id(), os.path.join(self.tmp, LOCK), time.time()
+        t0 = time.time()
         self._lock()
         if self.lock is not None and read_json(key_path) == key:  # the first worker of a rerun
             print(f"{self.name}: resuming {self.tmp} ({self.finished()} tasks finished)")
         while not self.done and read_json(key_path) != key:
-            holder = json_dict(lock)
-            if holder.get("command", me) != me and alive(holder):
-                self._busy(holder)
+            self._not_another()
             g = claims.newest(os.path.join(self.tmp, "assemble"))
             if g >= 0 and not self.leases.expired(os.path.join(self.tmp, f"assemble.claim.{g}")):
                 self._say_wait(t0, f"the worker that writes {self.out_dir}")  # (its key.json
@@ -189,6 +183,13 @@ class Stage:
                 setup(self.tmp)
             write_json(os.path.join(self.tmp, "plan.json"), plan)
             write_json(key_path, key)  # last: the other workers start when it is there
+
+    def _not_another(self):
+        """The lock's holder (a dict, maybe empty); a DataError where another live command's."""
+        holder = json_dict(os.path.join(self.tmp, LOCK))
+        if holder.get("command", command_id()) != command_id() and alive(holder):
+            self._busy(holder)
+        return holder
 
     def _busy(self, holder):
         path = os.path.join(self.tmp, LOCK)
@@ -359,12 +360,9 @@ class Stage:
             raise DataError(f"{src}: missing from a finished task")
 
     def _wait(self, ready, what):
-        t0 = last = time.time()
+        t0 = time.time()
         while not ready():
-            if time.time() - last > 60:
-                print(f"{self.name}: rank {self.rank} of {self.world} waiting "
-                      f"{time.time() - t0:.0f} s for {what}", file=sys.stderr)
-                last = time.time()
+            self._say_wait(t0, what)
             time.sleep(0.5)
 
     # --- what a stage writes beside its outputs: problems.log, report.json, timing.json
