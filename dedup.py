@@ -16,20 +16,24 @@ partitions of the key hashes:
     signatures  per input task: each document's exact key, signature and band hashes, written
                 sorted by partition; its paragraph keys, by document
     buckets     per partition: exact copies (same key), and LSH candidates (same band hash)
-                whose signatures agree
-    clusters    one task: the connected components of the agreeing pairs
+                whose signatures agree, as edges partitioned by document
+    large0, small0, large1, ...
+                per partition of the documents: the connected components of the edges, by
+                Kiveris et al.'s large-star and small-star steps, until every component is a star
+                around its first document
+    clusters    per partition of the documents: the near-duplicates and clusters in it
     keys        per input task: the paragraph keys of its documents that are kept, by partition
     paragraphs  per partition: long paragraphs already in an earlier kept document
     filter      per input task: its documents again, minus what the decisions removed
 
 A document is known by its place packed in a uint64, task << 32 | index in its task: the fixed
 global order in which the first occurrence wins, whatever the number of workers. A partition
-task holds at most PART_RECORDS key records at a time (a larger partition is read in ranges of
-its key hashes), a filter task one task's decisions: memory per worker does not grow with the
-corpus, except in the clusters phase, which holds the agreeing pairs (near-duplicates, not
-documents). Nothing here imports torch.
+task holds at most about PART_RECORDS records at a time (a larger partition is read in ranges of
+its first column), a filter task one task's decisions: memory per worker does not grow with the
+corpus (a component's star is read whole: the largest cluster, not the corpus, bounds it).
+Nothing here imports torch.
 """
-import functools, hashlib, json, os, re, time, unicodedata
+import functools, hashlib, itertools, json, os, re, shutil, time, unicodedata
 from itertools import repeat
 
 import numpy as np
@@ -315,36 +319,49 @@ def _save_parts(out, name, records, part, n):
     np.save(os.path.join(out, name + ".idx.npy"), np.searchsorted(part[order], np.arange(n + 1)))
 
 
-def _ranges(st, phase, name, p, width):
-    """The records of partition p that every task of phase wrote (_save_parts), at most about
-    PART_RECORDS at a time: the partition cut into ranges of its first column, a hash (ranges
-    of equal width hold about as many records, and a run of equal keys is never cut), each
-    range read from every task's sorted records by binary search, one file open at a time."""
-    spans = []
-    for i in range(len(st.tasks)):
-        a, b = np.load(os.path.join(st.path(phase, i), name + ".idx.npy"))[[p, p + 1]].tolist()
-        if b > a:
-            spans.append((os.path.join(st.path(phase, i), name + ".npy"), a, b))
-    ranges = max(1, -(-sum(b - a for _, a, b in spans) // PART_RECORDS))
-    edges = np.array([(k << 64) // ranges for k in range(1, ranges)], np.uint64)
-    cuts = []
-    for path, a, b in spans:
-        inner = (a + np.searchsorted(np.load(path, mmap_mode="r")[a:b, 0], edges)
-                 if ranges > 1 else [])
-        cuts.append([a, *inner, b])
-    for k in range(ranges):
-        parts = [np.array(np.load(path, mmap_mode="r")[c[k]:c[k + 1]])
-                 for (path, _, _), c in zip(spans, cuts) if c[k + 1] > c[k]]
-        yield np.concatenate(parts) if parts else np.zeros((0, width), np.uint64)
-
-
-def _each(st, phase, tasks, prefix):
-    """The arrays prefix_*.npy that tasks of phase wrote, one at a time (memory-mapped)."""
+def _files(st, phase, tasks, prefix):
+    """The arrays prefix*.npy (not their .idx.npy) that tasks of phase wrote, in order."""
     for k in tasks:
         folder = st.path(phase, k)
         for f in sorted(os.listdir(folder)):
-            if f.startswith(prefix) and f.endswith(".npy"):
-                yield np.load(os.path.join(folder, f), mmap_mode="r")
+            if f.startswith(prefix) and f.endswith(".npy") and not f.endswith(".idx.npy"):
+                yield os.path.join(folder, f)
+
+
+def _each(st, phase, tasks, prefix):
+    """The arrays of _files, one at a time (memory-mapped)."""
+    for path in _files(st, phase, tasks, prefix):
+        yield np.load(path, mmap_mode="r")
+
+
+def _ranges(paths, p, width):
+    """The records of partition p in the files paths (each written by _save_parts), about
+    PART_RECORDS at a time: the partition cut into ranges of its first column (a run of equal
+    values is never cut), each range read from every file by binary search, one file open at a
+    time. The cuts are quantiles of the first column, from evenly spaced samples of each file
+    (sorted): the ranges hold about as many records whatever the values are (hashes, or
+    documents' places)."""
+    spans = []
+    for path in paths:
+        a, b = np.load(path[:-4] + ".idx.npy")[[p, p + 1]].tolist()
+        if b > a:
+            spans.append((path, a, b))
+    total = sum(b - a for _, a, b in spans)
+    ranges, edges = max(1, -(-total // PART_RECORDS)), np.zeros(0, np.uint64)
+    if ranges > 1:  # 8 samples a range from each file: no range over its share by more than 1/8
+        s = 8 * ranges
+        values = np.concatenate([np.load(path, mmap_mode="r")[a + np.arange(s) * (b - a) // s, 0]
+                                 for path, a, b in spans])
+        weight = np.concatenate([np.full(s, (b - a) / s) for _, a, b in spans])
+        order = np.argsort(values, kind="stable")
+        at = np.searchsorted(np.cumsum(weight[order]), total * np.arange(1, ranges) / ranges)
+        edges = np.unique(values[order][np.minimum(at, len(order) - 1)])
+    cuts = [[a, *(a + np.searchsorted(np.load(path, mmap_mode="r")[a:b, 0], edges)), b]
+            for path, a, b in spans]
+    for k in range(len(edges) + 1):
+        parts = [np.array(np.load(path, mmap_mode="r")[c[k]:c[k + 1]])
+                 for (path, _, _), c in zip(spans, cuts) if c[k + 1] > c[k]]
+        yield np.concatenate(parts) if parts else np.zeros((0, width), np.uint64)
 
 
 def _signature_task(st, i, out, p, n_part):
@@ -402,37 +419,97 @@ def _names_index(folder):
 def _bucket_task(st, k, out, p, n_part):
     exact = k < n_part  # the tasks: the exact key partitions, then the band partitions
     name, part, width = ("exact", k, 3) if exact else ("bands", k - n_part, 2)
-    for r, rec in enumerate(_ranges(st, "signatures", name, part, width)):
+    paths = list(_files(st, "signatures", range(len(st.tasks)), name))
+    for r, rec in enumerate(_ranges(paths, part, width)):
         if exact:  # exact copies: (copy, original), sorted by copy
             copies = first_pairs(rec[:, :2], rec[:, 2])[:, ::-1]
             np.save(os.path.join(out, f"copies_{r:05d}.npy"), copies[np.argsort(copies[:, 0])])
         else:  # LSH candidates, those that agree kept, a block at a time (its signatures in memory)
             pairs, lookup = first_pairs(rec[:, :1], rec[:, 1]), _Lookup(st)
-            np.save(os.path.join(out, f"pairs_{r:05d}.npy"), np.concatenate(
-                [agreeing(pairs[a:a + 8192], lookup.sig, p["min_agree"])
-                 for a in range(0, len(pairs), 8192)]
-                + [np.zeros((0, 2), np.uint64)]))
+            pairs = np.concatenate([agreeing(pairs[a:a + 8192], lookup.sig, p["min_agree"])
+                                    for a in range(0, len(pairs), 8192)]
+                                   + [np.zeros((0, 2), np.uint64)])
+            _save_edges(st, out, f"edges_{r:05d}", np.r_[pairs, pairs[:, ::-1]], n_part)
 
 
-def _cluster_task(st, _, out, p, n_part):
-    # an exact copy has its original's signature, so it sits in its original's buckets and
-    # joins nothing the original does not: its pairs are left out (it is removed as a copy)
-    pairs = []
-    for a in _each(st, "buckets", range(n_part, n_part * (1 + p["bands"])), "pairs"):
-        a = np.array(a)
-        for c in _each(st, "buckets", range(n_part), "copies"):
-            a = a[~_isin(a[:, 1], c[:, 0])]
-        pairs.append(a)
-    nodes, root = roots(np.unique(np.concatenate(pairs + [np.zeros((0, 2), np.uint64)]), axis=0))
-    near = nodes != root
-    # (doc, root), sorted by doc
-    np.save(os.path.join(out, "near.npy"), np.c_[nodes[near], root[near]])
-    names, order = _Lookup(st), np.lexsort((nodes, root))
+def _save_edges(st, out, name, edges, n_part):
+    # by the partition of their first document: its input task's share of the tasks, so that
+    # partitions are runs of documents in the input's order (and clusters come out in it)
+    n = np.uint64(len(st.tasks))
+    _save_parts(out, name, edges, (edges[:, 0] >> np.uint64(32)) * np.uint64(n_part) // n, n_part)
+
+
+# -----------------------------------------------------------------------------
+# the connected components of the agreeing pairs, over partitions of the documents
+#
+# Kiveris et al., "Connected Components in MapReduce and Beyond" (SoCC 2014). A step reads the
+# neighbours of every node u of a partition and emits edges that keep the components: large-star
+# links each neighbour of u larger than u to the smallest of u and its neighbours; small-star
+# links u and its smaller neighbours to the smallest of them. Alternated, they reach, in
+# O(log^2 n) rounds, a star around the smallest document of each component: the root roots()
+# finds in one process. A step holds one range of one partition (a node's neighbours together):
+# memory in the largest cluster, not in the corpus nor the number of pairs.
+
+def star_step(edges, large):
+    """Large-star (large=True) or small-star on edges (u, v), sorted, unique and holding every
+    edge of each u: the edges it emits (both ways, maybe repeated), and whether these nodes are
+    already stars around their smallest (each node's neighbours all larger, or one smaller
+    neighbour alone), which holds of every node once the components are done."""
+    u, v = edges[:, 0], edges[:, 1]
+    new = np.ones(len(u), bool)
+    new[1:] = u[1:] != u[:-1]
+    start = np.flatnonzero(new)
+    group = np.cumsum(new) - 1
+    low = v[start][group]  # each row's node's smallest neighbour
+    m = np.minimum(u, low)
+    stars = bool(((low > u) | (np.diff(np.r_[start, len(u)]) == 1)[group]).all())
+    if large:
+        a, b = v[v > u], m[v > u]
+    else:
+        keep, head = (v < u) & (v != m), start[m[start] != u[start]]
+        a, b = np.r_[v[keep], u[head]], np.r_[m[keep], m[head]]
+    return np.r_[np.c_[a, b], np.c_[b, a]].astype(np.uint64), stars
+
+
+def _unique_rows(edges):
+    order, new = _groups(edges, edges[:, 0])
+    return edges[order][new]
+
+
+def _star_task(st, k, out, n_part, phase, tasks, large):
+    stars = True
+    for r, edges in enumerate(_ranges(list(_files(st, phase, tasks, "edges")), k, 2)):
+        emitted, done = star_step(_unique_rows(edges), large)
+        stars &= done
+        _save_edges(st, out, f"edges_{r:05d}", emitted, n_part)
+    write_json(os.path.join(out, "stars.json"), dict(stars=stars))
+
+
+def _stars(st, phase, n_part):
+    """Whether every task of phase found its nodes stars: the components are done."""
+    return all((read_json(os.path.join(st.path(phase, k), "stars.json")) or {}).get("stars")
+               for k in range(n_part))
+
+
+def _cluster_task(st, k, out, n_part, phase):
+    # the stars of partition k, less exact copies: a copy has its original's signature, so it
+    # sits in its original's buckets and joins nothing the original does not, and the smallest
+    # document of a component is never a copy (its original comes first)
+    names = _Lookup(st)
     with open(os.path.join(out, "clusters.jsonl"), "w", encoding="utf-8") as f:
-        for members in np.split(nodes[order], np.flatnonzero(np.diff(root[order])) + 1):
-            if len(members) > 1:
-                f.write(json.dumps([dict(zip(("id", "start"), names.name(d)))
-                                    for d in members.tolist()], ensure_ascii=False) + "\n")
+        paths = list(_files(st, phase, range(n_part), "edges"))
+        for r, edges in enumerate(_ranges(paths, k, 2)):
+            edges = _unique_rows(edges)
+            for c in _each(st, "buckets", range(n_part), "copies"):
+                edges = edges[~(_isin(edges[:, 0], c[:, 0]) | _isin(edges[:, 1], c[:, 0]))]
+            near = edges[:, 1] < edges[:, 0]  # (doc, root), sorted by doc
+            np.save(os.path.join(out, f"near_{r:05d}.npy"), edges[near])
+            star = edges[~near]
+            for members in np.split(star, np.flatnonzero(np.diff(star[:, 0])) + 1):
+                if len(members):
+                    docs = [int(members[0, 0])] + members[:, 1].tolist()
+                    f.write(json.dumps([dict(zip(("id", "start"), names.name(d))) for d in docs],
+                                       ensure_ascii=False) + "\n")
 
 
 def _decided(st, i, n_part):
@@ -443,8 +520,7 @@ def _decided(st, i, n_part):
         return a[np.searchsorted(a[:, 0], lo):np.searchsorted(a[:, 0], hi)].tolist()
 
     copies = {d: o for c in _each(st, "buckets", range(n_part), "copies") for d, o in mine(c)}
-    return copies, dict(mine(np.load(os.path.join(st.path("clusters", 0), "near.npy"),
-                                     mmap_mode="r")))
+    return copies, {d: r for a in _each(st, "clusters", range(n_part), "near") for d, r in mine(a)}
 
 
 def _keys_task(st, i, out, p, n_part):
@@ -457,7 +533,8 @@ def _keys_task(st, i, out, p, n_part):
 
 
 def _paragraph_task(st, r, out, p, n_part):
-    for k, rec in enumerate(_ranges(st, "keys", "paras", r, 3)):
+    paths = list(_files(st, "keys", range(len(st.tasks)), "paras"))
+    for k, rec in enumerate(_ranges(paths, r, 3)):
         np.save(os.path.join(out, f"drops_{k:05d}.npy"), paragraph_drops(rec[:, [2, 0, 1]]))
 
 
@@ -511,14 +588,24 @@ def dedup_corpus(src, out_dir, params=None, shard_mb=16, workers=0, rank=0, worl
         t0, n = time.time(), len(st.tasks)
         st.run("signatures", n, _signature_task, p, n_part)
         st.run("buckets", n_part * (1 + p["bands"]), _bucket_task, p, n_part)
-        st.run("clusters", 1, _cluster_task, p, n_part)
+        phase, tasks = "buckets", range(n_part * (1 + p["bands"]))
+        for r in itertools.count():  # until the components are stars (a few rounds)
+            st.run(f"large{r}", n_part, _star_task, n_part, phase, tasks, True)
+            if st.done or _stars(st, f"large{r}", n_part):
+                break
+            st.run(f"small{r}", n_part, _star_task, n_part, f"large{r}", range(n_part), False)
+            phase, tasks = f"small{r}", range(n_part)
+        st.run("clusters", n_part, _cluster_task, n_part, f"large{r}")
         st.run("keys", n, _keys_task, p, n_part)
         st.run("paragraphs", n_part, _paragraph_task, p, n_part)
         st.run("filter", n, _filter_task, p, n_part, int(shard_mb * 2**20))
 
         def finish(tmp):
-            st.move("clusters", 0, "clusters.jsonl",
-                    os.path.join(tmp, "clusters", "clusters.jsonl"))
+            os.makedirs(os.path.join(tmp, "clusters"), exist_ok=True)
+            with open(os.path.join(tmp, "clusters", "clusters.jsonl"), "wb") as f:
+                for k in range(n_part):  # partitions: runs of documents, in order
+                    with open(os.path.join(st.path("clusters", k), "clusters.jsonl"), "rb") as g:
+                        shutil.copyfileobj(g, f)
             clusters = sum(1 for _ in open(os.path.join(tmp, "clusters", "clusters.jsonl"),
                                            encoding="utf-8"))
             report = dict(params=p, partitions=n_part, clusters=clusters)

@@ -199,3 +199,53 @@ def test_dedup_result_shape():
     assert result["keep"] == [0, 1]
     assert result["removed"] == [(2, "exact", 0), (3, "near", 0)]
     assert result["clusters"] == [[0, 3]]
+
+
+def star_components(pairs, n_tasks, n_part):
+    """(doc, root) of every document with a smaller one in its component, as the dedup stage
+    finds them: each star step on each partition of documents (runs of input tasks) alone, its
+    edges made unique there, until a large-star step finds stars; and the rounds it took."""
+    edges = np.r_[pairs, pairs[:, ::-1]].astype(np.uint64)
+    for rounds in range(1, 200):
+        for large in (True, False):
+            part = (edges[:, 0] >> np.uint64(32)) * np.uint64(n_part) // np.uint64(n_tasks)
+            steps = [dedup.star_step(dedup._unique_rows(edges[part == k]), large) for k in range(n_part)]
+            if large and all(stars for _, stars in steps):
+                edges = dedup._unique_rows(edges)
+                return edges[edges[:, 1] < edges[:, 0]], rounds
+            edges = np.concatenate([e for e, _ in steps])
+    raise AssertionError("no stars after 200 rounds")
+
+
+def test_star_steps_over_partitions_find_the_components_that_roots_finds():
+    # the sharded clusters phase against the one-process union (min-label propagation) on
+    # graphs that are hard for it: long paths and trees with random labels, a clique, a star
+    # whose centre is its largest node, random sparse graphs; documents are task << 32 | index
+    rng = np.random.default_rng(0)
+    n_tasks = 40
+    ids = np.unique((rng.integers(0, n_tasks, 20000, dtype=np.uint64) << np.uint64(32))
+                    + rng.integers(0, 5000, 20000, dtype=np.uint64))
+    rng.shuffle(ids)
+
+    def path(nodes):
+        return np.c_[nodes[:-1], nodes[1:]]
+
+    graphs = {
+        "path of 3000": path(ids[:3000]),
+        "tree of 2000": np.c_[ids[1:2000], ids[rng.integers(0, np.arange(1, 2000))]],
+        "clique of 40": np.array([(a, b) for a in ids[:40] for b in ids[:40] if a < b]),
+        "star around its largest": np.c_[np.sort(ids[:500])[:-1], np.full(499, np.sort(ids[:500])[-1])],
+        "random sparse": ids[rng.integers(0, 4000, (3000, 2))],
+        "paths and a clique": np.r_[path(ids[:300]), path(ids[300:700]), path(ids[650:660]),
+                                    [(a, b) for a in ids[900:920] for b in ids[900:920] if a < b]],
+        "none": np.zeros((0, 2), np.uint64),
+    }
+    for name, pairs in graphs.items():
+        pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+        nodes, root = dedup.roots(np.unique(np.sort(pairs, axis=1), axis=0))
+        near = np.c_[nodes, root][nodes != root]
+        for n_part in (1, 3, 7):
+            got, rounds = star_components(pairs, n_tasks, n_part)
+            assert np.array_equal(got, near), (name, n_part)
+        print(f"{name}: {len(pairs)} edges, {len(near)} near-duplicates, {rounds} rounds")
+        assert rounds <= np.log2(len(nodes) + 2) ** 2, (name, rounds)  # the O(log^2 n) bound

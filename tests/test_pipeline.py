@@ -149,6 +149,40 @@ def test_dedup_in_many_partitions_and_key_ranges_decides_the_same(one_worker, tm
     assert (reasons["copy"], reasons["near"], reasons["para"]) == ("exact", "near", "paragraphs")
 
 
+def test_dedup_in_partitions_finds_chained_clusters_as_dedup_texts(one_worker, tmp_path, monkeypatch):
+    # chains of near-duplicates (each copy a small edit of the one before; the ends far apart),
+    # shuffled: long paths in the graph, which the star steps take several rounds over, in 4
+    # partitions of documents read 64 edges at a time; the clusters of the one-process union
+    import random
+    monkeypatch.setattr(dedup, "PART_BYTES", 200_000)
+    monkeypatch.setattr(dedup, "PART_RECORDS", 64)
+    rng, docs = random.Random(0), lines(one_worker / "clean")
+    heads = [d for d in docs if d["source"] == "en" and len(d["text"].split(" ")) > 400][:3]
+    vocab = [w for d in docs[:50] for w in d["text"].split(" ")]
+    for h in heads:
+        text = h["text"]
+        for k in range(30):
+            words = text.split(" ")
+            for i in rng.sample(range(len(words)), len(words) // 60):
+                words[i] = rng.choice(vocab)
+            text = " ".join(words)
+            docs.append({"id": f"{h['id']}-{k}", "source": "en", "text": text})
+    rng.shuffle(docs)
+    src = tmp_path / "chains"
+    src.mkdir()
+    with open(src / "all.jsonl", "w") as f:
+        f.writelines(json.dumps(x, ensure_ascii=False) + "\n" for x in docs)
+    report = dedup.dedup_corpus(str(src), str(tmp_path / "out"), shard_mb=0.05, workers=1)
+    r = dedup.dedup_texts([x["text"] for x in docs])
+    assert report["partitions"] > 1 and report["clusters"] == len(r["clusters"])
+    assert [[m["id"] for m in c] for c in lines(tmp_path / "out" / "clusters")] == \
+        [[docs[i]["id"] for i in c] for c in r["clusters"]]
+    assert [x["id"] for x in lines(tmp_path / "out")] == [docs[i]["id"] for i in r["keep"]]
+    assert max(map(len, r["clusters"])) >= 20  # a chain held together
+    phases = json.load(open(tmp_path / "out" / "timing.json"))["phases"]
+    assert "small1" in phases, phases  # more than one round of star steps
+
+
 def test_torchrun_ranks_share_the_tasks_and_write_the_same_bytes(one_worker, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
            "curate.py", "pipeline", "config/toy.py", *keys(tmp_path, "--shard_mb=0.05")]
