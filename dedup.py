@@ -8,15 +8,16 @@ order.
                               the stage is tested against (tests/test_pipeline.py)
     dedup_corpus(src, out)    the same steps over shards of any size: `python curate.py dedup`
 
-The stage (datatrove's MinHash pipeline, plus the exact and paragraph steps) runs six phases,
-each a set of independent tasks, every one called as fn(stage, i, folder, params, partitions):
-task i of the phase, the folder it writes whole, the DEDUP parameters and the number of
-partitions of the key hashes:
+The stage (datatrove's MinHash pipeline, plus the exact and paragraph steps) runs in phases,
+each a set of independent tasks, every one called as fn(stage, i, folder, *args): task i of the
+phase, the folder it writes whole, and its arguments (the DEDUP parameters, the number of
+partitions, ...):
 
     signatures  per input task: each document's exact key, signature and band hashes, written
                 sorted by partition; its paragraph keys, by document
-    buckets     per partition: exact copies (same key), and LSH candidates (same band hash)
-                whose signatures agree, as edges partitioned by document
+    copies      per partition of the exact keys: exact copies (same key)
+    buckets     per partition of each band's hashes: LSH candidates (same band hash) that are
+                not copies and whose signatures agree, as edges partitioned by document
     large0, small0, large1, ...
                 per partition of the documents: the connected components of the edges, by
                 Kiveris et al.'s large-star and small-star steps, until every component is a star
@@ -308,8 +309,10 @@ def _isin(x, sorted_arr):
 # the stage over shards (the phases: see the top of this file)
 
 PART_BYTES = 1 << 30  # input bytes per partition (for parallelism; at most MAX_PARTS of them)
-MAX_PARTS = 256       # (each filter task reads every partition's decisions about its documents)
-PART_RECORDS = 1 << 21  # key records (24 bytes) a task holds at once; ~150 MB with their sorting
+MAX_PARTS = 4096      # a partition task reads from every input task once per range, so more of
+                      # them keeps the longest task short (docs/data.md, the scale table); each
+                      # filter task reads every partition's decisions about its documents
+PART_RECORDS = 1 << 21  # records a task holds at once: 160-260 MB with their sorting (measured)
 
 
 def _save_parts(out, name, records, part, n):
@@ -340,7 +343,7 @@ def _ranges(paths, p, width):
     values is never cut), each range read from every file by binary search, one file open at a
     time. The cuts are quantiles of the first column, from evenly spaced samples of each file
     (sorted): the ranges hold about as many records whatever the values are (hashes, or
-    documents' places)."""
+    documents' places), and the samples take memory in files and ranges, not records."""
     spans = []
     for path in paths:
         a, b = np.load(path[:-4] + ".idx.npy")[[p, p + 1]].tolist()
@@ -348,11 +351,11 @@ def _ranges(paths, p, width):
             spans.append((path, a, b))
     total = sum(b - a for _, a, b in spans)
     ranges, edges = max(1, -(-total // PART_RECORDS)), np.zeros(0, np.uint64)
-    if ranges > 1:  # 8 samples a range from each file: no range over its share by more than 1/8
-        s = 8 * ranges
-        values = np.concatenate([np.load(path, mmap_mode="r")[a + np.arange(s) * (b - a) // s, 0]
-                                 for path, a, b in spans])
-        weight = np.concatenate([np.full(s, (b - a) / s) for _, a, b in spans])
+    if ranges > 1:  # samples in proportion to each file's share, 16 a range in all (and 2 a
+        s = [2 + 16 * ranges * (b - a) // total for _, a, b in spans]  # file): memory in files
+        values = np.concatenate([np.load(path, mmap_mode="r")[a + np.arange(k) * (b - a) // k, 0]
+                                 for (path, a, b), k in zip(spans, s)])
+        weight = np.concatenate([np.full(k, (b - a) / k) for (_, a, b), k in zip(spans, s)])
         order = np.argsort(values, kind="stable")
         at = np.searchsorted(np.cumsum(weight[order]), total * np.arange(1, ranges) / ranges)
         edges = np.unique(values[order][np.minimum(at, len(order) - 1)])
@@ -416,20 +419,26 @@ def _names_index(folder):
     return np.load(os.path.join(folder, "names.idx.npy"))
 
 
+def _copies_task(st, k, out, p, n_part):
+    paths = list(_files(st, "signatures", range(len(st.tasks)), "exact"))
+    for r, rec in enumerate(_ranges(paths, k, 3)):  # (copy, original), sorted by copy
+        copies = first_pairs(rec[:, :2], rec[:, 2])[:, ::-1]
+        np.save(os.path.join(out, f"copies_{r:05d}.npy"), copies[np.argsort(copies[:, 0])])
+
+
 def _bucket_task(st, k, out, p, n_part):
-    exact = k < n_part  # the tasks: the exact key partitions, then the band partitions
-    name, part, width = ("exact", k, 3) if exact else ("bands", k - n_part, 2)
-    paths = list(_files(st, "signatures", range(len(st.tasks)), name))
-    for r, rec in enumerate(_ranges(paths, part, width)):
-        if exact:  # exact copies: (copy, original), sorted by copy
-            copies = first_pairs(rec[:, :2], rec[:, 2])[:, ::-1]
-            np.save(os.path.join(out, f"copies_{r:05d}.npy"), copies[np.argsort(copies[:, 0])])
-        else:  # LSH candidates, those that agree kept, a block at a time (its signatures in memory)
-            pairs, lookup = first_pairs(rec[:, :1], rec[:, 1]), _Lookup(st)
-            pairs = np.concatenate([agreeing(pairs[a:a + 8192], lookup.sig, p["min_agree"])
-                                    for a in range(0, len(pairs), 8192)]
-                                   + [np.zeros((0, 2), np.uint64)])
-            _save_edges(st, out, f"edges_{r:05d}", np.r_[pairs, pairs[:, ::-1]], n_part)
+    # LSH candidates among the documents that are not exact copies (a copy has its original's
+    # signature, so it sits in its original's buckets and joins nothing the original does not),
+    # those that agree kept, a block at a time (its signatures in memory), as edges both ways
+    paths, lookup = list(_files(st, "signatures", range(len(st.tasks)), "bands")), _Lookup(st)
+    for r, rec in enumerate(_ranges(paths, k, 2)):
+        for c in _each(st, "copies", range(n_part), "copies"):
+            rec = rec[~_isin(rec[:, 1], c[:, 0])]
+        pairs = first_pairs(rec[:, :1], rec[:, 1])
+        pairs = np.concatenate([agreeing(pairs[a:a + 8192], lookup.sig, p["min_agree"])
+                                for a in range(0, len(pairs), 8192)]
+                               + [np.zeros((0, 2), np.uint64)])
+        _save_edges(st, out, f"edges_{r:05d}", np.r_[pairs, pairs[:, ::-1]], n_part)
 
 
 def _save_edges(st, out, name, edges, n_part):
@@ -492,16 +501,12 @@ def _stars(st, phase, n_part):
 
 
 def _cluster_task(st, k, out, n_part, phase):
-    # the stars of partition k, less exact copies: a copy has its original's signature, so it
-    # sits in its original's buckets and joins nothing the original does not, and the smallest
-    # document of a component is never a copy (its original comes first)
+    # the stars of partition k: (doc, root) of each near-duplicate, and each cluster in order
     names = _Lookup(st)
     with open(os.path.join(out, "clusters.jsonl"), "w", encoding="utf-8") as f:
         paths = list(_files(st, phase, range(n_part), "edges"))
         for r, edges in enumerate(_ranges(paths, k, 2)):
             edges = _unique_rows(edges)
-            for c in _each(st, "buckets", range(n_part), "copies"):
-                edges = edges[~(_isin(edges[:, 0], c[:, 0]) | _isin(edges[:, 1], c[:, 0]))]
             near = edges[:, 1] < edges[:, 0]  # (doc, root), sorted by doc
             np.save(os.path.join(out, f"near_{r:05d}.npy"), edges[near])
             star = edges[~near]
@@ -519,7 +524,7 @@ def _decided(st, i, n_part):
     def mine(a):
         return a[np.searchsorted(a[:, 0], lo):np.searchsorted(a[:, 0], hi)].tolist()
 
-    copies = {d: o for c in _each(st, "buckets", range(n_part), "copies") for d, o in mine(c)}
+    copies = {d: o for c in _each(st, "copies", range(n_part), "copies") for d, o in mine(c)}
     return copies, {d: r for a in _each(st, "clusters", range(n_part), "near") for d, r in mine(a)}
 
 
@@ -587,8 +592,9 @@ def dedup_corpus(src, out_dir, params=None, shard_mb=16, workers=0, rank=0, worl
                documents=True) as st:
         t0, n = time.time(), len(st.tasks)
         st.run("signatures", n, _signature_task, p, n_part)
-        st.run("buckets", n_part * (1 + p["bands"]), _bucket_task, p, n_part)
-        phase, tasks = "buckets", range(n_part * (1 + p["bands"]))
+        st.run("copies", n_part, _copies_task, p, n_part)
+        st.run("buckets", n_part * p["bands"], _bucket_task, p, n_part)
+        phase, tasks = "buckets", range(n_part * p["bands"])
         for r in itertools.count():  # until the components are stars (a few rounds)
             st.run(f"large{r}", n_part, _star_task, n_part, phase, tasks, True)
             if st.done or _stars(st, f"large{r}", n_part):

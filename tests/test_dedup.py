@@ -249,3 +249,29 @@ def test_star_steps_over_partitions_find_the_components_that_roots_finds():
             assert np.array_equal(got, near), (name, n_part)
         print(f"{name}: {len(pairs)} edges, {len(near)} near-duplicates, {rounds} rounds")
         assert rounds <= np.log2(len(nodes) + 2) ** 2, (name, rounds)  # the O(log^2 n) bound
+
+
+def test_ranges_hold_about_part_records_whatever_the_keys(tmp_path, monkeypatch):
+    # a partition read in ranges cut at sampled quantiles: every record once, in runs of equal
+    # first values never cut, none over its share by much, for hashes and for documents'
+    # places crowded into a few tasks (where cuts of equal width would put most in one range)
+    monkeypatch.setattr(dedup, "PART_RECORDS", 1000)
+    rng = np.random.default_rng(0)
+    for name, first in {"hashes": lambda n: rng.integers(0, 2**63, n, dtype=np.uint64) * np.uint64(2),
+                        "places": lambda n: (rng.integers(0, 3, n, dtype=np.uint64) << np.uint64(32))
+                        + rng.integers(0, 500, n, dtype=np.uint64)}.items():
+        paths, everything = [], []
+        for f in range(7):  # files of the records of 2 partitions, as _save_parts writes them
+            n = int(rng.integers(200, 5000))
+            rec = np.c_[first(n), rng.integers(0, 9, n, dtype=np.uint64)]
+            part = rng.integers(0, 2, n).astype(np.uint64)
+            dedup._save_parts(str(tmp_path), f"{name}_{f}", rec, part, 2)
+            paths.append(str(tmp_path / f"{name}_{f}.npy"))
+            everything.append(rec[part == 1])
+        ranges = list(dedup._ranges(paths, 1, 2))
+        got, want = np.concatenate(ranges), np.concatenate(everything)
+        assert np.array_equal(dedup._unique_rows(got), dedup._unique_rows(want)) and len(got) == len(want), name
+        assert len(ranges) >= len(want) // 1000, name
+        assert max(map(len, ranges)) <= 1300, (name, sorted(map(len, ranges)))
+        firsts = [set(r[:, 0].tolist()) for r in ranges]
+        assert all(not (a & b) for i, a in enumerate(firsts) for b in firsts[i + 1:]), name  # runs never cut
