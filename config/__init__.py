@@ -114,8 +114,12 @@ class TrainConfig:
                                  # before the run stops
     # corpus curation (python curate.py clean | dedup | train-tokenizer | pipeline):
     # source_dir -> clean -> clean_dir -> dedup -> docs_dir -> tokenize -> tokens_dir
+    # (with tasks_dir: ... dedup -> dedup_dir -> decontaminate -> docs_dir ...)
     source_dir: str = ""         # documents as fetched
     clean_dir: str = ""          # documents that passed the cleaning rules
+    tasks_dir: str = ""          # task files (.jsonl, an item a line) whose items no training
+                                 # document may hold: decontaminate runs when it is set
+    dedup_dir: str = ""          # dedup's output when decontaminate follows it
     clean_rules: dict = field(default_factory=dict)  # {lang: {rule: threshold}}
                                                      # over curate.CLEAN_RULES
     tokenizer_sample: int = 50_000_000  # characters a BPE learns from, drawn across sources

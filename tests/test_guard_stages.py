@@ -126,7 +126,7 @@ def test_an_output_of_another_stage_is_refused_and_older_outputs_are_still_compl
     before = tree(tmp_path)
     # dedup's docs_dir typed as its clean_dir
     with pytest.raises(stage.DataError, match=f"^{tmp_path}/clean: holds clean's complete output .*not dedup's; "
-                                              "choose an empty or new docs_dir$"):
+                                              r"choose an empty or new docs_dir \(dedup_dir when tasks_dir is set\)$"):
         curate.main(["dedup", CFG, f"--clean_dir={tmp_path}/clean", f"--docs_dir={tmp_path}/clean"])
     assert tree(tmp_path) == before
     # an older nano360's DONE is empty: its plan.json tells the stage, and it is complete as before

@@ -1,7 +1,7 @@
 """The shape of the tree: imports point one way, so each file reads without the ones above it:
 the kernels, then config, then the model and the corpus plumbing (stage), then tokenizers,
-checkpoints, tasks and the figures (plots), then data, then dedup, then curation, training and
-evaluation, none of which imports another. No module of ours shares its import name with an
+checkpoints, tasks and the figures (plots), then data, then dedup, then decontamination, then
+curation, training and evaluation, none of which imports another. No module of ours shares its import name with an
 installed distribution or the standard library."""
 import ast, glob, importlib.metadata, os, subprocess, sys
 
@@ -10,7 +10,7 @@ import pytest
 from helpers import ROOT
 
 LAYERS = {"nanokernels": 0, "config": 1, "guard": 1, "claims": 1, "sandbox": 1, "model": 2, "stage": 2, "executor": 3, "fetch": 3, "kept": 3, "tokenizer": 3, "checkpoint": 3, "tasks": 3, "parallel": 3, "suites": 4, "gentasks": 4, "hf_llama": 4,
-          "plots": 3, "data": 4, "dedup": 5, "curate": 6, "train": 6, "eval": 6}
+          "plots": 3, "data": 4, "dedup": 5, "decont": 6, "curate": 7, "train": 7, "eval": 7}
 
 
 def module_of(path):
@@ -102,7 +102,7 @@ def test_the_name_check_catches_a_clash(tmp_path, monkeypatch):
 
 def test_the_data_side_loads_without_training_or_evaluation():
     # and without torch: a curation command does not pay seconds of import to read its config
-    code = ("import sys, guard, stage, kept, fetch, tokenizer, data, dedup, curate; "
+    code = ("import sys, guard, stage, kept, fetch, tokenizer, data, dedup, decont, curate; "
             "bad = {'train', 'eval', 'model', 'checkpoint', 'torch'} & set(sys.modules); assert not bad, bad")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

@@ -1,0 +1,228 @@
+"""
+Benchmark questions out of the training data: a document that shares a long n-gram with any
+task item (its question, context, choices and answer; few-shot files too) is dropped before
+tokenize, and the same n-grams tell which items a training corpus holds.
+
+    grams(text)                      the n-gram hashes of a text (and where each starts): what
+                                     both sides compare
+    build_index(tasks_dir, folder)   every item of every .jsonl file under tasks_dir: its
+                                     n-grams, sorted, with the item of each
+    decontaminate_corpus(src, out, tasks_dir)
+                                     the stage over shards: documents that share an n-gram with
+                                     any item go to removed/, with the item and the n-gram
+
+Normalisation, the same on both sides: dedup.norm_for_dedup (NFKC, so full-width forms become
+half-width; lower case; punctuation and symbols gone; whitespace runs one space), then tokens:
+each CJK character alone, any other run of letters and digits a word. A token of one latin
+letter or digit is dropped, so labels ("A. ", "(b)", "1.") and an answer list rewritten with
+them change nothing. An n-gram is N_WORDS tokens when it starts on a word, N_CJK when it starts
+on a CJK character (Chinese has no spaces: a word is ~1.5 characters); docs/data.md has the
+measurement behind the sizes. Nothing here imports torch.
+"""
+import hashlib, json, os, time
+
+import numpy as np
+
+from dedup import _is_cjk, norm_for_dedup
+from executor import Stage
+from kept import DocWriter, count, finish_documents
+from stage import DataError, already_done, read_json, splitmix64, write_json
+
+N_WORDS, N_CJK = 13, 20
+
+_B, _C = np.uint64(0x100000001B3), np.uint64(0x9E3779B97F4A7C15)  # odd: invertible mod 2^64
+_C_INV = np.uint64(pow(int(_C), -1, 2**64))
+
+
+def _powers(base, n):
+    """base^0 .. base^(n-1) in wrapping uint64."""
+    p = np.full(max(n, 1), base, np.uint64)
+    p[0] = 1
+    return np.cumprod(p, dtype=np.uint64)[:n]
+
+
+def tokens(normed):
+    """(hash, is CJK, start, end) of each token of a normalised text, as arrays: CJK characters
+    alone, other runs between spaces whole; tokens of one latin letter or digit left out."""
+    c = np.frombuffer(normed.encode("utf-32-le"), np.uint32).astype(np.uint64)
+    cjk, word = _is_cjk(c), c != 32
+    start = word.copy()
+    start[1:] &= ~word[:-1] | cjk[1:] | cjk[:-1]
+    first = np.flatnonzero(start)
+    if len(first) == 0:
+        return np.zeros(0, np.uint64), np.zeros(0, bool), first, first
+    n = np.add.reduceat(word.astype(np.int64), first)  # a token's characters come first
+    # a polynomial hash of each token's characters, all at once (spaces count nothing)
+    pos = np.arange(len(c)) - first[np.maximum(np.cumsum(start) - 1, 0)]
+    h = np.add.reduceat(c * _powers(_B, len(c))[pos] * word, first, dtype=np.uint64)
+    keep = ~((n == 1) & (c[first] < 128))
+    return (splitmix64(h ^ n.astype(np.uint64))[keep], cjk[first][keep], first[keep],
+            (first + n)[keep])
+
+
+def grams(text, n_words=N_WORDS, n_cjk=N_CJK, normed=None):
+    """(hashes, first token, last token) of the n-grams of text: n_cjk tokens from a CJK
+    character, n_words from any other; and the normalised text's tokens (tokens())."""
+    normed = norm_for_dedup(text) if normed is None else normed
+    tok = tokens(normed)
+    t, cjk = tok[0], tok[1]
+    m = len(t)
+    size = np.where(cjk, n_cjk, n_words)
+    s = np.flatnonzero(np.arange(m) + size <= m)
+    e = s + size[s] - 1
+    # sum of t[j] C^(e - j) over j in [s, e]: prefix sums of t C^-j, times C^e
+    g = np.cumsum(t * _powers(_C_INV, m), dtype=np.uint64)
+    below = np.where(s > 0, g[np.maximum(s - 1, 0)], np.uint64(0))
+    h = (g[e] - below) * _powers(_C, m)[e] if m else np.zeros(0, np.uint64)
+    return splitmix64(h ^ size[s].astype(np.uint64)), s, e, tok
+
+
+# -----------------------------------------------------------------------------
+# the index of the task items
+
+def item_text(obj):
+    """Every string in a task item (a JSON value), in order, one a line: questions, passages,
+    choices, answers, whatever the fields are called."""
+    if isinstance(obj, str):
+        return obj
+    values = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, list) else ()
+    return "\n".join(t for t in map(item_text, values) if t)
+
+
+def task_files(tasks_dir):
+    """The .jsonl files under tasks_dir (relative paths, sorted): each line one item."""
+    out = []
+    for d, dirs, files in os.walk(tasks_dir):
+        dirs.sort()
+        out += [os.path.relpath(os.path.join(d, f), tasks_dir) for f in sorted(files)
+                if f.endswith(".jsonl")]
+    if not out:
+        raise DataError(f"{tasks_dir}: no task files (.jsonl, one item a line) found")
+    return out
+
+
+def build_index(tasks_dir, folder, n_words=N_WORDS, n_cjk=N_CJK):
+    """folder/index.npy: the n-gram hashes of every item, sorted; folder/index.items.npy: the
+    item of each (its place in folder/items.json: [file, line]); folder/tasks.json: per file, its
+    items and those too short to hold an n-gram (never found, and counted as such)."""
+    hashes, owner, items, per_file = [], [], [], {}
+    for rel in task_files(tasks_dir):
+        stats = per_file.setdefault(rel, dict(items=0, too_short=0))
+        with open(os.path.join(tasks_dir, rel), encoding="utf-8") as f:
+            for line, raw in enumerate(f, 1):
+                if not raw.strip():
+                    continue
+                try:
+                    h = grams(item_text(json.loads(raw)), n_words, n_cjk)[0]
+                except ValueError as e:
+                    raise DataError(f"{tasks_dir}/{rel}, line {line}: not JSON ({e})") from None
+                stats["items"] += 1
+                stats["too_short"] += len(h) == 0
+                hashes.append(h)
+                owner.append(np.full(len(h), len(items), np.uint32))
+                items.append([rel, line])
+    h = np.concatenate(hashes + [np.zeros(0, np.uint64)])
+    o = np.concatenate(owner + [np.zeros(0, np.uint32)])
+    order = np.argsort(h, kind="stable")
+    os.makedirs(folder, exist_ok=True)
+    np.save(os.path.join(folder, "index.npy"), h[order])
+    np.save(os.path.join(folder, "index.items.npy"), o[order])
+    write_json(os.path.join(folder, "items.json"), items, indent=None)
+    write_json(os.path.join(folder, "tasks.json"), per_file)
+    return per_file
+
+
+class Index:
+    """An index that build_index wrote (memory-mapped: workers share its pages)."""
+
+    def __init__(self, folder):
+        self.h = np.load(os.path.join(folder, "index.npy"), mmap_mode="r")
+        self.owner = np.load(os.path.join(folder, "index.items.npy"), mmap_mode="r")
+        self.items = read_json(os.path.join(folder, "items.json"))
+
+    def matches(self, h):
+        """For each hash, the first index row that holds it, or -1."""
+        if len(self.h) == 0:
+            return np.full(len(h), -1)
+        i = np.searchsorted(self.h, h)
+        return np.where(self.h[np.minimum(i, len(self.h) - 1)] == h, i, -1)
+
+    def first_match(self, text, n_words=N_WORDS, n_cjk=N_CJK):
+        """None, or (file, line, n-gram) of the first item n-gram that text holds."""
+        normed = norm_for_dedup(text)
+        h, s, e, tok = grams(text, n_words, n_cjk, normed)
+        hit = self.matches(h)
+        k = np.flatnonzero(hit >= 0)
+        if len(k) == 0:
+            return None
+        k = k[0]
+        file, line = self.items[int(self.owner[hit[k]])]
+        return file, line, normed[tok[2][s[k]]:tok[3][e[k]]]
+
+
+# -----------------------------------------------------------------------------
+# the stage over shards
+
+def _decont_task(st, i, out, params, shard_bytes):
+    index = Index(os.path.join(st.tmp, "index"))
+    problems, report, found = [], {}, {}
+    with DocWriter(out, "docs", shard_bytes) as kept, \
+         DocWriter(out, "removed", shard_bytes) as removed:
+        for doc in st.documents(i, problems):
+            size, hit = len(doc["text"].encode()), index.first_match(doc["text"], **params)
+            if hit:
+                file, line, gram = hit
+                removed.write(dict(id=doc["id"], source=doc["source"], reason="contaminated",
+                                   task=file, line=line, ngram=gram))
+                count(report, doc["source"], size, "contaminated")
+                f = found.setdefault(file, dict(documents=0, lines=set()))
+                f["documents"] += 1
+                f["lines"].add(line)
+            else:
+                kept.write(doc)
+                count(report, doc["source"], size, size_out=size)
+    write_json(os.path.join(out, "report.json"), dict(docs=kept.files, removed=removed.files,
+                                                      sources=report, problems=problems,
+                                                      tasks={k: dict(v, lines=sorted(v["lines"]))
+                                                             for k, v in found.items()}))
+
+
+def _digest(tasks_dir):
+    return [[rel, hashlib.sha256(open(os.path.join(tasks_dir, rel), "rb").read()).hexdigest()]
+            for rel in task_files(tasks_dir)]
+
+
+def decontaminate_corpus(src, out_dir, tasks_dir, n_words=N_WORDS, n_cjk=N_CJK, shard_mb=16,
+                         workers=0, rank=0, world=1):
+    """The documents of src less those that share an n-gram with any item of the task files
+    under tasks_dir; removed/ names the task file, the item's line and the n-gram (normalised),
+    report.json counts them per source and per task file (documents removed, items found).
+    The index it used stays in out_dir/index/."""
+    if not already_done(out_dir, "decontaminate"):
+        params = dict(n_words=n_words, n_cjk=n_cjk)
+        settings = dict(params, tasks=_digest(tasks_dir))  # other task files: another result
+        with Stage("decontaminate", src, out_dir, settings, shard_mb * 2**20, workers, rank,
+                   world, setup=lambda tmp: build_index(tasks_dir, os.path.join(tmp, "index"),
+                                                        **params),
+                   documents=True) as st:
+            t0 = time.time()
+            st.run("decontaminate", len(st.tasks), _decont_task, params, int(shard_mb * 2**20))
+
+            def finish(tmp):
+                tasks = read_json(os.path.join(tmp, "index", "tasks.json"))
+                for t in tasks.values():
+                    t.update(documents_removed=0, items_found=[])
+                for i in range(len(st.tasks)):
+                    part = read_json(os.path.join(st.path("decontaminate", i), "report.json"))
+                    for file, f in part["tasks"].items():
+                        tasks[file]["documents_removed"] += f["documents"]
+                        tasks[file]["items_found"] = sorted(set(tasks[file]["items_found"])
+                                                            | set(f["lines"]))
+                finish_documents(st, tmp, "decontaminate", dict(params=params, tasks=tasks),
+                                 time.time() - t0)
+                for file, t in tasks.items():
+                    if t["documents_removed"]:
+                        print(f"{file}: {len(t['items_found'])} of {t['items']} items found in "
+                              f"{t['documents_removed']} documents")
+            st.finish(finish)
+    return read_json(os.path.join(out_dir, "report.json"))
