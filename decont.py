@@ -10,6 +10,8 @@ tokenize, and the same n-grams tell which items a training corpus holds.
     decontaminate_corpus(src, out, tasks_dir)
                                      the stage over shards: documents that share an n-gram with
                                      any item go to removed/, with the item and the n-gram
+    found_in(docs_dir, tasks_dir)    the items some document holds, by task file (eval.py
+                                     --contamination scores the others apart)
 
 Normalisation, the same on both sides: dedup.norm_for_dedup (NFKC, so full-width forms become
 half-width; lower case; punctuation and symbols gone; whitespace runs one space), then tokens:
@@ -147,17 +149,37 @@ class Index:
         i = np.searchsorted(self.h, h)
         return np.where(self.h[np.minimum(i, len(self.h) - 1)] == h, i, -1)
 
-    def first_match(self, text, n_words=N_WORDS, n_cjk=N_CJK):
-        """None, or (file, line, n-gram) of the first item n-gram that text holds."""
+    def found(self, text, n_words=N_WORDS, n_cjk=N_CJK):
+        """The items whose n-grams text holds, [(file, line)] sorted, the item of its first
+        n-gram that matched, and that n-gram (normalised); ([], None, None) for a clean text."""
         normed = norm_for_dedup(text)
         h, s, e, tok = grams(text, n_words, n_cjk, normed)
         hit = self.matches(h)
         k = np.flatnonzero(hit >= 0)
         if len(k) == 0:
-            return None
-        k = k[0]
-        file, line = self.items[int(self.owner[hit[k]])]
-        return file, line, normed[tok[2][s[k]]:tok[3][e[k]]]
+            return [], None, None
+        rows, i = hit[k], np.searchsorted(self.h, h[k], side="right")
+        owners = np.unique(np.concatenate([self.owner[a:b] for a, b in zip(rows, i)]))
+        return (sorted(tuple(self.items[int(o)]) for o in owners),
+                tuple(self.items[int(self.owner[rows[0]])]),
+                normed[tok[2][s[k[0]]]:tok[3][e[k[0]]]])
+
+
+def found_in(docs_dir, tasks_dir, n_words=N_WORDS, n_cjk=N_CJK):
+    """{task file: [lines]} of the items of tasks_dir whose n-grams the documents under
+    docs_dir hold (eval.py --contamination): the documents streamed, one at a time, against an
+    index built in a temporary folder; memory in the items, not the documents."""
+    import tempfile
+    from stage import Progress, iter_documents, report_problems
+    out, problems = {}, []
+    with tempfile.TemporaryDirectory() as tmp:
+        build_index(tasks_dir, tmp, n_words, n_cjk)
+        index = Index(tmp)
+        for doc in Progress("contamination", iter_documents(docs_dir, problems), " documents"):
+            for file, line in index.found(doc["text"], n_words, n_cjk)[0]:
+                out.setdefault(file, set()).add(line)
+    report_problems(problems, docs_dir)
+    return {file: sorted(lines) for file, lines in sorted(out.items())}
 
 
 # -----------------------------------------------------------------------------
@@ -169,15 +191,16 @@ def _decont_task(st, i, out, params, shard_bytes):
     with DocWriter(out, "docs", shard_bytes) as kept, \
          DocWriter(out, "removed", shard_bytes) as removed:
         for doc in st.documents(i, problems):
-            size, hit = len(doc["text"].encode()), index.first_match(doc["text"], **params)
-            if hit:
-                file, line, gram = hit
+            size, (items, first, gram) = len(doc["text"].encode()), index.found(doc["text"],
+                                                                                **params)
+            if items:  # named by its first n-gram's item; every item it holds counts as found
                 removed.write(dict(id=doc["id"], source=doc["source"], reason="contaminated",
-                                   task=file, line=line, ngram=gram))
+                                   task=first[0], line=first[1], ngram=gram))
                 count(report, doc["source"], size, "contaminated")
-                f = found.setdefault(file, dict(documents=0, lines=set()))
-                f["documents"] += 1
-                f["lines"].add(line)
+                for file in {f for f, _ in items}:
+                    found.setdefault(file, dict(documents=0, lines=set()))["documents"] += 1
+                for file, line in items:
+                    found[file]["lines"].add(line)
             else:
                 kept.write(doc)
                 count(report, doc["source"], size, size_out=size)

@@ -5,6 +5,8 @@ sampling, the Hugging Face Llama format both ways, and the run's training curves
 
     python eval.py [sweep] [OUT_DIR | CKPT] [--tasks=DIR] [--shots=K] [--seqs=N]
                                                 evals.jsonl, .md, .csv, .png
+                   [--contamination=DOCS_DIR]   each acc also on the items that no training
+                                                document holds (decont.py)
     python eval.py [sweep] HF_DIR --tasks=DIR   a Hugging Face Llama folder (results in
                                                 HF_DIR.evals/), or a folder of them (a released
                                                 model's intermediate checkpoints), with its
@@ -25,6 +27,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+import decont
 import plots
 from checkpoint import Checkpointer, CheckpointError, empty_model, load_model, step_of
 from config import ConfigError, place, run_command, uses_bf16
@@ -226,9 +229,10 @@ def task_sha256(files, shots):
     return out
 
 
-def evaluate_checkpoint(ckpt, files, shots, seqs, device, gen=None):
+def evaluate_checkpoint(ckpt, files, shots, seqs, device, gen=None, dirty=None):
     """One row of the sweep: loss and bits per byte, tasks (with their shots; gen: how the
-    generative ones generate), memorization."""
+    generative ones generate; dirty: {task file: lines of the items found in training
+    documents}, scored apart), memorization."""
     model, cfg, enc, meta = load(ckpt, device)
     row = dict(ckpt=name_of(ckpt), step=meta["step"], tokens=meta["data_position"]["tokens"],
                tasks=settings(files, shots), task_sha256=task_sha256(files, shots))
@@ -241,7 +245,8 @@ def evaluate_checkpoint(ckpt, files, shots, seqs, device, gen=None):
     for path in files:
         name = os.path.basename(path)[:-6]
         r = (run_generative(model, enc, path, row["tasks"][name], unsafe=True, **gen[name])
-             if name in (gen or {}) else run_task(model, enc, path, row["tasks"][name]))
+             if name in (gen or {}) else run_task(model, enc, path, row["tasks"][name], dirty=(
+                 None if dirty is None else set(dirty.get(os.path.basename(path), [])))))
         # each task's own metrics (acc, acc_norm, pct_stereotype, exact_match_*, pass@k, ...)
         row.update({f"{name}/{k}": v for k, v in r.items() if k not in ("n", "shots")})
     if cfg is not None:
@@ -277,11 +282,13 @@ def append_row(log, row):
 
 
 def sweep(path, tasks_dir, shots=None, seqs=0, device="cpu", unsafe=False, samples=None,
-          temperature=None, max_gen_toks=None):
+          temperature=None, max_gen_toks=None, contamination=None):
     """Every checkpoint of a run (or the one given), each evaluated once per setting: a row of
     evals.jsonl is kept when its checkpoint, task files (their sha256), shots and generation
     are the ones asked. The code tasks (HumanEval, MBPP) run the model's code: only with
-    unsafe (--confirm_run_unsafe_code), else they are left out with a note."""
+    unsafe (--confirm_run_unsafe_code), else they are left out with a note. contamination: a
+    folder of the documents the run trained on; the items they hold (decont.found_in) are
+    scored apart: each multiple-choice acc also on the clean items (acc_clean, n_clean)."""
     ckpts = checkpoints(path)
     if not tasks_dir and is_hf(ckpts[0]):
         raise ConfigError(f"{path}: a Hugging Face model has no run data to measure loss on: give "
@@ -305,8 +312,17 @@ def sweep(path, tasks_dir, shots=None, seqs=0, device="cpu", unsafe=False, sampl
     if code and not unsafe:  # said at the end, beside the table that lacks them
         files = [f for f in files if task_of(f) not in CODE]
     gen = generation(files, tasks_dir, samples, temperature, max_gen_toks)
+    dirty = None
+    if contamination:  # once for the sweep: the documents streamed against the items' n-grams
+        if not files:
+            raise ConfigError("--contamination needs --tasks: the items to look for")
+        dirty = decont.found_in(contamination, os.path.dirname(files[0]))
+        for file in files:
+            n = len(dirty.get(os.path.basename(file), []))
+            print(f"{os.path.basename(file)}: {n} items found in {contamination}", file=sys.stderr)
     want = dict(tasks=settings(files, shots), task_sha256=task_sha256(files, shots),
-                **({"generation": gen} if gen else {}))
+                **({"generation": gen} if gen else {}),
+                **({"contamination": dirty} if dirty is not None else {}))
     for file in files:  # a bad task file is said before a model is loaded
         (gen_prompts if task_of(file) in GENERATIVE else task_prompts)(file, shots_of(file, shots))
     log = os.path.join(run_dir, "evals.jsonl")
@@ -320,7 +336,9 @@ def sweep(path, tasks_dir, shots=None, seqs=0, device="cpu", unsafe=False, sampl
         device = f"cuda:{local}"
     for ckpt in [c for c in ckpts if name_of(c) not in done][rank::world]:
         try:
-            row = evaluate_checkpoint(ckpt, files, shots, seqs, device, gen)
+            row = evaluate_checkpoint(ckpt, files, shots, seqs, device, gen, dirty)
+            if dirty is not None:
+                row["contamination"] = dirty
         except CheckpointError as e:  # one damaged checkpoint does not stop a sweep over hundreds
             if len(ckpts) == 1:
                 raise
@@ -328,7 +346,7 @@ def sweep(path, tasks_dir, shots=None, seqs=0, device="cpu", unsafe=False, sampl
             continue
         print(" | ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                          for k, v in row.items()
-                         if k not in ("tasks", "task_sha256", "generation")))
+                         if k not in ("tasks", "task_sha256", "generation", "contamination")))
         append_row(log, row)
     # only now a process group: loading a checkpoint verifies it with the group's ranks
     # if one exists
@@ -354,7 +372,7 @@ def sweep(path, tasks_dir, shots=None, seqs=0, device="cpu", unsafe=False, sampl
 
 def write_table(rows, run_dir):
     # tasks: the shots, said above the table; the task files' sha256 stay in evals.jsonl
-    rows = [{k: v for k, v in r.items() if k not in ("task_sha256", "generation")}
+    rows = [{k: v for k, v in r.items() if k not in ("task_sha256", "generation", "contamination")}
             for r in rows]
     keys = list(dict.fromkeys(k for r in rows for k in r if k != "tasks"))
     with open(os.path.join(run_dir, "evals.csv"), "w", newline="") as f:
@@ -407,6 +425,9 @@ def parser():
                     help="of the generative tasks (default 0: greedy, or the suite's)")
     sw.add_argument("--max_gen_toks", type=int, default=None,
                     help="new tokens at most (default lm-eval's: GSM8K, MBPP 256, HumanEval 1024)")
+    sw.add_argument("--contamination", default=None, metavar="DOCS_DIR",
+                    help="the documents the run trained on: the task items they hold (long "
+                    "n-grams, decont.py) are scored apart, each acc also on the clean items")
     sw.add_argument("--device", default=device)
     sa = sub.add_parser("sample",
                         help="text sampled from the newest checkpoint of a run (or the one given)")
@@ -440,7 +461,8 @@ def main(argv=None):
     args = parser().parse_args(argv)
     if args.cmd == "sweep":
         sweep(args.path, args.tasks, args.shots, args.seqs, args.device,
-              args.confirm_run_unsafe_code, args.samples, args.temperature, args.max_gen_toks)
+              args.confirm_run_unsafe_code, args.samples, args.temperature, args.max_gen_toks,
+              args.contamination)
     elif args.cmd == "sample":
         ckpt = checkpoints(args.path)[-1]
         model, _, enc, meta = load(ckpt, args.device)

@@ -96,6 +96,7 @@ class Item(typing.NamedTuple):
     target: typing.Optional[str] = None
     labels: tuple = ()  # truthfulqa_mc2: 1 for each true answer, 0 for each false one
     delimiter: str = " "  # lm-eval's target_delimiter, before an answer: crows_pairs has none
+    line: int = 0       # where in its file it is (decont.py names contaminated items by line)
 
 
 def task_of(path):
@@ -349,6 +350,7 @@ def read_task(path, read=None):
         if not isinstance(doc, dict):
             raise DataError(f"{path}:{lineno}: not a JSON object (an item is one, with fields)")
         item = (read or read_item)(task, doc, path, lineno)
+        item = item._replace(line=lineno) if isinstance(item, Item) else item
         if not keep or item.subject.startswith(keep):  # a crows_pairs category: lm-eval's filter
             items.append(item)
     return items
@@ -571,7 +573,7 @@ def requests_of(context, item):
     return [(context + c, " " + item.target) for c in item.choices]
 
 
-def run_task(model, enc, path, shots=None, batch_size=16):
+def run_task(model, enc, path, shots=None, batch_size=16, dirty=None):
     """acc and acc_norm (log-likelihood over the answer's length in characters, without the
     space before it) with their standard errors, n and the shots used. shots=None: the
     published count when path has its few-shot file, else 0. WinoGrande and TruthfulQA MC2
@@ -579,7 +581,10 @@ def run_task(model, enc, path, shots=None, batch_size=16):
     there is no answer's length to divide by, and MC2's acc is the mean probability of the true
     answers, not a pick. lm-eval lists acc alone for BoolQ, SIQA and MC1 too: their acc_norm
     is given all the same, and their published number is acc. CrowS-Pairs gives no acc but
-    likelihood_diff and pct_stereotype with their standard errors (crows_pairs/utils.py)."""
+    likelihood_diff and pct_stereotype with their standard errors (crows_pairs/utils.py).
+    dirty: the lines of the items found in training documents (decont.found_in); each acc is
+    then also given on the other items (acc_clean, ...), with n_clean and n_contaminated, as
+    lm-eval's decontamination report gives them."""
     shots = shots_of(path, shots)
     items, prompts = task_prompts(path, shots)
     requests, spans = [], []
@@ -604,4 +609,11 @@ def run_task(model, enc, path, shots=None, batch_size=16):
     out = dict(acc=float(np.mean(hits)), acc_stderr=stderr(hits))
     if task_of(path) not in ACC_ONLY:
         out.update(acc_norm=float(np.mean(hits_norm)), acc_norm_stderr=stderr(hits_norm))
+    if dirty is not None:
+        clean = [k for k, item in enumerate(items) if item.line not in dirty]
+        for key in [k for k in out if not k.endswith("_stderr")]:
+            h = [(hits if key == "acc" else hits_norm)[k] for k in clean]
+            out.update({f"{key}_clean": float(np.mean(h)) if h else float("nan"),
+                        f"{key}_clean_stderr": stderr(h) if h else float("nan")})
+        out.update(n_clean=len(clean), n_contaminated=len(items) - len(clean))
     return dict(out, n=len(items), shots=shots)

@@ -283,3 +283,26 @@ def test_a_sweep_scores_the_new_tasks(run, tmp_path, capsys, monkeypatch):
     # TruthfulQA's six-question preamble is longer than the toy model's 64 tokens: cut, and said
     n = sum(len(it.choices) for it in tasks.read_task(str(folder / "truthfulqa_mc1.jsonl")))
     assert f"truthfulqa_mc1.jsonl: {n} of {n} requests are longer" in capsys.readouterr().err
+
+
+def test_a_sweep_with_contamination_scores_the_clean_items_apart(run, tmp_path):
+    # an item planted in the training documents: acc on the other items equals a sweep of a file
+    # without it (at 0 shots an item's score does not depend on the others)
+    import decont
+    folder, docs, clean = tmp_path / "evals", tmp_path / "docs", tmp_path / "clean"
+    for d in (folder, docs, clean):
+        d.mkdir()
+    raw = open(os.path.join(EVALS, "arc_easy.jsonl"), encoding="utf-8").read().splitlines()
+    (folder / "arc_easy.jsonl").write_text("\n".join(raw) + "\n", encoding="utf-8")
+    line = next(k for k, l in enumerate(raw, 1) if len(decont.grams(decont.item_text(json.loads(l)))[0]))
+    text = "Homework.\n" + decont.item_text(json.loads(raw[line - 1])).upper()
+    (docs / "d.jsonl").write_text(json.dumps({"id": "x", "text": text}) + "\n", encoding="utf-8")
+    row = ev.sweep(str(run / "ckpt_0000001"), str(folder), shots=0, seqs=2, contamination=str(docs))[0]
+    (clean / "arc_easy.jsonl").write_text("\n".join(l for k, l in enumerate(raw, 1) if k != line) + "\n",
+                                          encoding="utf-8")
+    ref = ev.sweep(str(run / "ckpt_0000001"), str(clean), shots=0, seqs=2)[0]
+    assert row["contamination"] == {"arc_easy.jsonl": [line]}
+    assert (row["arc_easy/n_contaminated"], row["arc_easy/n_clean"]) == (1, len(raw) - 1)
+    assert row["arc_easy/acc_clean"] == pytest.approx(ref["arc_easy/acc"], abs=1e-9)
+    assert row["arc_easy/acc_norm_clean"] == pytest.approx(ref["arc_easy/acc_norm"], abs=1e-9)
+    assert "arc_easy/acc_clean" not in ref
