@@ -244,9 +244,11 @@ def evaluate_checkpoint(ckpt, files, shots, seqs, device, gen=None, dirty=None):
         row.update(document_bpb(model, cfg, enc, seqs or 64))
     for path in files:
         name = os.path.basename(path)[:-6]
-        r = (run_generative(model, enc, path, row["tasks"][name], unsafe=True, **gen[name])
-             if name in (gen or {}) else run_task(model, enc, path, row["tasks"][name], dirty=(
-                 None if dirty is None else set(dirty.get(os.path.basename(path), [])))))
+        mine = None if dirty is None else set(dirty.get(os.path.basename(path), []))
+        r = (run_generative(model, enc, path, row["tasks"][name], unsafe=True, dirty=mine,
+                            **gen[name])
+             if name in (gen or {}) else run_task(model, enc, path, row["tasks"][name],
+                                                  dirty=mine))
         # each task's own metrics (acc, acc_norm, pct_stereotype, exact_match_*, pass@k, ...)
         row.update({f"{name}/{k}": v for k, v in r.items() if k not in ("n", "shots")})
     if cfg is not None:

@@ -27,7 +27,8 @@ from tqdm import tqdm
 import sandbox
 from config import ConfigError
 from model import autocast
-from tasks import Fields, contexts, items_of, read_task, shots_of, stderr, task_of, warn_once
+from tasks import (Fields, contexts, items_of, read_task, scored_apart, shots_of, stderr,
+                   task_of, warn_once)
 from tokenizer import special_ids
 
 # lm-eval's generation_kwargs: stop sequences (end-of-text is one too) and the most new tokens
@@ -71,6 +72,7 @@ class GenItem(typing.NamedTuple):
     prefix: str = ""  # what the program puts before the completion (HumanEval: the prompt)
     tests: str = ""   # what it puts after it, on a line of its own: the task's tests
     subject: str = ""  # none: the shots' pool is the whole train file (tasks.contexts)
+    line: int = 0      # where in its file it is (decont.py names contaminated items by line)
 
 
 def mbpp_prompt(f, text, tests):
@@ -224,13 +226,14 @@ def check_generation(samples, temperature, max_gen_toks):
 
 
 def run_generative(model, enc, path, shots=None, unsafe=False, samples=1, temperature=0.0,
-                   top_p=0.95, max_gen_toks=None, batch_size=16, seed=0):
+                   top_p=0.95, max_gen_toks=None, batch_size=16, seed=0, dirty=None):
     """A generative task's metrics, with their standard errors, n and the shots used. GSM8K:
     exact_match_strict and exact_match_flexible. HumanEval, MBPP (only with unsafe, the user's
     --confirm_run_unsafe_code): pass@1, and pass@k for k of 10 and 100 up to samples, each
     item's the unbiased estimate from its samples, averaged. samples > 1 needs a temperature;
     top_p applies to sampling alone, with transformers' default top_k of 50, as lm-eval's
-    sampled runs (humaneval_64) draw."""
+    sampled runs (humaneval_64) draw. dirty: as run_task's (each metric also on the clean
+    items)."""
     task, name = task_of(path), os.path.basename(path)
     if task in CODE and not unsafe:
         raise ConfigError(f"{path}: {task} runs the code the model writes: only with "
@@ -252,19 +255,20 @@ def run_generative(model, enc, path, shots=None, unsafe=False, samples=1, temper
                            batch_size, desc=name)
     if task == "gsm8k":
         gold = [normalized(item.answer) for item in items]
-        out = {}
+        out, scores = {}, {}
         for metric, regex, group in (("strict", STRICT, 0), ("flexible", FLEXIBLE, -1)):
             hits = [float(normalized(extract(regex, t, group)) == g) for t, g in zip(texts, gold)]
+            scores[f"exact_match_{metric}"] = hits
             out.update({f"exact_match_{metric}": float(np.mean(hits)),
                         f"exact_match_{metric}_stderr": stderr(hits)})
-        return dict(out, n=len(items), shots=shots)
+        return dict(out, **scored_apart(scores, items, dirty), n=len(items), shots=shots)
     programs = [f"{item.prefix}{text}\n{item.tests}"
                 for item, text in zip([i for i in items for _ in range(samples)], texts)]
     passed = np.array([r.passed for r in run_programs(programs, desc=name + " (run)")])
     passed = passed.reshape(len(items), samples).sum(1)
-    out = {}
+    out, scores = {}, {}
     for k in [1] + [k for k in (10, 100) if k <= samples]:
-        per_item = [sandbox.pass_at_k(samples, int(c), k) for c in passed]
+        per_item = scores[f"pass@{k}"] = [sandbox.pass_at_k(samples, int(c), k) for c in passed]
         out.update({f"pass@{k}": float(np.mean(per_item)), f"pass@{k}_stderr": stderr(per_item)})
-    return dict(out, n=len(items), shots=shots)
+    return dict(out, **scored_apart(scores, items, dirty), n=len(items), shots=shots)
 

@@ -350,7 +350,7 @@ def read_task(path, read=None):
         if not isinstance(doc, dict):
             raise DataError(f"{path}:{lineno}: not a JSON object (an item is one, with fields)")
         item = (read or read_item)(task, doc, path, lineno)
-        item = item._replace(line=lineno) if isinstance(item, Item) else item
+        item = item._replace(line=lineno) if "line" in item._fields else item
         if not keep or item.subject.startswith(keep):  # a crows_pairs category: lm-eval's filter
             items.append(item)
     return items
@@ -609,11 +609,20 @@ def run_task(model, enc, path, shots=None, batch_size=16, dirty=None):
     out = dict(acc=float(np.mean(hits)), acc_stderr=stderr(hits))
     if task_of(path) not in ACC_ONLY:
         out.update(acc_norm=float(np.mean(hits_norm)), acc_norm_stderr=stderr(hits_norm))
-    if dirty is not None:
-        clean = [k for k, item in enumerate(items) if item.line not in dirty]
-        for key in [k for k in out if not k.endswith("_stderr")]:
-            h = [(hits if key == "acc" else hits_norm)[k] for k in clean]
-            out.update({f"{key}_clean": float(np.mean(h)) if h else float("nan"),
-                        f"{key}_clean_stderr": stderr(h) if h else float("nan")})
-        out.update(n_clean=len(clean), n_contaminated=len(items) - len(clean))
-    return dict(out, n=len(items), shots=shots)
+    per_item = dict(acc=hits, **({"acc_norm": hits_norm} if "acc_norm" in out else {}))
+    return dict(out, **scored_apart(per_item, items, dirty), n=len(items), shots=shots)
+
+
+def scored_apart(per_item, items, dirty):
+    """{metric}_clean and its stderr for each {metric: a score per item}, over the items whose
+    line is not in dirty (decont.found_in's lines of this file), with n_clean and
+    n_contaminated; {} when dirty is None (no --contamination)."""
+    if dirty is None:
+        return {}
+    clean = [k for k, item in enumerate(items) if item.line not in dirty]
+    out = dict(n_clean=len(clean), n_contaminated=len(items) - len(clean))
+    for key, scores in per_item.items():
+        h = [scores[k] for k in clean]
+        out.update({f"{key}_clean": float(np.mean(h)) if h else float("nan"),
+                    f"{key}_clean_stderr": stderr(h) if h else float("nan")})
+    return out

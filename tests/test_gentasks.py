@@ -164,6 +164,12 @@ def test_gsm8k_scores_by_hand(tmp_path, monkeypatch):
     assert r["exact_match_strict"] == pytest.approx(1 / 3)
     assert r["exact_match_flexible"] == pytest.approx(2 / 3)
     assert r["exact_match_flexible_stderr"] == pytest.approx(np.std([1, 1, 0], ddof=1) / math.sqrt(3))
+    assert "n_clean" not in r
+    # q2 (line 2) found in the training documents (eval.py --contamination): q1 and q3 apart
+    r = gentasks.run_generative(model, None, path, 0, dirty={2})
+    assert (r["n_clean"], r["n_contaminated"]) == (2, 1)
+    assert r["exact_match_strict_clean"] == r["exact_match_flexible_clean"] == pytest.approx(1 / 2)
+    assert r["exact_match_strict"] == pytest.approx(1 / 3)  # all items, as before
 
 
 def test_gsm8k_shots_are_drawn_from_its_train_file_as_lm_eval_draws_them():
