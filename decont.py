@@ -21,14 +21,15 @@ them change nothing. An n-gram is N_WORDS tokens when it starts on a word, N_CJK
 on a CJK character (Chinese has no spaces: a word is ~1.5 characters); docs/data.md has the
 measurement behind the sizes. Nothing here imports torch.
 """
-import hashlib, json, os, time
+import json, os, tempfile, time
 
 import numpy as np
 
 from dedup import _is_cjk, norm_for_dedup
 from executor import Stage
 from kept import DocWriter, count, finish_documents
-from stage import DataError, already_done, read_json, splitmix64, write_json
+from stage import (DataError, Progress, already_done, iter_documents, read_json, report_problems,
+                   sha256_file, splitmix64, write_json)
 
 N_WORDS, N_CJK = 13, 20
 
@@ -110,8 +111,8 @@ def build_index(tasks_dir, folder, n_words=N_WORDS, n_cjk=N_CJK):
     hashes, owner, items, per_file = [], [], [], {}
     for rel in task_files(tasks_dir):
         stats = per_file.setdefault(rel, dict(items=0, too_short=0))
-        with open(os.path.join(tasks_dir, rel), encoding="utf-8") as f:
-            for line, raw in enumerate(f, 1):
+        with open(os.path.join(tasks_dir, rel), encoding="utf-8", newline="") as f:
+            for line, raw in enumerate(f.read().split("\n"), 1):  # as tasks.read_task counts
                 if not raw.strip():
                     continue
                 try:
@@ -169,8 +170,6 @@ def found_in(docs_dir, tasks_dir, n_words=N_WORDS, n_cjk=N_CJK):
     """{task file: [lines]} of the items of tasks_dir whose n-grams the documents under
     docs_dir hold (eval.py --contamination): the documents streamed, one at a time, against an
     index built in a temporary folder; memory in the items, not the documents."""
-    import tempfile
-    from stage import Progress, iter_documents, report_problems
     out, problems = {}, []
     with tempfile.TemporaryDirectory() as tmp:
         build_index(tasks_dir, tmp, n_words, n_cjk)
@@ -211,8 +210,7 @@ def _decont_task(st, i, out, params, shard_bytes):
 
 
 def _digest(tasks_dir):
-    return [[rel, hashlib.sha256(open(os.path.join(tasks_dir, rel), "rb").read()).hexdigest()]
-            for rel in task_files(tasks_dir)]
+    return [[rel, sha256_file(os.path.join(tasks_dir, rel))] for rel in task_files(tasks_dir)]
 
 
 def decontaminate_corpus(src, out_dir, tasks_dir, n_words=N_WORDS, n_cjk=N_CJK, shard_mb=16,

@@ -360,7 +360,7 @@ def _ranges(paths, p, width):
         at = np.searchsorted(np.cumsum(weight[order]), total * np.arange(1, ranges) / ranges)
         edges = np.unique(values[order][np.minimum(at, len(order) - 1)])
     cuts = [[a, *(a + np.searchsorted(np.load(path, mmap_mode="r")[a:b, 0], edges)), b]
-            for path, a, b in spans]
+            if len(edges) else [a, b] for path, a, b in spans]  # (one range: no file opened)
     for k in range(len(edges) + 1):
         parts = [np.array(np.load(path, mmap_mode="r")[c[k]:c[k + 1]])
                  for (path, _, _), c in zip(spans, cuts) if c[k + 1] > c[k]]
