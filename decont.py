@@ -170,14 +170,18 @@ def found_in(docs_dir, tasks_dir, n_words=N_WORDS, n_cjk=N_CJK):
     """{task file: [lines]} of the items of tasks_dir whose n-grams the documents under
     docs_dir hold (eval.py --contamination): the documents streamed, one at a time, against an
     index built in a temporary folder; memory in the items, not the documents."""
-    out, problems = {}, []
+    out, problems, seen = {}, [], 0
     with tempfile.TemporaryDirectory() as tmp:
         build_index(tasks_dir, tmp, n_words, n_cjk)
         index = Index(tmp)
         for doc in Progress("contamination", iter_documents(docs_dir, problems), " documents"):
+            seen += 1
             for file, line in index.found(doc["text"], n_words, n_cjk)[0]:
                 out.setdefault(file, set()).add(line)
     report_problems(problems, docs_dir)
+    if not seen:  # an empty folder is no evidence that every item is clean
+        raise DataError(f"{docs_dir}: no documents found (looked for .jsonl, .jsonl.gz and .txt "
+                        "files): --contamination names the documents a run trained on")
     return {file: sorted(lines) for file, lines in sorted(out.items())}
 
 

@@ -130,3 +130,17 @@ def test_the_pipeline_decontaminates_between_dedup_and_tokenize(tmp_path):
     cfg, _ = curate.load_config([os.path.join(ROOT, "config", "toy.py"), f"--tasks_dir={EVALS}", "--clean_dir=x"])
     with pytest.raises(ConfigError, match="set dedup_dir too"):
         curate.stages(cfg, "dedup")
+
+
+def test_bad_input_is_one_line_naming_it(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(stage.DataError, match=f"^{empty}: no documents found"):
+        decont.found_in(str(empty), EVALS)  # not "every item clean"
+    with pytest.raises(stage.DataError, match=f"^{empty}: no task files"):
+        decont.found_in(EVALS, str(empty))
+    bad = tmp_path / "tasks"
+    bad.mkdir()
+    (bad / "t.jsonl").write_text('{"question": "fine"}\n{"question": broken\n', encoding="utf-8")
+    with pytest.raises(stage.DataError, match=f"^{bad}/t.jsonl, line 2: not JSON"):
+        decont.build_index(str(bad), str(tmp_path / "index"))
