@@ -1,15 +1,15 @@
 """
-Benchmark questions out of the training data: a document that shares a long n-gram with any
-task item (its question, context, choices and answer; few-shot files too) is dropped before
-tokenize, and the same n-grams tell which items a training corpus holds.
+Benchmark questions out of the training data: a document that holds a share of the n-grams of
+a task item (its question, context, choices and answer; few-shot files too) is dropped before
+tokenize, and the same rule tells which items a training corpus holds.
 
     grams(text)                      the n-gram hashes of a text (and where each starts): what
                                      both sides compare
     build_index(tasks_dir, folder)   every item of every .jsonl file under tasks_dir: its
                                      n-grams, sorted, with the item of each
     decontaminate_corpus(src, out, tasks_dir)
-                                     the stage over shards: documents that share an n-gram with
-                                     any item go to removed/, with the item and the n-gram
+                                     the stage over shards: documents that hold an item go to
+                                     removed/, with the item and the first n-gram it matched
     found_in(docs_dir, tasks_dir)    the items some document holds, by task file (eval.py
                                      --contamination scores the others apart)
 
@@ -18,8 +18,10 @@ half-width; lower case; punctuation and symbols gone; whitespace runs one space)
 each CJK character alone, any other run of letters and digits a word. A token of one latin
 letter or digit is dropped, so labels ("A. ", "(b)", "1.") and an answer list rewritten with
 them change nothing. An n-gram is N_WORDS tokens when it starts on a word, N_CJK when it starts
-on a CJK character (Chinese has no spaces: a word is ~1.5 characters); docs/data.md has the
-measurement behind the sizes. Nothing here imports torch.
+on a CJK character. A document holds an item when it holds at least SHARE of the item's distinct
+n-grams (one at least), as PaLM's contamination rule counts 8-grams: a quotation that an item
+makes of a classic poem is then not the item. docs/data.md has the planted-set measurement
+behind 8, 8 and 15% (benchmarks/decont_bench.py). Nothing here imports torch.
 """
 import json, os, tempfile, time
 
@@ -31,7 +33,7 @@ from kept import DocWriter, count, finish_documents
 from stage import (DataError, Progress, already_done, iter_documents, read_json, report_problems,
                    sha256_file, splitmix64, write_json)
 
-N_WORDS, N_CJK = 13, 20
+N_WORDS, N_CJK, SHARE = 8, 8, 0.15
 
 _B, _C = np.uint64(0x100000001B3), np.uint64(0x9E3779B97F4A7C15)  # odd: invertible mod 2^64
 _C_INV = np.uint64(pow(int(_C), -1, 2**64))
@@ -116,7 +118,7 @@ def build_index(tasks_dir, folder, n_words=N_WORDS, n_cjk=N_CJK):
                 if not raw.strip():
                     continue
                 try:
-                    h = grams(item_text(json.loads(raw)), n_words, n_cjk)[0]
+                    h = np.unique(grams(item_text(json.loads(raw)), n_words, n_cjk)[0])
                 except ValueError as e:
                     raise DataError(f"{tasks_dir}/{rel}, line {line}: not JSON ({e})") from None
                 stats["items"] += 1
@@ -142,31 +144,39 @@ class Index:
         self.h = np.load(os.path.join(folder, "index.npy"), mmap_mode="r")
         self.owner = np.load(os.path.join(folder, "index.items.npy"), mmap_mode="r")
         self.items = read_json(os.path.join(folder, "items.json"))
+        self.size = np.bincount(self.owner, minlength=len(self.items))  # an item's n-grams
 
-    def matches(self, h):
-        """For each hash, the first index row that holds it, or -1."""
-        if len(self.h) == 0:
-            return np.full(len(h), -1)
-        i = np.searchsorted(self.h, h)
-        return np.where(self.h[np.minimum(i, len(self.h) - 1)] == h, i, -1)
+    def rows(self, h):
+        """The index rows that hold each hash of h: (first, past the last) of each."""
+        return np.searchsorted(self.h, h), np.searchsorted(self.h, h, side="right")
 
-    def found(self, text, n_words=N_WORDS, n_cjk=N_CJK):
-        """The items whose n-grams text holds, [(file, line)] sorted, the item of its first
-        n-gram that matched, and that n-gram (normalised); ([], None, None) for a clean text."""
+    def held(self, h):
+        """The items that the n-gram hashes h hold any n-gram of, and how many of each's."""
+        a, b = self.rows(np.unique(h))  # an item's n-grams are unique in the index: rows count
+        n = b - a
+        rows = np.repeat(a - np.cumsum(n) + n, n) + np.arange(n.sum())
+        return np.unique(np.asarray(self.owner[rows]), return_counts=True)
+
+    def found(self, text, n_words=N_WORDS, n_cjk=N_CJK, share=SHARE):
+        """The items of which text holds at least share of the n-grams (one at least), [(file,
+        line)] sorted; the first of them to match in text and its n-gram there (normalised), the
+        evidence removed/ gives; ([], None, None) for a clean text."""
         normed = norm_for_dedup(text)
         h, s, e, tok = grams(text, n_words, n_cjk, normed)
-        hit = self.matches(h)
-        k = np.flatnonzero(hit >= 0)
-        if len(k) == 0:
+        owners, held = self.held(h)
+        found = owners[held >= np.maximum(np.ceil(share * self.size[owners] - 1e-9), 1)]
+        if len(found) == 0:
             return [], None, None
-        rows, i = hit[k], np.searchsorted(self.h, h[k], side="right")
-        owners = np.unique(np.concatenate([self.owner[a:b] for a, b in zip(rows, i)]))
-        return (sorted(tuple(self.items[int(o)]) for o in owners),
-                tuple(self.items[int(self.owner[rows[0]])]),
-                normed[tok[2][s[k[0]]]:tok[3][e[k[0]]]])
+        a, b = self.rows(h)  # the evidence: the first n-gram of text that a found item holds
+        found_set = set(found.tolist())
+        first = next((k, o) for k in np.flatnonzero(b > a) for o in self.owner[a[k]:b[k]].tolist()
+                     if o in found_set)
+        return (sorted(tuple(self.items[int(o)]) for o in found),
+                tuple(self.items[int(first[1])]),
+                normed[tok[2][s[first[0]]]:tok[3][e[first[0]]]])
 
 
-def found_in(docs_dir, tasks_dir, n_words=N_WORDS, n_cjk=N_CJK):
+def found_in(docs_dir, tasks_dir, n_words=N_WORDS, n_cjk=N_CJK, share=SHARE):
     """{task file: [lines]} of the items of tasks_dir whose n-grams the documents under
     docs_dir hold (eval.py --contamination): the documents streamed, one at a time, against an
     index built in a temporary folder; memory in the items, not the documents."""
@@ -176,7 +186,7 @@ def found_in(docs_dir, tasks_dir, n_words=N_WORDS, n_cjk=N_CJK):
         index = Index(tmp)
         for doc in Progress("contamination", iter_documents(docs_dir, problems), " documents"):
             seen += 1
-            for file, line in index.found(doc["text"], n_words, n_cjk)[0]:
+            for file, line in index.found(doc["text"], n_words, n_cjk, share)[0]:
                 out.setdefault(file, set()).add(line)
     report_problems(problems, docs_dir)
     if not seen:  # an empty folder is no evidence that every item is clean
@@ -217,18 +227,18 @@ def _digest(tasks_dir):
     return [[rel, sha256_file(os.path.join(tasks_dir, rel))] for rel in task_files(tasks_dir)]
 
 
-def decontaminate_corpus(src, out_dir, tasks_dir, n_words=N_WORDS, n_cjk=N_CJK, shard_mb=16,
-                         workers=0, rank=0, world=1):
+def decontaminate_corpus(src, out_dir, tasks_dir, n_words=N_WORDS, n_cjk=N_CJK, share=SHARE,
+                         shard_mb=16, workers=0, rank=0, world=1):
     """The documents of src less those that share an n-gram with any item of the task files
     under tasks_dir; removed/ names the task file, the item's line and the n-gram (normalised),
     report.json counts them per source and per task file (documents removed, items found).
     The index it used stays in out_dir/index/."""
     if not already_done(out_dir, "decontaminate"):
-        params = dict(n_words=n_words, n_cjk=n_cjk)
+        params = dict(n_words=n_words, n_cjk=n_cjk, share=share)
         settings = dict(params, tasks=_digest(tasks_dir))  # other task files: another result
         with Stage("decontaminate", src, out_dir, settings, shard_mb * 2**20, workers, rank,
                    world, setup=lambda tmp: build_index(tasks_dir, os.path.join(tmp, "index"),
-                                                        **params),
+                                                        n_words, n_cjk),
                    documents=True) as st:
             t0 = time.time()
             st.run("decontaminate", len(st.tasks), _decont_task, params, int(shard_mb * 2**20))

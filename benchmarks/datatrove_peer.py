@@ -22,6 +22,7 @@ fields, which datatrove keeps as metadata; the top-level *.jsonl files are read 
     $PY benchmarks/datatrove_peer.py minhash  IN WORK --workers N [--lang doc|en] [--zh_language cmn_Hani]
     $PY benchmarks/datatrove_peer.py tokenize IN OUT  --tokenizer PATH/tokenizer.json --workers N
     $PY benchmarks/datatrove_peer.py shingles IN      [--lang doc|en]     (diagnostic: words/shingles per lang)
+    $PY benchmarks/datatrove_peer.py decont   IN OUT  --items FILE --workers N [--lang doc|en] [--n_grams 12]
 
   common options:
     --limit_docs K   read only the first K documents (files in name order, lines in order);
@@ -54,6 +55,14 @@ fields, which datatrove keeps as metadata; the top-level *.jsonl files are read 
             default document shuffle is deterministic; --no_shuffle to turn the shuffle off).
             The HF tokenizers library runs encode_batch on its own thread pool (all cores);
             set RAYON_NUM_THREADS=1 to keep one core per worker.
+  decont:   NGramsDecontIndexer.compute_hashes (its own code, called on each item of --items, a .jsonl of
+            {"task", "line", "lang", "text"}: every n-gram of the text, as the item's label; the indexer's
+            run() imports lighteval for its task registry, which these items do not need) -> one
+            <task>.index.hashes file per task, as run() writes them; then JsonlReader -> NGramsDecontFilter
+            (exclusion_writer: OUT.datatrove_logs/removed, with contaminated_ngram and _task) -> JsonlWriter(OUT).
+            NGramsDecontConfig() defaults: 12-grams, simplify_text's default normalisation, xxhash64.
+            --lang doc: Chinese items and documents in jieba words (cmn_Hani), as for minhash; --lang en:
+            datatrove's default (English) for all. The index build's CPU time is counted.
 
 The JSON line (also written to OUT.datatrove_logs/result.json or WORK/result.json):
     stage, seconds (wall), cpu_seconds, peak_rss_mb_per_worker, peak_rss_source, main_rss_mb,
@@ -116,13 +125,16 @@ import shutil
 import sys
 import time
 
+import numpy as np
 from datatrove.executor import LocalPipelineExecutor
 from datatrove.pipeline.dedup import MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter, MinhashDedupSignature
+from datatrove.pipeline.decont import NGramsDecontConfig, NGramsDecontFilter, NGramsDecontIndexer
 from datatrove.pipeline.dedup.minhash import MinhashConfig
 from datatrove.pipeline.filters import C4QualityFilter, GopherQualityFilter, GopherRepetitionFilter
 from datatrove.pipeline.readers import JsonlReader
 from datatrove.pipeline.tokens import DocumentTokenizer
 from datatrove.pipeline.writers import JsonlWriter
+from datatrove.utils.hashing import create_hash_func
 from datatrove.utils.typeshelper import Languages
 from datatrove.utils.word_tokenizers import load_word_tokenizer
 
@@ -508,6 +520,60 @@ def cmd_shingles(args):
 
 
 # -----------------------------------------------------------------------------
+# 4. n-gram decontamination
+
+class LangDecontFilter(NGramsDecontFilter):
+    """NGramsDecontFilter with the word tokenizer chosen per document from its "lang" metadata."""
+
+    def __init__(self, index_folder, config=None, exclusion_writer=None, lang_map=None):
+        super().__init__(index_folder, config=config, exclusion_writer=exclusion_writer)
+        self.lang_map, self.default_tokenizer = dict(lang_map or {}), self.tokenizer
+
+    def filter(self, doc):
+        code = self.lang_map.get(doc.metadata.get("lang"))
+        self.tokenizer = load_word_tokenizer(code) if code else self.default_tokenizer
+        return super().filter(doc)
+
+
+def cmd_decont(args):
+    out = os.path.abspath(args.output)
+    logs = out.rstrip("/") + ".datatrove_logs"
+    fresh(out, args.overwrite), fresh(logs, args.overwrite)
+    in_dir, n_files, n_bytes, n_docs = prepare_input(args, os.path.join(logs, "input"))
+    config, index = NGramsDecontConfig(n_grams=args.n_grams), os.path.join(logs, "index")
+    t0, r0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+    me = argparse.Namespace(config=config, hash_func=create_hash_func(config.hash_config), tokenizer=None)
+    hashes = {}
+    for line in open(args.items, encoding="utf-8"):
+        item = json.loads(line)
+        code = lang_map(args).get(item["lang"])
+        me.tokenizer = load_word_tokenizer(code or Languages.english)
+        hashes.setdefault(item["task"].replace("/", "__"), set()).update(
+            NGramsDecontIndexer.compute_hashes(me, item["text"]))
+    os.makedirs(index)
+    for task, h in hashes.items():
+        np.array(sorted(h), dtype=config.hash_config.np_descr).tofile(os.path.join(index, f"{task}.index.hashes"))
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    built = dict(seconds=time.perf_counter() - t0, cpu_seconds=_cpu(r1) - _cpu(r0))
+    tasks = args.tasks or n_files
+    ex = MeasuredExecutor([reader(in_dir), LangDecontFilter(index, config, writer(os.path.join(logs, "removed")),
+                                                            lang_map(args)), writer(out)],
+                          tasks=tasks, workers=min(args.workers, tasks), logging_dir=os.path.join(logs, "executor"),
+                          start_method=args.start_method)
+    res = run_measured("decont", ex)
+    res["seconds"] = round(res["seconds"] + built["seconds"], 4)
+    res["cpu_seconds"] = round(res["cpu_seconds"] + built["cpu_seconds"], 4)
+    removed = []
+    for p in sorted(glob.glob(os.path.join(logs, "removed", "*.jsonl"))):
+        removed += [{k: d.get(k) for k in ("id", "contaminated_task", "contaminated_ngram")}
+                    for d in map(json.loads, open(p, encoding="utf-8"))]
+    res.update(mb_in=round(n_bytes / 1e6, 6), bytes_in=n_bytes, docs_in=n_docs, docs_out=count_lines(out),
+               index=dict(built, hashes=sum(map(len, hashes.values()))), removed=removed, lang=args.lang,
+               config=str(config), tool="datatrove 0.10.1")
+    finish(res, logs)
+
+
+# -----------------------------------------------------------------------------
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -540,11 +606,17 @@ def main(argv=None):
     s.add_argument("--tokenizer", required=True, help="a local HF tokenizer.json")
     s.add_argument("--eos_token", default=None, help="default <|endoftext|> when the tokenizer has it; '' for none")
     s.add_argument("--no_shuffle", action="store_true")
+    s = common(sub.add_parser("decont"))
+    s.add_argument("--items", required=True, help=".jsonl of {task, line, lang, text}")
+    s.add_argument("--lang", choices=("doc", "en"), default="doc")
+    s.add_argument("--zh_language", default=Languages.mandarin_chinese__hani)
+    s.add_argument("--n_grams", type=int, default=12, help="NGramsDecontConfig's default: 12")
     args = p.parse_args(argv)
     if getattr(args, "workers", 1) < 1:
         p.error("--workers must be >= 1")
     _quiet_stdout()
-    dict(filter=cmd_filter, minhash=cmd_minhash, tokenize=cmd_tokenize, shingles=cmd_shingles)[args.cmd](args)
+    dict(filter=cmd_filter, minhash=cmd_minhash, tokenize=cmd_tokenize, shingles=cmd_shingles,
+         decont=cmd_decont)[args.cmd](args)
 
 
 if __name__ == "__main__":

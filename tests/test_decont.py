@@ -144,3 +144,48 @@ def test_bad_input_is_one_line_naming_it(tmp_path):
     (bad / "t.jsonl").write_text('{"question": "fine"}\n{"question": broken\n', encoding="utf-8")
     with pytest.raises(stage.DataError, match=f"^{bad}/t.jsonl, line 2: not JSON"):
         decont.build_index(str(bad), str(tmp_path / "index"))
+
+
+def test_an_item_is_found_when_a_document_holds_its_share_of_the_items_ngrams(tmp_path):
+    # the reference: n-grams as tuples of token strings (no hashing), an item's share counted by hand
+    rng = random.Random(3)
+    items = [{"question": "A train leaves the station at nine and travels sixty miles every hour for three hours; "
+                          "how far has it gone when it stops at noon?", "answer": "180 miles"},
+             {"question": "“学而时习之，不亦说乎？有朋自远方来，不亦乐乎？”这段话出自哪部典籍？",
+              "A": "《论语》", "B": "《孟子》", "C": "《大学》", "D": "《中庸》"},
+             {"question": "Which planet is known as the red planet because of iron oxide on its surface?",
+              "choices": ["Venus", "Mars", "Jupiter", "Saturn"]}]
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "t.jsonl").write_text("".join(json.dumps(i, ensure_ascii=False) + "\n" for i in items), encoding="utf-8")
+    decont.build_index(str(tasks), str(tmp_path / "index"), n_words=5, n_cjk=6)
+    index = decont.Index(str(tmp_path / "index"))
+    host = next(stage.iter_documents(os.path.join(TINY, "en.jsonl"), []))["text"][:1500]
+    grams_of = lambda t: set(gram_tokens(t, n_words=5, n_cjk=6))
+    mine = [grams_of(decont.item_text(i)) for i in items]
+    docs = ["学而时习之，不亦说乎", host]  # a quotation of the item's quotation alone; a clean text
+    for item in items:
+        for k in range(0, 12, 2):  # k words (or characters) replaced, a part or all, inside a host
+            text = decont.item_text(item)
+            for _ in range(k):
+                j = rng.randrange(len(text))
+                text = text[:j] + rng.choice(["水", " zebra ", "山"]) + text[j + 1:]
+            part = text[: rng.randrange(len(text) // 3, len(text) + 1)] if k else text  # k=0: all of it
+            docs.append(host[:700] + "\n" + part + "\n" + host[700:])
+    seen = set()
+    for text in docs:
+        held = [len(g & grams_of(text)) for g in mine]
+        for share in (0.0, 0.15, 0.5, 1.0):
+            want = sorted(("t.jsonl", j + 1) for j, (h, g) in enumerate(zip(held, mine)) if h and h >= share * len(g))
+            got, first, gram = index.found(text, n_words=5, n_cjk=6, share=share)
+            assert got == want, (text, share)
+            seen.add((share, len(want)))
+            if got:  # the evidence: an n-gram of the document that a found item holds
+                g = gram_tokens(gram, n_words=5, n_cjk=6)
+                assert first in got and len(g) == 1 and g[0] in mine[first[1] - 1] and g[0] in grams_of(text)
+    # the quotation alone is found at share 0 and not at 0.15: its 6-grams are a small part of the item's
+    quote = docs[0]
+    assert index.found(quote, n_words=5, n_cjk=6, share=0.0)[0] == [("t.jsonl", 2)]
+    assert index.found(quote, n_words=5, n_cjk=6, share=0.15)[0] == []
+    assert {s for s, n in seen if n} == {0.0, 0.15, 0.5, 1.0}  # every share found something and missed something
+    assert {s for s, n in seen if not n} == {0.0, 0.15, 0.5, 1.0}
