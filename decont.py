@@ -21,7 +21,7 @@ them change nothing. An n-gram is N_WORDS tokens when it starts on a word, N_CJK
 on a CJK character. A document holds an item when it holds at least SHARE of the item's distinct
 n-grams (one at least), as PaLM's contamination rule counts 8-grams: a quotation that an item
 makes of a classic poem is then not the item. docs/data.md has the planted-set measurement
-behind 8, 8 and 15% (benchmarks/decont_bench.py). Nothing here imports torch.
+behind 8, 8 and 20% (benchmarks/decont_bench.py). Nothing here imports torch.
 """
 import json, os, tempfile, time
 
@@ -33,7 +33,7 @@ from kept import DocWriter, count, finish_documents
 from stage import (DataError, Progress, already_done, iter_documents, read_json, report_problems,
                    sha256_file, splitmix64, write_json)
 
-N_WORDS, N_CJK, SHARE = 8, 8, 0.15
+N_WORDS, N_CJK, SHARE = 8, 8, 0.2
 
 _B, _C = np.uint64(0x100000001B3), np.uint64(0x9E3779B97F4A7C15)  # odd: invertible mod 2^64
 _C_INV = np.uint64(pow(int(_C), -1, 2**64))

@@ -44,7 +44,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from curate_bench import copies, ours, peer  # noqa: E402
 import numpy as np  # noqa: E402
-from decont import N_CJK, N_WORDS, SHARE, Index, build_index, found_in, grams  # noqa: E402
+from decont import N_CJK, N_WORDS, SHARE, Index, build_index, found_in, grams, item_text  # noqa: E402
 
 CONFIG = os.path.join(ROOT, "config", "demo_small.py")
 EN, ZH = ("en_books", "en_speeches", "en_docs", "code"), ("zh_classics", "zh_poetry")
@@ -173,7 +173,7 @@ def corpus(a, items, dest):
         k = rng.randint(1, 3)
         text = embed(change(text, k, host["text"], rng), host["text"], rng)
         rec = dict(task=key[0], line=key[1], style=style, changed=k, lang=host["lang"],
-                   source=host["source"])
+                   source=host["source"], tokens=len(grams(item_text(items[key]), 1, 1)[0]))
         plants.append(rec)
         docs.append(dict(host, id=f"planted/{j}", text=text, planted=rec))
     rng.shuffle(docs)
@@ -268,6 +268,17 @@ def main():
         print("  planted missed: " + "; ".join(f"{m['task']}:{m['line']} {m['style']} "
                                               f"changed {m['changed']}" for m in r["missed"][:10]))
     result["sweep"] = rows
+    [r] = [r for r in rows if (r["n_words"], r["n_cjk"], r["share"]) == (N_WORDS, N_CJK, SHARE)]
+    missed = {(m["task"], m["line"]) for m in r["missed"]}
+    print(f"\nAt the defaults ({N_WORDS}, {N_CJK}, share {SHARE}), planted items found:")
+    for name, ok in (("under 30 tokens", lambda p: p["tokens"] < 30),
+                     ("30-59 tokens", lambda p: 30 <= p["tokens"] < 60),
+                     ("60 tokens or more", lambda p: p["tokens"] >= 60),
+                     *((f"{k} changed", lambda p, k=k: p["changed"] == k) for k in (1, 2, 3)),
+                     *((t, lambda p, t=t: p["task"].split("/")[0] == t)
+                       for t in ("cmmlu", "gsm8k.jsonl", "humaneval.jsonl"))):
+        got = [p for p in plants if ok(p)]
+        print(f"- {name}: {sum((p['task'], p['line']) not in missed for p in got)} of {len(got)}")
     if a.peer != "none":
         result["side_by_side"] = side_by_side(a, tasks, docs)
     if a.json:
@@ -281,7 +292,7 @@ def removed_by_us(folder):
 
 def side_by_side(a, tasks, docs):
     """The stage and datatrove's filter on the same files at each scale; decisions at 1x."""
-    from decont import item_text, task_files
+    from decont import task_files
     items = os.path.join(a.work, "items.jsonl")
     with open(items, "w", encoding="utf-8") as f:
         for rel in task_files(tasks):
