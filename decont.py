@@ -1,7 +1,7 @@
 """
-Benchmark questions out of the training data: a document that holds a share of the n-grams of
-a task item (its question, context, choices and answer; few-shot files too) is dropped before
-tokenize, and the same rule tells which items a training corpus holds.
+Benchmark questions out of the training data: a document that holds a copy of a task item (its
+question, context, choices and answer; few-shot files too), even a lightly edited one, is
+dropped before tokenize, and the same rule tells which items a training corpus holds.
 
     grams(text)                      the n-gram hashes of a text (and where each starts): what
                                      both sides compare
@@ -17,13 +17,15 @@ Normalisation, the same on both sides: dedup.norm_for_dedup (NFKC, so full-width
 half-width; lower case; punctuation and symbols gone; whitespace runs one space), then tokens:
 each CJK character alone, any other run of letters and digits a word. A token of one latin
 letter or digit is dropped, so labels ("A. ", "(b)", "1.") and an answer list rewritten with
-them change nothing. An n-gram is N_WORDS tokens when it starts on a word, N_CJK when it starts
-on a CJK character. A document holds an item when it holds at least SHARE of the item's distinct
-n-grams (one at least), as PaLM's contamination rule counts 8-grams: a quotation that an item
-makes of a classic poem is then not the item. docs/data.md has the planted-set measurement
-behind 8, 8 and 20% (benchmarks/decont_bench.py). Nothing here imports torch.
+them change nothing. An item is a candidate when a document shares one of its n-grams (N_WORDS
+tokens from a word, N_CJK from a CJK character); the document holds it when one window of it
+holds, in order, COVER of the item's tokens, or FIELDS of the tokens of the two or more fields
+it touches (a question and its choices copied without the answer; a HumanEval prompt and
+solution without the tests). A classic that an item quotes holds the quotation, not the rest of
+the item. docs/data.md has the planted-set measurement behind the values
+(benchmarks/decont_bench.py). Nothing here imports torch.
 """
-import json, os, tempfile, time
+import difflib, json, os, tempfile, time
 
 import numpy as np
 
@@ -33,7 +35,7 @@ from kept import DocWriter, count, finish_documents
 from stage import (DataError, Progress, already_done, iter_documents, read_json, report_problems,
                    sha256_file, splitmix64, write_json)
 
-N_WORDS, N_CJK, SHARE = 8, 8, 0.2
+N_WORDS, N_CJK, COVER, FIELDS = 5, 5, 0.5, 0.8
 
 _B, _C = np.uint64(0x100000001B3), np.uint64(0x9E3779B97F4A7C15)  # odd: invertible mod 2^64
 _C_INV = np.uint64(pow(int(_C), -1, 2**64))
@@ -85,13 +87,17 @@ def grams(text, n_words=N_WORDS, n_cjk=N_CJK, normed=None):
 # -----------------------------------------------------------------------------
 # the index of the task items
 
-def item_text(obj):
-    """Every string in a task item (a JSON value), in order, one a line: questions, passages,
-    choices, answers, whatever the fields are called."""
+def leaves(obj):
+    """The strings of a task item (a JSON value), in order: its fields, whatever they are called."""
     if isinstance(obj, str):
-        return obj
+        return [obj] if obj else []
     values = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, list) else ()
-    return "\n".join(t for t in map(item_text, values) if t)
+    return [t for v in values for t in leaves(v)]
+
+
+def item_text(obj):
+    """Every string in a task item, one a line: questions, passages, choices, answers."""
+    return "\n".join(leaves(obj))
 
 
 def task_files(tasks_dir):
@@ -107,10 +113,11 @@ def task_files(tasks_dir):
 
 
 def build_index(tasks_dir, folder, n_words=N_WORDS, n_cjk=N_CJK):
-    """folder/index.npy: the n-gram hashes of every item, sorted; folder/index.items.npy: the
-    item of each (its place in folder/items.json: [file, line]); folder/tasks.json: per file, its
-    items and those too short to hold an n-gram (never found, and counted as such)."""
-    hashes, owner, items, per_file = [], [], [], {}
+    """folder/index.npy: the n-gram hashes of every item, sorted; index.items.npy: the item of
+    each (its place in items.json: [file, line]); tokens.npy, fields.npy and offsets.npy: each
+    item's tokens (hashes) and the field of each, what a match is checked against; tasks.json:
+    per file, its items and those too short to hold an n-gram (never found, counted as such)."""
+    hashes, owner, toks, fields, items, per_file = [], [], [], [], [], {}
     for rel in task_files(tasks_dir):
         stats = per_file.setdefault(rel, dict(items=0, too_short=0))
         with open(os.path.join(tasks_dir, rel), encoding="utf-8", newline="") as f:
@@ -118,20 +125,27 @@ def build_index(tasks_dir, folder, n_words=N_WORDS, n_cjk=N_CJK):
                 if not raw.strip():
                     continue
                 try:
-                    h = np.unique(grams(item_text(json.loads(raw)), n_words, n_cjk)[0])
+                    obj = json.loads(raw)
                 except ValueError as e:
                     raise DataError(f"{tasks_dir}/{rel}, line {line}: not JSON ({e})") from None
+                h = np.unique(grams(item_text(obj), n_words, n_cjk)[0])
                 stats["items"] += 1
                 stats["too_short"] += len(h) == 0
                 hashes.append(h)
                 owner.append(np.full(len(h), len(items), np.uint32))
+                parts = [tokens(norm_for_dedup(t))[0] for t in leaves(obj)]
+                toks.append(np.concatenate(parts + [np.zeros(0, np.uint64)]))
+                fields.append(np.repeat(np.arange(len(parts), dtype=np.uint32), list(map(len, parts))))
                 items.append([rel, line])
     h = np.concatenate(hashes + [np.zeros(0, np.uint64)])
-    o = np.concatenate(owner + [np.zeros(0, np.uint32)])
     order = np.argsort(h, kind="stable")
     os.makedirs(folder, exist_ok=True)
     np.save(os.path.join(folder, "index.npy"), h[order])
-    np.save(os.path.join(folder, "index.items.npy"), o[order])
+    np.save(os.path.join(folder, "index.items.npy"),
+            np.concatenate(owner + [np.zeros(0, np.uint32)])[order])
+    np.save(os.path.join(folder, "tokens.npy"), np.concatenate(toks + [np.zeros(0, np.uint64)]))
+    np.save(os.path.join(folder, "fields.npy"), np.concatenate(fields + [np.zeros(0, np.uint32)]))
+    np.save(os.path.join(folder, "offsets.npy"), np.cumsum([0] + list(map(len, toks))))
     write_json(os.path.join(folder, "items.json"), items, indent=None)
     write_json(os.path.join(folder, "tasks.json"), per_file)
     return per_file
@@ -141,42 +155,70 @@ class Index:
     """An index that build_index wrote (memory-mapped: workers share its pages)."""
 
     def __init__(self, folder):
-        self.h = np.load(os.path.join(folder, "index.npy"), mmap_mode="r")
-        self.owner = np.load(os.path.join(folder, "index.items.npy"), mmap_mode="r")
+        load = lambda name: np.load(os.path.join(folder, name), mmap_mode="r")
+        self.h, self.owner = load("index.npy"), load("index.items.npy")
+        self.tokens, self.fields, self.offsets = load("tokens.npy"), load("fields.npy"), load("offsets.npy")
         self.items = read_json(os.path.join(folder, "items.json"))
-        self.size = np.bincount(self.owner, minlength=len(self.items))  # an item's n-grams
 
     def rows(self, h):
         """The index rows that hold each hash of h: (first, past the last) of each."""
         return np.searchsorted(self.h, h), np.searchsorted(self.h, h, side="right")
 
-    def held(self, h):
-        """The items that the n-gram hashes h hold any n-gram of, and how many of each's."""
-        a, b = self.rows(np.unique(h))  # an item's n-grams are unique in the index: rows count
-        n = b - a
-        rows = np.repeat(a - np.cumsum(n) + n, n) + np.arange(n.sum())
-        return np.unique(np.asarray(self.owner[rows]), return_counts=True)
+    def candidates(self, h, starts):
+        """{item: the token positions where the n-grams h (starting at starts) that it holds
+        start}: the items that share an n-gram with a text."""
+        a, b = self.rows(h)
+        hits = {}
+        for k in np.flatnonzero(b > a):
+            for o in self.owner[a[k]:b[k]].tolist():
+                hits.setdefault(o, []).append(int(starts[k]))
+        return hits
 
-    def found(self, text, n_words=N_WORDS, n_cjk=N_CJK, share=SHARE):
-        """The items of which text holds at least share of the n-grams (one at least), [(file,
-        line)] sorted; the first of them to match in text and its n-gram there (normalised), the
-        evidence removed/ gives; ([], None, None) for a clean text."""
+    def cover(self, o, doc, hits):
+        """How much of item o the document tokens doc hold, in order, in one window of three
+        item lengths around its densest hits: the share of the item's tokens in matching runs of
+        two or more, the share of the tokens of the fields those runs touch, and how many fields
+        they touch."""
+        item = self.tokens[self.offsets[o]:self.offsets[o + 1]]
+        n, pos = len(item), np.sort(hits)
+        best = pos[np.argmax(np.searchsorted(pos, pos + n) - np.arange(len(pos)))]
+        window = doc[max(best - n, 0):best + 2 * n]
+        held = np.zeros(n, bool)
+        for i, _, size in difflib.SequenceMatcher(None, item.tolist(), window, autojunk=False) \
+                .get_matching_blocks():
+            if size >= 2:  # one CJK character in common is chance
+                held[i:i + size] = True
+        field = self.fields[self.offsets[o]:self.offsets[o + 1]]
+        touched = np.isin(field, np.unique(field[held]))
+        return held.mean(), held[touched].mean() if touched.any() else 0.0, len(np.unique(field[held]))
+
+    def found(self, text, n_words=N_WORDS, n_cjk=N_CJK, cover=COVER, fields=FIELDS):
+        """The items that text holds, [(file, line)] sorted: an item shares an n-gram with it, and
+        one window of it holds cover of the item's tokens in order, or fields of the tokens of
+        the two or more fields it touches (a question copied without its answer or its tests).
+        Also the first of them to match in text, and its first n-gram there (normalised): the
+        evidence removed/ gives. ([], None, None) for a clean text."""
         normed = norm_for_dedup(text)
         h, s, e, tok = grams(text, n_words, n_cjk, normed)
-        owners, held = self.held(h)
-        found = owners[held >= np.maximum(np.ceil(share * self.size[owners] - 1e-9), 1)]
-        if len(found) == 0:
+        hits = self.candidates(h, s)
+        if not hits:
+            return [], None, None
+        doc = tok[0].tolist()
+        found = set()
+        for o, pos in hits.items():
+            c, f, touched = self.cover(o, doc, pos)
+            if c >= cover or (touched >= 2 and f >= fields):
+                found.add(o)
+        if not found:
             return [], None, None
         a, b = self.rows(h)  # the evidence: the first n-gram of text that a found item holds
-        found_set = set(found.tolist())
         first = next((k, o) for k in np.flatnonzero(b > a) for o in self.owner[a[k]:b[k]].tolist()
-                     if o in found_set)
-        return (sorted(tuple(self.items[int(o)]) for o in found),
-                tuple(self.items[int(first[1])]),
+                     if o in found)
+        return (sorted(tuple(self.items[o]) for o in found), tuple(self.items[first[1]]),
                 normed[tok[2][s[first[0]]]:tok[3][e[first[0]]]])
 
 
-def found_in(docs_dir, tasks_dir, n_words=N_WORDS, n_cjk=N_CJK, share=SHARE):
+def found_in(docs_dir, tasks_dir, n_words=N_WORDS, n_cjk=N_CJK, cover=COVER, fields=FIELDS):
     """{task file: [lines]} of the items of tasks_dir whose n-grams the documents under
     docs_dir hold (eval.py --contamination): the documents streamed, one at a time, against an
     index built in a temporary folder; memory in the items, not the documents."""
@@ -186,7 +228,7 @@ def found_in(docs_dir, tasks_dir, n_words=N_WORDS, n_cjk=N_CJK, share=SHARE):
         index = Index(tmp)
         for doc in Progress("contamination", iter_documents(docs_dir, problems), " documents"):
             seen += 1
-            for file, line in index.found(doc["text"], n_words, n_cjk, share)[0]:
+            for file, line in index.found(doc["text"], n_words, n_cjk, cover, fields)[0]:
                 out.setdefault(file, set()).add(line)
     report_problems(problems, docs_dir)
     if not seen:  # an empty folder is no evidence that every item is clean
@@ -227,14 +269,14 @@ def _digest(tasks_dir):
     return [[rel, sha256_file(os.path.join(tasks_dir, rel))] for rel in task_files(tasks_dir)]
 
 
-def decontaminate_corpus(src, out_dir, tasks_dir, n_words=N_WORDS, n_cjk=N_CJK, share=SHARE,
-                         shard_mb=16, workers=0, rank=0, world=1):
-    """The documents of src less those that share an n-gram with any item of the task files
+def decontaminate_corpus(src, out_dir, tasks_dir, n_words=N_WORDS, n_cjk=N_CJK, cover=COVER,
+                         fields=FIELDS, shard_mb=16, workers=0, rank=0, world=1):
+    """The documents of src less those that hold an item of the task files
     under tasks_dir; removed/ names the task file, the item's line and the n-gram (normalised),
     report.json counts them per source and per task file (documents removed, items found).
     The index it used stays in out_dir/index/."""
     if not already_done(out_dir, "decontaminate"):
-        params = dict(n_words=n_words, n_cjk=n_cjk, share=share)
+        params = dict(n_words=n_words, n_cjk=n_cjk, cover=cover, fields=fields)
         settings = dict(params, tasks=_digest(tasks_dir))  # other task files: another result
         with Stage("decontaminate", src, out_dir, settings, shard_mb * 2**20, workers, rank,
                    world, setup=lambda tmp: build_index(tasks_dir, os.path.join(tmp, "index"),

@@ -30,7 +30,7 @@ zh_classics, zh_poetry), shuffled with a fixed seed: 5,000 clean English, 5,000 
 The 10,200 documents are shuffled into 4 files.
 
 Prints markdown: (1) recall of the planted documents and clean documents dropped, per language, for
-each (n_words, n_cjk) and share; (2) the stage (2 workers) at --scales against datatrove's
+each (n_words, n_cjk), cover and fields (decont.Index.found's rule); (2) the stage (2 workers) at --scales against datatrove's
 NGramsDecontFilter (12-grams, its defaults; its index built by its own
 NGramsDecontIndexer.compute_hashes from the same text of each item, all of it as the label, since our
 items have no query/gold split; Chinese words from jieba, or its English tokenizer for every
@@ -43,14 +43,13 @@ import argparse, csv, datetime, glob, gzip, json, os, platform, random, re, sys,
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from curate_bench import copies, ours, peer  # noqa: E402
-import numpy as np  # noqa: E402
-from decont import N_CJK, N_WORDS, SHARE, Index, build_index, found_in, grams, item_text  # noqa: E402
+from decont import COVER, FIELDS, N_CJK, N_WORDS, Index, build_index, found_in, grams, item_text  # noqa: E402
 
 CONFIG = os.path.join(ROOT, "config", "demo_small.py")
 EN, ZH = ("en_books", "en_speeches", "en_docs", "code"), ("zh_classics", "zh_poetry")
 N_CLEAN, N_PLANT = 5000, 100
-SIZES = [(8, 8), (10, 10), (13, 13), (13, 20)]
-SHARES = [0.0, 0.1, 0.15, 0.2, 0.3]
+SIZES = [(5, 5), (6, 6), (8, 8), (10, 10), (13, 13), (13, 20)]
+RULES = [(0.0, 2), (0.3, 0.8), (0.4, 0.8), (0.5, 0.8), (0.4, 2), (0.5, 2)]  # fields 2: off
 CJK = re.compile(r"[\u4e00-\u9fff]")
 WORD = re.compile(r"\b[A-Za-z]{3,}\b")
 
@@ -201,28 +200,32 @@ def rates(dropped, docs):
 
 
 def sweep(tasks, docs, work):
-    """For each (n_words, n_cjk) and share: what Index.found drops; the items too short for any
-    n-gram (never found)."""
+    """For each (n_words, n_cjk), cover and fields: what Index.found drops (cover 0: any
+    item that shares an n-gram); the items too short for any n-gram (never found)."""
     rows = []
     for nw, nc in SIZES:
         folder = os.path.join(work, f"index_{nw}_{nc}")
         per_file = build_index(tasks, folder, nw, nc)
         index, t0 = Index(folder), time.process_time()
-        held = {d["id"]: index.held(grams(d["text"], nw, nc)[0]) for d in docs}
+        pairs = {}  # doc: [(item, cover, field cover, fields touched)]
+        for d in docs:
+            h, s, _, tok = grams(d["text"], nw, nc)
+            hits = index.candidates(h, s)
+            doc = tok[0].tolist()
+            pairs[d["id"]] = [(o, *index.cover(o, doc, pos)) for o, pos in hits.items()]
         cpu = time.process_time() - t0
         short = {lang: sum(v["too_short"] for f, v in per_file.items()
                            if f.startswith("cmmlu/") == (lang == "zh")) for lang in ("en", "zh")}
-        for share in SHARES:
-            found = {i: o[h >= np.maximum(np.ceil(share * index.size[o] - 1e-9), 1)]
-                     for i, (o, h) in held.items()}
-            dropped = {i for i, f in found.items() if len(f)}
-            name = lambda i: [tuple(index.items[int(o)]) for o in found[i][:2]]
-            clean = [(d["id"], d["source"], name(d["id"])) for d in docs
-                     if not d["planted"] and d["id"] in dropped]
+        for cover, fields in RULES:
+            found = {i: [o for o, c, f, t in p if c >= cover or (t >= 2 and f >= fields)]
+                     for i, p in pairs.items()}
+            dropped = {i for i, f in found.items() if f}
+            clean = [(d["id"], d["source"], [tuple(index.items[o]) for o in found[d["id"]][:2]])
+                     for d in docs if not d["planted"] and d["id"] in dropped]
             missed = [d["planted"] for d in docs if d["planted"] and d["id"] not in dropped]
-            rows.append(dict(n_words=nw, n_cjk=nc, share=share, rates=rates(dropped, docs),
-                             too_short=short, cpu_seconds=round(cpu, 2), clean_found=clean,
-                             missed=missed))
+            rows.append(dict(n_words=nw, n_cjk=nc, cover=cover, fields=fields,
+                             rates=rates(dropped, docs), too_short=short, cpu_seconds=round(cpu, 2),
+                             clean_found=clean, missed=missed))
     return rows
 
 
@@ -252,25 +255,25 @@ def main():
     result = dict(items=len(items), docs=len(docs), plants=plants)
 
     print("## 1. n-gram sizes (decont.Index.found on every document)\n")
-    print("| n_words | n_cjk | share | en planted found | zh planted found | en clean dropped "
+    print("| n_words | n_cjk | cover | fields | en planted found | zh planted found | en clean dropped "
           "| zh clean dropped | items too short en / zh | CPU s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     rows = sweep(tasks, docs, a.work)
     for r in rows:
         e, z = r["rates"]["en"], r["rates"]["zh"]
-        print(f"| {r['n_words']} | {r['n_cjk']} | {r['share']} | {e['found']}/{e['planted']} "
+        print(f"| {r['n_words']} | {r['n_cjk']} | {r['cover']} | {r['fields'] if r['fields'] <= 1 else '-'} | {e['found']}/{e['planted']} "
               f"| {z['found']}/{z['planted']} | {e['clean_dropped']} ({pct(e['clean_dropped'], e['clean'])}) "
               f"| {z['clean_dropped']} ({pct(z['clean_dropped'], z['clean'])}) "
               f"| {r['too_short']['en']} / {r['too_short']['zh']} | {r['cpu_seconds']} |")
     for r in rows:
-        print(f"\n({r['n_words']}, {r['n_cjk']}, {r['share']}): clean documents dropped: "
+        print(f"\n({r['n_words']}, {r['n_cjk']}, {r['cover']}, {r['fields']}): clean documents dropped: "
               + "; ".join(f"{i} [{s}] {t}" for i, s, t in r["clean_found"][:10]))
         print("  planted missed: " + "; ".join(f"{m['task']}:{m['line']} {m['style']} "
                                               f"changed {m['changed']}" for m in r["missed"][:10]))
     result["sweep"] = rows
-    [r] = [r for r in rows if (r["n_words"], r["n_cjk"], r["share"]) == (N_WORDS, N_CJK, SHARE)]
+    [r] = [r for r in rows if (r["n_words"], r["n_cjk"], r["cover"], r["fields"]) == (N_WORDS, N_CJK, COVER, FIELDS)]
     missed = {(m["task"], m["line"]) for m in r["missed"]}
-    print(f"\nAt the defaults ({N_WORDS}, {N_CJK}, share {SHARE}), planted items found:")
+    print(f"\nAt the defaults ({N_WORDS}, {N_CJK}, cover {COVER}, fields {FIELDS}), planted items found:")
     for name, ok in (("under 30 tokens", lambda p: p["tokens"] < 30),
                      ("30-59 tokens", lambda p: 30 <= p["tokens"] < 60),
                      ("60 tokens or more", lambda p: p["tokens"] >= 60),
@@ -307,7 +310,7 @@ def side_by_side(a, tasks, docs):
         m = ours("curate", "decontaminate", CONFIG, f"--dedup_dir={src}", f"--docs_dir={out}",
                  f"--tasks_dir={tasks}", workers=2)
         mb = json.load(open(os.path.join(out, "timing.json")))["bytes"] / 1e6
-        rows.append(dict(who=f"nano360 ({N_WORDS}, {N_CJK}, share {SHARE})", scale=k, mb=mb, m=m))
+        rows.append(dict(who=f"nano360 ({N_WORDS}-grams, cover {COVER}, fields {FIELDS})", scale=k, mb=mb, m=m))
         if k == 1:
             decisions["nano360"] = removed_by_us(out)
         for lang in (("doc", "en") if k == 1 else ("doc",)):

@@ -146,46 +146,57 @@ def test_bad_input_is_one_line_naming_it(tmp_path):
         decont.build_index(str(bad), str(tmp_path / "index"))
 
 
-def test_an_item_is_found_when_a_document_holds_its_share_of_the_items_ngrams(tmp_path):
-    # the reference: n-grams as tuples of token strings (no hashing), an item's share counted by hand
-    rng = random.Random(3)
-    items = [{"question": "A train leaves the station at nine and travels sixty miles every hour for three hours; "
-                          "how far has it gone when it stops at noon?", "answer": "180 miles"},
-             {"question": "“学而时习之，不亦说乎？有朋自远方来，不亦乐乎？”这段话出自哪部典籍？",
-              "A": "《论语》", "B": "《孟子》", "C": "《大学》", "D": "《中庸》"},
-             {"question": "Which planet is known as the red planet because of iron oxide on its surface?",
-              "choices": ["Venus", "Mars", "Jupiter", "Saturn"]}]
+def test_a_document_holds_an_item_when_one_window_holds_most_of_its_tokens_in_order(tmp_path):
+    # the reference: each cover worked by hand from the token counts of the parts copied
+    q = ("A train leaves the station at nine and travels sixty miles every hour for three hours "
+         "before it stops; how far has it gone when it stops at noon?")
+    items = [{"question": q, "answer": "It has gone one hundred and eighty miles"},
+             {"question": "“学而时习之，不亦说乎”这句话出自哪部典籍？它说的是怎样的学习态度？",
+              "A": "《论语》，温故知新", "B": "《孟子》，循序渐进", "C": "《大学》，格物致知", "D": "《中庸》，博学笃行"},
+             {"prompt": "def add(a, b):\n    \"\"\"Return the sum of two integers a and b.\"\"\"\n",
+              "canonical_solution": "    return a + b\n",
+              "test": "def check(candidate):\n" + "".join(f"    assert candidate({i}0, {i}1) == {2 * i}1\n" for i in range(1, 9))}]
     tasks = tmp_path / "tasks"
     tasks.mkdir()
     (tasks / "t.jsonl").write_text("".join(json.dumps(i, ensure_ascii=False) + "\n" for i in items), encoding="utf-8")
-    decont.build_index(str(tasks), str(tmp_path / "index"), n_words=5, n_cjk=6)
+    decont.build_index(str(tasks), str(tmp_path / "index"))
     index = decont.Index(str(tmp_path / "index"))
+    n_tok = lambda text: len(decont.tokens(dedup.norm_for_dedup(text))[0])
     host = next(stage.iter_documents(os.path.join(TINY, "en.jsonl"), []))["text"][:1500]
-    grams_of = lambda t: set(gram_tokens(t, n_words=5, n_cjk=6))
-    mine = [grams_of(decont.item_text(i)) for i in items]
-    docs = ["学而时习之，不亦说乎", host]  # a quotation of the item's quotation alone; a clean text
-    for item in items:
-        for k in range(0, 12, 2):  # k words (or characters) replaced, a part or all, inside a host
-            text = decont.item_text(item)
-            for _ in range(k):
-                j = rng.randrange(len(text))
-                text = text[:j] + rng.choice(["水", " zebra ", "山"]) + text[j + 1:]
-            part = text[: rng.randrange(len(text) // 3, len(text) + 1)] if k else text  # k=0: all of it
-            docs.append(host[:700] + "\n" + part + "\n" + host[700:])
-    seen = set()
-    for text in docs:
-        held = [len(g & grams_of(text)) for g in mine]
-        for share in (0.0, 0.15, 0.5, 1.0):
-            want = sorted(("t.jsonl", j + 1) for j, (h, g) in enumerate(zip(held, mine)) if h and h >= share * len(g))
-            got, first, gram = index.found(text, n_words=5, n_cjk=6, share=share)
-            assert got == want, (text, share)
-            seen.add((share, len(want)))
-            if got:  # the evidence: an n-gram of the document that a found item holds
-                g = gram_tokens(gram, n_words=5, n_cjk=6)
-                assert first in got and len(g) == 1 and g[0] in mine[first[1] - 1] and g[0] in grams_of(text)
-    # the quotation alone is found at share 0 and not at 0.15: its 6-grams are a small part of the item's
-    quote = docs[0]
-    assert index.found(quote, n_words=5, n_cjk=6, share=0.0)[0] == [("t.jsonl", 2)]
-    assert index.found(quote, n_words=5, n_cjk=6, share=0.15)[0] == []
-    assert {s for s, n in seen if n} == {0.0, 0.15, 0.5, 1.0}  # every share found something and missed something
-    assert {s for s, n in seen if not n} == {0.0, 0.15, 0.5, 1.0}
+
+    def cover(text, o):
+        h, s, _, tok = decont.grams(text)
+        hits = index.candidates(h, s)
+        return index.cover(o, tok[0].tolist(), hits[o]) if o in hits else None
+
+    # an edited copy: two words replaced, far apart, inside a longer text: all the rest is held
+    n = n_tok(decont.item_text(items[0]))
+    words = q.split(" ")
+    words[3], words[20] = "zebra", "quagga"
+    copy = host[:700] + "\n" + " ".join(words).upper() + "\nIt has gone one hundred and eighty miles\n" + host[700:]
+    c, f, touched = cover(copy, 0)
+    assert (c, touched) == ((n - 2) / n, 2) and f == c
+    assert decont.Index.found(index, copy)[0] == [("t.jsonl", 1)]
+    # a quotation of the Chinese item alone, in its classic: a candidate, not the item
+    n = n_tok(decont.item_text(items[1]))
+    quote = "子曰：“学而时习之，不亦说乎？有朋自远方来，不亦乐乎？人不知而不愠，不亦君子乎？”"
+    c, f, touched = cover(quote, 1)
+    assert (c, touched) == (n_tok("学而时习之，不亦说乎") / n, 1)
+    assert c < decont.COVER and index.found(quote)[0] == []
+    # the item itself, reformatted as exam pages print it, a character changed: found
+    page = ("练习：“学而时习之，不亦说乎”这句话出自哪本典籍？它说的是怎样的学习态度？\n"
+            "Ａ．《论语》，温故知新 Ｂ．《孟子》，循序渐进\nＣ．《大学》，格物致知 Ｄ．《中庸》，博学笃行")
+    assert index.found(page)[0] == [("t.jsonl", 2)]
+    # a prompt and its solution without the tests: a small share of the item, but both fields whole
+    n, p = n_tok(decont.item_text(items[2])), n_tok(items[2]["prompt"] + items[2]["canonical_solution"])
+    code = host[:300] + "\n" + items[2]["prompt"].replace("    ", "\t") + items[2]["canonical_solution"] + "\n" + host[300:]
+    c, f, touched = cover(code, 2)
+    assert (c, f, touched) == (p / n, 1.0, 2) and c < decont.COVER
+    assert index.found(code)[0] == [("t.jsonl", 3)]
+    assert index.found(code, fields=2)[0] == []  # without the fields rule, it is missed
+    # a text that shares one n-gram with an item, by chance: a candidate, far from the item
+    chance = host[:500] + " the train leaves the station at nine and travels on " + host[500:]
+    c, _, touched = cover(chance, 0)
+    n = n_tok(decont.item_text(items[0]))
+    assert n_tok("train leaves the station at nine and travels") / n <= c < decont.COVER and touched == 1
+    assert index.found(chance)[0] == []
