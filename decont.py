@@ -135,7 +135,8 @@ def build_index(tasks_dir, folder, n_words=N_WORDS, n_cjk=N_CJK):
                 owner.append(np.full(len(h), len(items), np.uint32))
                 parts = [tokens(norm_for_dedup(t))[0] for t in leaves(obj)]
                 toks.append(np.concatenate(parts + [np.zeros(0, np.uint64)]))
-                fields.append(np.repeat(np.arange(len(parts), dtype=np.uint32), list(map(len, parts))))
+                fields.append(np.repeat(np.arange(len(parts), dtype=np.uint32),
+                                        list(map(len, parts))))
                 items.append([rel, line])
     h = np.concatenate(hashes + [np.zeros(0, np.uint64)])
     order = np.argsort(h, kind="stable")
@@ -157,7 +158,8 @@ class Index:
     def __init__(self, folder):
         load = lambda name: np.load(os.path.join(folder, name), mmap_mode="r")
         self.h, self.owner = load("index.npy"), load("index.items.npy")
-        self.tokens, self.fields, self.offsets = load("tokens.npy"), load("fields.npy"), load("offsets.npy")
+        self.tokens, self.fields = load("tokens.npy"), load("fields.npy")
+        self.offsets = load("offsets.npy")  # item o's tokens: tokens[offsets[o]:offsets[o + 1]]
         self.items = read_json(os.path.join(folder, "items.json"))
 
     def rows(self, h):
@@ -175,22 +177,23 @@ class Index:
         return hits
 
     def cover(self, o, doc, hits):
-        """How much of item o the document tokens doc hold, in order, in one window of three
-        item lengths around its densest hits: the share of the item's tokens in matching runs of
-        two or more, the share of the tokens of the fields those runs touch, and how many fields
-        they touch."""
+        """How much of item o the document's tokens doc (hashes, an array) hold, in order, in one
+        window of three item lengths around its densest hits: the share of the item's tokens in
+        matching runs of two or more, the share of the tokens of the fields those runs touch,
+        and how many fields they touch."""
         item = self.tokens[self.offsets[o]:self.offsets[o + 1]]
         n, pos = len(item), np.sort(hits)
         best = pos[np.argmax(np.searchsorted(pos, pos + n) - np.arange(len(pos)))]
-        window = doc[max(best - n, 0):best + 2 * n]
+        window = doc[max(best - n, 0):best + 2 * n].tolist()
         held = np.zeros(n, bool)
         for i, _, size in difflib.SequenceMatcher(None, item.tolist(), window, autojunk=False) \
                 .get_matching_blocks():
             if size >= 2:  # one CJK character in common is chance
                 held[i:i + size] = True
         field = self.fields[self.offsets[o]:self.offsets[o + 1]]
-        touched = np.isin(field, np.unique(field[held]))
-        return held.mean(), held[touched].mean() if touched.any() else 0.0, len(np.unique(field[held]))
+        fields = np.unique(field[held])
+        touched = np.isin(field, fields)
+        return held.mean(), held[touched].mean() if touched.any() else 0.0, len(fields)
 
     def found(self, text, n_words=N_WORDS, n_cjk=N_CJK, cover=COVER, fields=FIELDS):
         """The items that text holds, [(file, line)] sorted: an item shares an n-gram with it, and
@@ -203,10 +206,9 @@ class Index:
         hits = self.candidates(h, s)
         if not hits:
             return [], None, None
-        doc = tok[0].tolist()
         found = set()
         for o, pos in hits.items():
-            c, f, touched = self.cover(o, doc, pos)
+            c, f, touched = self.cover(o, tok[0], pos)
             if c >= cover or (touched >= 2 and f >= fields):
                 found.add(o)
         if not found:
@@ -219,8 +221,8 @@ class Index:
 
 
 def found_in(docs_dir, tasks_dir, n_words=N_WORDS, n_cjk=N_CJK, cover=COVER, fields=FIELDS):
-    """{task file: [lines]} of the items of tasks_dir whose n-grams the documents under
-    docs_dir hold (eval.py --contamination): the documents streamed, one at a time, against an
+    """{task file: [lines]} of the items of tasks_dir that the documents under docs_dir hold
+    (Index.found; eval.py --contamination): the documents streamed, one at a time, against an
     index built in a temporary folder; memory in the items, not the documents."""
     out, problems, seen = {}, [], 0
     with tempfile.TemporaryDirectory() as tmp:

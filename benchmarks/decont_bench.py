@@ -211,8 +211,7 @@ def sweep(tasks, docs, work):
         for d in docs:
             h, s, _, tok = grams(d["text"], nw, nc)
             hits = index.candidates(h, s)
-            doc = tok[0].tolist()
-            pairs[d["id"]] = [(o, *index.cover(o, doc, pos)) for o, pos in hits.items()]
+            pairs[d["id"]] = [(o, *index.cover(o, tok[0], pos)) for o, pos in hits.items()]
         cpu = time.process_time() - t0
         short = {lang: sum(v["too_short"] for f, v in per_file.items()
                            if f.startswith("cmmlu/") == (lang == "zh")) for lang in ("en", "zh")}

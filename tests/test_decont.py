@@ -167,7 +167,7 @@ def test_a_document_holds_an_item_when_one_window_holds_most_of_its_tokens_in_or
     def cover(text, o):
         h, s, _, tok = decont.grams(text)
         hits = index.candidates(h, s)
-        return index.cover(o, tok[0].tolist(), hits[o]) if o in hits else None
+        return index.cover(o, tok[0], hits[o]) if o in hits else None
 
     # an edited copy: two words replaced, far apart, inside a longer text: all the rest is held
     n = n_tok(decont.item_text(items[0]))
