@@ -10,7 +10,7 @@ import pytest
 from helpers import ROOT
 
 LAYERS = {"nanokernels": 0, "config": 1, "guard": 1, "claims": 1, "sandbox": 1, "model": 2, "stage": 2, "executor": 3, "fetch": 3, "kept": 3, "tokenizer": 3, "checkpoint": 3, "tasks": 3, "parallel": 3, "suites": 4, "gentasks": 4, "hf_llama": 4,
-          "plots": 3, "data": 4, "dedup": 5, "decont": 6, "curate": 7, "train": 7, "eval": 7}
+          "plots": 3, "data": 4, "dedup": 5, "decont": 6, "curate": 7, "train": 7, "eval": 7, "release": 8}
 
 
 def module_of(path):

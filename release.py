@@ -1,0 +1,258 @@
+"""
+A fully open release of a run, and the check a stranger runs on one: every kept checkpoint as
+a Hugging Face folder, the tokenizer, the data's manifest and order, the curation reports, the
+metrics and evaluations, a model card and a data card, and SHA256SUMS over all of it.
+
+    python release.py CONFIG RELEASE_DIR [--key=value ...]
+                        package the run that CONFIG names (its out_dir, tokens_dir and the
+                        curation folders it names); RELEASE_DIR must not exist yet
+    python release.py verify RELEASE_DIR
+                        every checksum, every file listed, every checkpoint loaded (safetensors
+                        and JSON only: nothing in a release runs code); one line per check, each
+                        mismatch named with its file; status 1 if any
+
+RELEASE_DIR (written in a temporary folder beside it, renamed into place when whole):
+    checkpoints/ckpt_NNNNNNN/   each kept checkpoint as a Hugging Face Llama folder (config.json,
+                                model.safetensors, tokenizer.json) and nano360.json: its step,
+                                data position, code revision, manifest sha256, config
+    model/                      the last checkpoint's folder again: the release's main model
+    tokenizer/                  the run's tokenizer as tokenize wrote it (.tiktoken and its .json)
+    data/manifest.json          the token shards: file, source, split, tokens and sha256 of each
+    data/order.json             what orders the samples: seed, batch, sequence length, mixture
+    curation/<stage>.json       report.json of each curation folder the config names
+    run/                        config.json, metrics.jsonl, evals.jsonl/.md/.csv, *.png as the run
+                                wrote them
+    README.md, DATA_CARD.md     the model card (Hugging Face's metadata header) and the data card,
+                                their figures read from the run
+    SHA256SUMS                  the sha256 of every other file (`sha256sum -c SHA256SUMS` reads it)
+"""
+import json, os, shutil
+
+from checkpoint import Checkpointer, load_model
+from config import ConfigError, load_config, run_command
+from data import load_manifest
+from hf_llama import export_llama, import_llama
+from stage import DataError, commit_dir, read_json, sha256_file, tmp_dir
+
+SUMS = "SHA256SUMS"
+ORDER_KEYS = ("seed", "seq_len", "global_batch_size", "batch_size", "mixture", "fim_rate",
+              "val_frac", "max_steps", "schedule_steps")
+CURATION = ("clean_dir", "dedup_dir", "docs_dir")
+
+
+# -----------------------------------------------------------------------------
+# package
+
+def copy(src, dst):
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    shutil.copyfile(src, dst)
+
+
+def write(path, text):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def dump(path, obj):
+    write(path, json.dumps(obj, indent=1, ensure_ascii=False, sort_keys=True) + "\n")
+
+
+def last_val(metrics):
+    """The last validation line of a metrics.jsonl: (step, {source: loss})."""
+    rows = [json.loads(line) for line in open(metrics, encoding="utf-8") if line.strip()]
+    val = [r for r in rows if isinstance(r.get("val"), dict)]
+    return (val[-1]["step"], val[-1]["val"]) if val else (None, {})
+
+
+def languages(sources):
+    """Hugging Face language codes of the manifest's sources (named en_*, zh_*, code)."""
+    return sorted({s.split("_")[0] for s in sources if s.split("_")[0] in ("en", "zh")})
+
+
+def model_card(name, meta, manifest, n_params, val, license):
+    step, losses = val
+    pos = meta["data_position"]
+    header = "\n".join(["---", f"license: {license}", "language:",
+                        *(f"- {lang}" for lang in languages(manifest["sources"])),
+                        "library_name: transformers", "pipeline_tag: text-generation",
+                        "tags:", "- nano360", "- fully-open", "metrics:", "- perplexity",
+                        "---"])
+    rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in losses.items())
+    return f"""{header}
+
+# {name}
+
+A {n_params:,}-parameter decoder trained by nano360 (code revision `{meta["git"]}`): {pos["step"]:,}
+steps, {pos["tokens"]:,} tokens ({pos["epoch"]:.2f} epochs of the released token shards).
+
+Every kept checkpoint is in `checkpoints/` as a Hugging Face Llama folder, with the data position
+it reached (`nano360.json`). The final one is `model/`. The data it saw, in order: `data/`
+(manifest with the sha256 of each shard, and the order's settings); its curation: `curation/`
+and DATA_CARD.md; its training log and evaluations: `run/`. `python release.py verify .`
+checks every file.
+
+## Validation loss at step {step} (nats per token, per source)
+
+| source | loss |
+|---|---|
+{rows}
+"""
+
+
+def data_card(manifest, reports):
+    rows = "\n".join(f"| {name} | {s['documents']:,} | {s['characters']:,} | {s['train_tokens']:,} "
+                     f"| {s['val_tokens']:,} |" for name, s in sorted(manifest["sources"].items()))
+    stages = []
+    for key, r in reports.items():  # per source: documents in, kept, and why the others went
+        stages.append(f"\n### {key[:-4]} (`curation/{key[:-4]}.json`)\n\n"
+                      "| source | documents | kept | removed, by reason |\n|---|---|---|---|")
+        for name, s in sorted(r.get("sources", {}).items()):
+            why = ", ".join(f"{k} {v:,}" for k, v in sorted(s.get("removed", {}).items()))
+            stages.append(f"| {name} | {s.get('documents', 0):,} | {s.get('kept', 0):,} | {why} |")
+    return f"""# Data card
+
+The token shards this model trained on (`data/manifest.json`: each shard's file, source, split,
+token count and sha256): a {manifest["n_vocab"]:,}-token vocabulary, {manifest["val_frac"]:.0%} of
+each source's documents held out for validation.
+
+| source | documents | characters | train tokens | validation tokens |
+|---|---|---|---|---|
+{rows}
+
+## Curation
+{chr(10).join(stages) or chr(10) + "(the config names no curation folder with a report)"}
+"""
+
+
+def package(cfg, release_dir, license="other"):
+    """RELEASE_DIR from the run cfg names; the list of checkpoints packaged."""
+    if os.path.exists(release_dir):
+        raise ConfigError(f"{release_dir}: already there (a release is written whole into a new "
+                          "folder; name another, or remove this one yourself)")
+    ckpts = Checkpointer.complete(cfg.out_dir)
+    if not ckpts:
+        raise ConfigError(f"{cfg.out_dir}: no complete checkpoint to release "
+                          "(`python train.py CONFIG` makes them)")
+    manifest = load_manifest(cfg.tokens_dir)  # every shard checked against its sha256
+    tmp = tmp_dir(release_dir)
+    tok = os.path.join(cfg.tokens_dir, manifest["tokenizer"])
+    for ckpt in ckpts:
+        model, _, meta = load_model(ckpt, "cpu")
+        folder = os.path.join(tmp, "checkpoints", os.path.basename(ckpt))
+        export_llama(model, folder, tok)
+        dump(os.path.join(folder, "nano360.json"),
+             {k: meta.get(k) for k in ("step", "data_position", "git", "manifest_sha256",
+                                       "tokenizer_sha256", "config", "world_size")})
+    shutil.copytree(folder, os.path.join(tmp, "model"))
+    for f in (tok, tok + ".json"):
+        if os.path.exists(f):
+            copy(f, os.path.join(tmp, "tokenizer", os.path.basename(f)))
+    copy(os.path.join(cfg.tokens_dir, "manifest.json"), os.path.join(tmp, "data", "manifest.json"))
+    dump(os.path.join(tmp, "data", "order.json"),
+         dict({k: getattr(cfg, k, None) for k in ORDER_KEYS}, manifest_sha256=meta["manifest_sha256"]))
+    reports = {}
+    for key in CURATION:
+        report = read_json(os.path.join(getattr(cfg, key, "") or "", "report.json"))
+        if report is not None and key not in reports:
+            reports[key] = report
+            dump(os.path.join(tmp, "curation", f"{key[:-4]}.json"), report)
+    dump(os.path.join(tmp, "run", "config.json"), meta["config"])
+    for f in sorted(os.listdir(cfg.out_dir)):
+        if f.startswith(("metrics.jsonl", "evals.")) or f.endswith(".png"):
+            copy(os.path.join(cfg.out_dir, f), os.path.join(tmp, "run", f))
+    metrics = os.path.join(tmp, "run", "metrics.jsonl")
+    val = last_val(metrics) if os.path.exists(metrics) else (None, {})
+    write(os.path.join(tmp, "README.md"),
+          model_card(os.path.basename(os.path.abspath(release_dir)), meta, manifest,
+                     model.num_params(), val, license))
+    write(os.path.join(tmp, "DATA_CARD.md"), data_card(manifest, reports))
+    write_sums(tmp)
+    commit_dir(tmp, release_dir, replace=False)  # DONE: the folder is whole (not in SHA256SUMS)
+    return ckpts
+
+
+def files_of(root):
+    """Every file under root, relative, sorted; SHA256SUMS itself left out."""
+    out = []
+    for d, dirs, files in os.walk(root):
+        dirs.sort()
+        out += [os.path.relpath(os.path.join(d, f), root) for f in sorted(files)]
+    return [f for f in out if f not in (SUMS, "DONE")]
+
+
+def write_sums(root):
+    write(os.path.join(root, SUMS),
+          "".join(f"{sha256_file(os.path.join(root, f))}  {f}\n" for f in files_of(root)))
+
+
+# -----------------------------------------------------------------------------
+# verify
+
+def verify(release_dir, out=print):
+    """Each check of release_dir, one line each ("ok ..." or "FAIL file: why"); the failures."""
+    sums_path = os.path.join(release_dir, SUMS)
+    if not os.path.isfile(sums_path):
+        raise DataError(f"{sums_path}: not there: {release_dir} is not a release (or not whole)")
+    want = {}
+    for n, line in enumerate(open(sums_path, encoding="utf-8"), 1):
+        digest, _, name = line.rstrip("\n").partition("  ")
+        if len(digest) != 64 or not name:
+            raise DataError(f"{sums_path}, line {n}: not '<sha256>  <file>'")
+        want[name] = digest
+    fails = []
+
+    def check(ok, what, why):
+        out(f"ok    {what}" if ok else f"FAIL  {what}: {why}")
+        if not ok:
+            fails.append(f"{what}: {why}")
+    for name in sorted(want):
+        path = os.path.join(release_dir, name)
+        if not os.path.isfile(path):
+            check(False, path, f"missing (listed in {SUMS})")
+        else:
+            check(sha256_file(path) == want[name], path, f"sha256 differs from {SUMS}'s")
+    for name in sorted(set(files_of(release_dir)) - set(want)):
+        check(False, os.path.join(release_dir, name), f"not listed in {SUMS}")
+    root = os.path.join(release_dir, "checkpoints")
+    folders = [os.path.join(root, c) for c in sorted(os.listdir(root))] if os.path.isdir(root) else []
+    for folder in folders + [os.path.join(release_dir, "model")]:
+        try:
+            meta = json.load(open(os.path.join(folder, "nano360.json"), encoding="utf-8"))
+            state, _ = import_llama(folder)  # safetensors and JSON: no code runs
+            n = sum(t.numel() for t in state.values())
+            name = os.path.basename(folder)
+            good = name == "model" or meta["step"] == int(name.rsplit("_", 1)[-1])
+            check(good, folder, f"nano360.json says step {meta['step']}")
+            if good:
+                out(f"      {n:,} parameters, step {meta['step']}, "
+                    f"{meta['data_position']['tokens']:,} tokens seen")
+        except (OSError, ValueError, KeyError, ConfigError, DataError) as e:
+            check(False, folder, f"does not load ({e})")
+    out(f"{release_dir}: {'every check passed' if not fails else f'{len(fails)} check(s) failed'}")
+    return fails
+
+
+# -----------------------------------------------------------------------------
+
+def main(argv):
+    if argv[:1] == ["verify"]:
+        if len(argv) != 2:
+            raise ConfigError("usage: python release.py verify RELEASE_DIR")
+        return 1 if verify(argv[1]) else 0
+    rest = [a for a in argv if not a.startswith("--license=")]
+    license = next((a.split("=", 1)[1] for a in argv if a.startswith("--license=")), "other")
+    pos = [a for a in rest if not a.startswith("-")]
+    if len(pos) != 2:
+        print(__doc__.strip())
+        return 2
+    cfg, _ = load_config([pos[0]] + [a for a in rest if a.startswith("-")])
+    ckpts = package(cfg, pos[1], license)
+    print(f"wrote {pos[1]}: {len(ckpts)} checkpoints as Hugging Face folders, the tokenizer, the "
+          f"data manifest and order, reports, cards and {SUMS}; check it with "
+          f"`python release.py verify {pos[1]}`")
+    return 0
+
+
+if __name__ == "__main__":
+    run_command(main, DataError, ValueError)
