@@ -6,15 +6,18 @@ metrics and evaluations, a model card and a data card, and SHA256SUMS over all o
     python release.py CONFIG RELEASE_DIR [--key=value ...]
                         package the run that CONFIG names (its out_dir, tokens_dir and the
                         curation folders it names); RELEASE_DIR must not exist yet
-    python release.py verify RELEASE_DIR
+    python release.py verify RELEASE_DIR [--shards=DIR]
                         every checksum, every file listed, every checkpoint loaded (safetensors
-                        and JSON only: nothing in a release runs code); one line per check, each
-                        mismatch named with its file; status 1 if any
+                        and JSON only: nothing in a release runs code); with the token shards the
+                        release names, each checkpoint's validation loss computed again and held
+                        to its record; one line per check, each mismatch named with its file;
+                        status 1 if any
 
 RELEASE_DIR (written in a temporary folder beside it, renamed into place when whole):
     checkpoints/ckpt_NNNNNNN/   each kept checkpoint as a Hugging Face Llama folder (config.json,
                                 model.safetensors, tokenizer.json) and nano360.json: its step,
-                                data position, code revision, manifest sha256, config
+                                data position, code revision, manifest sha256, config, and its
+                                loss on the run's validation windows
     model/                      the last checkpoint's folder again: the release's main model
     tokenizer/                  the run's tokenizer as tokenize wrote it (.tiktoken and its .json)
     data/manifest.json          the token shards: file, source, split, tokens and sha256 of each
@@ -28,10 +31,13 @@ RELEASE_DIR (written in a temporary folder beside it, renamed into place when wh
 """
 import json, os, shutil
 
-from checkpoint import Checkpointer, load_model
+import torch
+
+from checkpoint import Checkpointer, empty_model, load_model
 from config import ConfigError, load_config, run_command
-from data import load_manifest
+from data import load_manifest, val_sequences
 from hf_llama import export_llama, import_llama
+from model import validation_loss
 from stage import DataError, commit_dir, read_json, sha256_file, tmp_dir
 
 SUMS = "SHA256SUMS"
@@ -125,6 +131,15 @@ each source's documents held out for validation.
 """
 
 
+def val_loss(model, tokens_dir, manifest, windows):
+    """{source: loss} of model on the validation windows of tokens_dir that windows names (the
+    run's own validation: seq_len, eval_seqs, batch_size, doc_mask), in float32 on the CPU."""
+    val = val_sequences(tokens_dir, manifest, windows["seq_len"], windows["eval_seqs"])
+    with torch.no_grad():
+        return validation_loss(model, val, windows["batch_size"], torch.device("cpu"),
+                               eot=manifest["eot"] if windows["doc_mask"] else None)
+
+
 def package(cfg, release_dir, license="other"):
     """RELEASE_DIR from the run cfg names; the list of checkpoints packaged."""
     if os.path.exists(release_dir):
@@ -137,13 +152,16 @@ def package(cfg, release_dir, license="other"):
     manifest = load_manifest(cfg.tokens_dir)  # every shard checked against its sha256
     tmp = tmp_dir(release_dir)
     tok = os.path.join(cfg.tokens_dir, manifest["tokenizer"])
-    for ckpt in ckpts:
+    windows = dict(seq_len=cfg.seq_len, eval_seqs=cfg.eval_seqs, batch_size=cfg.batch_size,
+                   doc_mask=cfg.doc_mask)
+    for ckpt in ckpts:  # each with its loss on the validation windows, which verify recomputes
         model, _, meta = load_model(ckpt, "cpu")
         folder = os.path.join(tmp, "checkpoints", os.path.basename(ckpt))
         export_llama(model, folder, tok)
-        dump(os.path.join(folder, "nano360.json"),
-             {k: meta.get(k) for k in ("step", "data_position", "git", "manifest_sha256",
-                                       "tokenizer_sha256", "config", "world_size")})
+        dump(os.path.join(folder, "nano360.json"), dict(
+            {k: meta.get(k) for k in ("step", "data_position", "git", "manifest_sha256",
+                                      "tokenizer_sha256", "config", "world_size")},
+            val_windows=windows, val_loss=val_loss(model.float(), cfg.tokens_dir, manifest, windows)))
     shutil.copytree(folder, os.path.join(tmp, "model"))
     for f in (tok, tok + ".json"):
         if os.path.exists(f):
@@ -189,8 +207,10 @@ def write_sums(root):
 # -----------------------------------------------------------------------------
 # verify
 
-def verify(release_dir, out=print):
-    """Each check of release_dir, one line each ("ok ..." or "FAIL file: why"); the failures."""
+def verify(release_dir, shards=None, out=print, tol=1e-4):
+    """Each check of release_dir, one line each ("ok ..." or "FAIL file: why"); the failures.
+    shards: the token shards the release names (a folder with their manifest.json): each
+    checkpoint's validation loss is then computed again on them, and compared with its record."""
     sums_path = os.path.join(release_dir, SUMS)
     if not os.path.isfile(sums_path):
         raise DataError(f"{sums_path}: not there: {release_dir} is not a release (or not whole)")
@@ -214,12 +234,23 @@ def verify(release_dir, out=print):
             check(sha256_file(path) == want[name], path, f"sha256 differs from {SUMS}'s")
     for name in sorted(set(files_of(release_dir)) - set(want)):
         check(False, os.path.join(release_dir, name), f"not listed in {SUMS}")
+    manifest = None
+    if shards:  # the released manifest, byte for byte, and every shard against its sha256
+        mine = os.path.join(shards, "manifest.json")
+        same = os.path.isfile(mine) and sha256_file(mine) == want.get("data/manifest.json")
+        check(same, mine, f"not the manifest of {release_dir}/data/manifest.json")
+        if same:
+            try:
+                manifest = load_manifest(shards)
+                check(True, f"{shards}: {len(manifest['shards'])} shards", "")
+            except DataError as e:
+                check(False, str(e).split(":")[0], str(e).split(": ", 1)[-1])
     root = os.path.join(release_dir, "checkpoints")
     folders = [os.path.join(root, c) for c in sorted(os.listdir(root))] if os.path.isdir(root) else []
     for folder in folders + [os.path.join(release_dir, "model")]:
         try:
             meta = json.load(open(os.path.join(folder, "nano360.json"), encoding="utf-8"))
-            state, _ = import_llama(folder)  # safetensors and JSON: no code runs
+            state, mcfg = import_llama(folder)  # safetensors and JSON: no code runs
             n = sum(t.numel() for t in state.values())
             name = os.path.basename(folder)
             good = name == "model" or meta["step"] == int(name.rsplit("_", 1)[-1])
@@ -227,6 +258,16 @@ def verify(release_dir, out=print):
             if good:
                 out(f"      {n:,} parameters, step {meta['step']}, "
                     f"{meta['data_position']['tokens']:,} tokens seen")
+            if manifest is not None:
+                model = empty_model(mcfg, "cpu")
+                model.load_state_dict(state)
+                got = val_loss(model.eval(), shards, manifest, meta["val_windows"])
+                off = max(abs(got[k] - v) for k, v in meta["val_loss"].items())
+                check(off <= tol, f"{folder}/model.safetensors",
+                      f"validation loss {got['all']:.6f} on {shards}, but nano360.json records "
+                      f"{meta['val_loss']['all']:.6f}")
+                if off <= tol:
+                    out(f"      validation loss {got['all']:.4f} on {shards}, as recorded")
         except (OSError, ValueError, KeyError, ConfigError, DataError) as e:
             check(False, folder, f"does not load ({e})")
     out(f"{release_dir}: {'every check passed' if not fails else f'{len(fails)} check(s) failed'}")
@@ -237,9 +278,11 @@ def verify(release_dir, out=print):
 
 def main(argv):
     if argv[:1] == ["verify"]:
-        if len(argv) != 2:
-            raise ConfigError("usage: python release.py verify RELEASE_DIR")
-        return 1 if verify(argv[1]) else 0
+        shards = next((a.split("=", 1)[1] for a in argv if a.startswith("--shards=")), None)
+        rest = [a for a in argv[1:] if not a.startswith("--shards=")]
+        if len(rest) != 1:
+            raise ConfigError("usage: python release.py verify RELEASE_DIR [--shards=DIR]")
+        return 1 if verify(rest[0], shards) else 0
     rest = [a for a in argv if not a.startswith("--license=")]
     license = next((a.split("=", 1)[1] for a in argv if a.startswith("--license=")), "other")
     pos = [a for a in rest if not a.startswith("-")]

@@ -102,3 +102,41 @@ def test_package_writes_nothing_over_what_is_there(packaged, tmp_path):
     with pytest.raises(ConfigError, match="no complete checkpoint"):
         release.main([*args, f"--out_dir={tmp_path}/none", str(tmp_path / "r")])
     assert not (tmp_path / "r").exists()
+
+
+def test_verify_recomputes_each_checkpoints_loss_on_the_released_shards(packaged, tiny_data, tmp_path):
+    args, run, rel = packaged
+    # the loss each checkpoint records is the run's own validation at that step (metrics.jsonl)
+    vals = {json.loads(l)["step"]: json.loads(l)["val"] for l in (run / "metrics.jsonl").read_text().splitlines()
+            if '"val"' in l}
+    for step in (2, 4):
+        rec = json.loads((rel / "checkpoints" / f"ckpt_{step:07d}" / "nano360.json").read_text())["val_loss"]
+        assert rec.keys() == vals[step].keys()
+        assert all(abs(rec[k] - vals[step][k]) < 1e-6 for k in rec), (rec, vals[step])
+    assert fails_with(rel, tiny_data) == []
+    # the weights of two checkpoints swapped and SHA256SUMS written again: the sums pass, the losses do not
+    copy = damaged(rel, tmp_path / "swap")
+    a, b = (copy / "checkpoints" / c / "model.safetensors" for c in ("ckpt_0000002", "ckpt_0000004"))
+    a_bytes = a.read_bytes()
+    a.write_bytes(b.read_bytes())
+    b.write_bytes(a_bytes)
+    release.write_sums(str(copy))
+    assert fails(copy) == []
+    got = fails_with(copy, tiny_data)
+    assert [f.split(":")[0] for f in got] == [str(a), str(b)] and "validation loss" in got[0]
+    # shards from another run: a shard changed, or another manifest
+    other = tmp_path / "shards"
+    shutil.copytree(tiny_data, other)
+    shard = next(p for p in sorted(other.glob("*.bin")))
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 1
+    shard.write_bytes(bytes(data))
+    got = fails_with(rel, other)
+    assert len(got) == 1 and got[0].startswith(f"{shard}: sha256") , got
+    m = other / "manifest.json"
+    m.write_text(m.read_text().replace('"val_frac"', '"val_frac" ', 1))
+    assert fails_with(rel, other)[0] == f"{m}: not the manifest of {rel}/data/manifest.json"
+
+
+def fails_with(rel, shards):
+    return release.verify(str(rel), str(shards), out=lambda line: None)
