@@ -511,6 +511,12 @@ class Batches:
             a = b + 1
         return np.concatenate(out)[:len(row)].astype(np.int64)
 
+    def sha256(self, step):
+        """sha256 of step's whole global batch (every rank's rows, as int64): what a checkpoint
+        records of the last step it trained, and a release's data order is checked against."""
+        rows = self.tokens(self.sample_ids(step), step).astype(np.int64, copy=False)
+        return hashlib.sha256(np.ascontiguousarray(rows).tobytes()).hexdigest()
+
     def batch(self, step, rank=0, world_size=1):
         """(global_batch / world_size, seq_len + 1) int64 tokens: inputs are [:, :-1], targets
         [:, 1:]."""

@@ -9,9 +9,9 @@ metrics and evaluations, a model card and a data card, and SHA256SUMS over all o
     python release.py verify RELEASE_DIR [--shards=DIR]
                         every checksum, every file listed, every checkpoint loaded (safetensors
                         and JSON only: nothing in a release runs code); with the token shards the
-                        release names, each checkpoint's validation loss computed again and held
-                        to its record; one line per check, each mismatch named with its file;
-                        status 1 if any
+                        release names, each checkpoint's validation loss computed again and the
+                        batch of its last step rebuilt in the data order, each held to its record;
+                        one line per check, each mismatch named with its file; status 1 if any
 
 RELEASE_DIR (written in a temporary folder beside it, renamed into place when whole):
     checkpoints/ckpt_NNNNNNN/   each kept checkpoint as a Hugging Face Llama folder (config.json,
@@ -35,14 +35,14 @@ import torch
 
 from checkpoint import Checkpointer, empty_model, load_model
 from config import ConfigError, load_config, run_command
-from data import load_manifest, val_sequences
+from data import Batches, load_manifest, val_sequences
 from hf_llama import export_llama, import_llama
 from model import validation_loss
 from stage import DataError, commit_dir, read_json, sha256_file, tmp_dir
 
 SUMS = "SHA256SUMS"
-ORDER_KEYS = ("seed", "seq_len", "global_batch_size", "batch_size", "mixture", "fim_rate",
-              "val_frac", "max_steps", "schedule_steps")
+ORDER_KEYS = ("seed", "seq_len", "mixture", "fim_rate", "fim_spm_rate", "fim_sources",
+              "global_batch_size", "batch_size", "val_frac", "max_steps", "schedule_steps")
 CURATION = ("clean_dir", "dedup_dir", "docs_dir")
 
 
@@ -161,14 +161,17 @@ def package(cfg, release_dir, license="other"):
         dump(os.path.join(folder, "nano360.json"), dict(
             {k: meta.get(k) for k in ("step", "data_position", "git", "manifest_sha256",
                                       "tokenizer_sha256", "config", "world_size")},
-            val_windows=windows, val_loss=val_loss(model.float(), cfg.tokens_dir, manifest, windows)))
+            val_windows=windows,
+            val_loss=val_loss(model.float(), cfg.tokens_dir, manifest, windows)))
     shutil.copytree(folder, os.path.join(tmp, "model"))
     for f in (tok, tok + ".json"):
         if os.path.exists(f):
             copy(f, os.path.join(tmp, "tokenizer", os.path.basename(f)))
     copy(os.path.join(cfg.tokens_dir, "manifest.json"), os.path.join(tmp, "data", "manifest.json"))
-    dump(os.path.join(tmp, "data", "order.json"),
-         dict({k: getattr(cfg, k, None) for k in ORDER_KEYS}, manifest_sha256=meta["manifest_sha256"]))
+    dump(os.path.join(tmp, "data", "order.json"),  # Batches' arguments: the order of every sample
+         dict({k: getattr(cfg, k, None) for k in ORDER_KEYS},
+              manifest_sha256=meta["manifest_sha256"],
+              global_batch=meta["data_position"]["global_batch"]))
     reports = {}
     for key in CURATION:
         report = read_json(os.path.join(getattr(cfg, key, "") or "", "report.json"))
@@ -210,7 +213,8 @@ def write_sums(root):
 def verify(release_dir, shards=None, out=print, tol=1e-4):
     """Each check of release_dir, one line each ("ok ..." or "FAIL file: why"); the failures.
     shards: the token shards the release names (a folder with their manifest.json): each
-    checkpoint's validation loss is then computed again on them, and compared with its record."""
+    checkpoint's validation loss is then computed again on them, and the batch of the last step
+    it trained rebuilt in order.json's order, each compared with its record."""
     sums_path = os.path.join(release_dir, SUMS)
     if not os.path.isfile(sums_path):
         raise DataError(f"{sums_path}: not there: {release_dir} is not a release (or not whole)")
@@ -245,8 +249,13 @@ def verify(release_dir, shards=None, out=print, tol=1e-4):
                 check(True, f"{shards}: {len(manifest['shards'])} shards", "")
             except DataError as e:
                 check(False, str(e).split(":")[0], str(e).split(": ", 1)[-1])
+    batches = None
+    if manifest is not None:  # the samples in order, rebuilt from the shards and order.json
+        o = json.load(open(os.path.join(release_dir, "data", "order.json"), encoding="utf-8"))
+        batches = Batches(shards, o["seq_len"], o["global_batch"], o["seed"], False, o["mixture"],
+                          o["fim_rate"], o["fim_spm_rate"], tuple(o["fim_sources"]))
     root = os.path.join(release_dir, "checkpoints")
-    folders = [os.path.join(root, c) for c in sorted(os.listdir(root))] if os.path.isdir(root) else []
+    folders = sorted(os.path.join(root, c) for c in os.listdir(root)) if os.path.isdir(root) else []
     for folder in folders + [os.path.join(release_dir, "model")]:
         try:
             meta = json.load(open(os.path.join(folder, "nano360.json"), encoding="utf-8"))
@@ -268,6 +277,11 @@ def verify(release_dir, shards=None, out=print, tol=1e-4):
                       f"{meta['val_loss']['all']:.6f}")
                 if off <= tol:
                     out(f"      validation loss {got['all']:.4f} on {shards}, as recorded")
+                step, want_batch = meta["step"] - 1, meta["data_position"].get("last_batch_sha256")
+                if want_batch:  # the batch of the last step it trained, rebuilt from the shards
+                    check(batches.sha256(step) == want_batch, f"{release_dir}/data/order.json",
+                          f"step {step}'s batch, rebuilt from {shards} in this order, is not the "
+                          f"one {folder}/nano360.json records")
         except (OSError, ValueError, KeyError, ConfigError, DataError) as e:
             check(False, folder, f"does not load ({e})")
     out(f"{release_dir}: {'every check passed' if not fails else f'{len(fails)} check(s) failed'}")

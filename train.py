@@ -487,7 +487,10 @@ class Trainer:
                     tokenizer_sha256=self.manifest.get("tokenizer_sha256"),
                     data_position=dict(step=step, global_batch=gb, samples=step * gb,
                                        tokens=step * gb * cfg.seq_len,
-                                       epoch=step * gb / self.batches.n),
+                                       epoch=step * gb / self.batches.n,
+                                       # what a release's data order is checked against
+                                       last_batch_sha256=(self.batches.sha256(step - 1)
+                                                          if step else None)),
                     time=time.strftime("%Y-%m-%d %H:%M:%S"), torch=torch.__version__)
         self.ckpt.save(step, self.model, self.optimizer, meta)
 

@@ -140,3 +140,23 @@ def test_verify_recomputes_each_checkpoints_loss_on_the_released_shards(packaged
 
 def fails_with(rel, shards):
     return release.verify(str(rel), str(shards), out=lambda line: None)
+
+
+def test_verify_rebuilds_each_checkpoints_last_batch_in_the_released_order(packaged, tiny_data, tmp_path):
+    import hashlib
+    from data import Batches
+    _, _, rel = packaged
+    order = json.loads((rel / "data" / "order.json").read_text())
+    b = Batches(str(tiny_data), order["seq_len"], order["global_batch"], order["seed"], False)
+    for step in (2, 4):  # the record: the whole global batch of the last step trained, as 2 ranks see it
+        meta = json.loads((rel / "checkpoints" / f"ckpt_{step:07d}" / "nano360.json").read_text())
+        rows = torch.cat([b.batch(step - 1, r, 2) for r in range(2)]).numpy()
+        assert meta["data_position"]["last_batch_sha256"] == hashlib.sha256(rows.tobytes()).hexdigest()
+    assert fails_with(rel, tiny_data) == []
+    # the order changed (another seed), SHA256SUMS written again: each checkpoint's batch differs
+    copy = damaged(rel, tmp_path / "order")
+    o = copy / "data" / "order.json"
+    o.write_text(o.read_text().replace(f'"seed": {order["seed"]}', f'"seed": {order["seed"] + 1}'))
+    release.write_sums(str(copy))
+    got = fails_with(copy, tiny_data)
+    assert len(got) == 3 and all(f.startswith(f"{o}: step ") for f in got), got  # 2 checkpoints and model/
