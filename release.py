@@ -282,6 +282,9 @@ def verify(release_dir, shards=None, out=print, tol=1e-4):
                     check(batches.sha256(step) == want_batch, f"{release_dir}/data/order.json",
                           f"step {step}'s batch, rebuilt from {shards} in this order, is not the "
                           f"one {folder}/nano360.json records")
+                else:
+                    out("      no batch hash recorded (saved by an older nano360): the order of "
+                        "its steps is not checked")
         except (OSError, ValueError, KeyError, ConfigError, DataError) as e:
             check(False, folder, f"does not load ({e})")
     out(f"{release_dir}: {'every check passed' if not fails else f'{len(fails)} check(s) failed'}")

@@ -160,3 +160,16 @@ def test_verify_rebuilds_each_checkpoints_last_batch_in_the_released_order(packa
     release.write_sums(str(copy))
     got = fails_with(copy, tiny_data)
     assert len(got) == 3 and all(f.startswith(f"{o}: step ") for f in got), got  # 2 checkpoints and model/
+
+
+def test_a_checkpoint_without_a_batch_hash_is_said_not_failed(packaged, tiny_data, tmp_path):
+    _, _, rel = packaged  # saved by an older nano360: no last_batch_sha256
+    copy = damaged(rel, tmp_path / "old")
+    m = copy / "checkpoints" / "ckpt_0000002" / "nano360.json"
+    meta = json.loads(m.read_text())
+    del meta["data_position"]["last_batch_sha256"]
+    m.write_text(json.dumps(meta))
+    release.write_sums(str(copy))
+    lines = []
+    assert release.verify(str(copy), str(tiny_data), out=lines.append) == []
+    assert sum("no batch hash recorded" in line for line in lines) == 1
