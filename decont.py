@@ -213,11 +213,11 @@ class Index:
                 found.add(o)
         if not found:
             return [], None, None
-        a, b = self.rows(h)  # the evidence: the first n-gram of text that a found item holds
-        first = next((k, o) for k in np.flatnonzero(b > a) for o in self.owner[a[k]:b[k]].tolist()
-                     if o in found)
-        return (sorted(tuple(self.items[o]) for o in found), tuple(self.items[first[1]]),
-                normed[tok[2][s[first[0]]]:tok[3][e[first[0]]]])
+        # the evidence: the first n-gram of text that a found item holds (hits are in text order)
+        start, o = min((hits[o][0], o) for o in found)
+        k = int(np.searchsorted(s, start))  # one n-gram starts at each token
+        return (sorted(tuple(self.items[o]) for o in found), tuple(self.items[o]),
+                normed[tok[2][s[k]]:tok[3][e[k]]])
 
 
 def found_in(docs_dir, tasks_dir, n_words=N_WORDS, n_cjk=N_CJK, cover=COVER, fields=FIELDS):

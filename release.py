@@ -34,7 +34,7 @@ import json, os, shutil
 import torch
 
 from checkpoint import Checkpointer, empty_model, load_model
-from config import ConfigError, load_config, run_command
+from config import ConfigError, load_config, pop_flag, run_command
 from data import Batches, load_manifest, val_sequences
 from hf_llama import export_llama, import_llama
 from model import validation_loss
@@ -131,10 +131,14 @@ each source's documents held out for validation.
 """
 
 
-def val_loss(model, tokens_dir, manifest, windows):
-    """{source: loss} of model on the validation windows of tokens_dir that windows names (the
-    run's own validation: seq_len, eval_seqs, batch_size, doc_mask), in float32 on the CPU."""
-    val = val_sequences(tokens_dir, manifest, windows["seq_len"], windows["eval_seqs"])
+def val_windows(tokens_dir, manifest, windows):
+    """{source: windows} of tokens_dir's validation split that windows names (the run's own
+    validation: seq_len, eval_seqs)."""
+    return val_sequences(tokens_dir, manifest, windows["seq_len"], windows["eval_seqs"])
+
+
+def val_loss(model, val, manifest, windows):
+    """{source: loss} of model on val as the run validates (batch_size, doc_mask), float32, CPU."""
     with torch.no_grad():
         return validation_loss(model, val, windows["batch_size"], torch.device("cpu"),
                                eot=manifest["eot"] if windows["doc_mask"] else None)
@@ -154,6 +158,7 @@ def package(cfg, release_dir, license="other"):
     tok = os.path.join(cfg.tokens_dir, manifest["tokenizer"])
     windows = dict(seq_len=cfg.seq_len, eval_seqs=cfg.eval_seqs, batch_size=cfg.batch_size,
                    doc_mask=cfg.doc_mask)
+    val = val_windows(cfg.tokens_dir, manifest, windows)
     for ckpt in ckpts:  # each with its loss on the validation windows, which verify recomputes
         model, _, meta = load_model(ckpt, "cpu")
         folder = os.path.join(tmp, "checkpoints", os.path.basename(ckpt))
@@ -162,7 +167,7 @@ def package(cfg, release_dir, license="other"):
             {k: meta.get(k) for k in ("step", "data_position", "git", "manifest_sha256",
                                       "tokenizer_sha256", "config", "world_size")},
             val_windows=windows,
-            val_loss=val_loss(model.float(), cfg.tokens_dir, manifest, windows)))
+            val_loss=val_loss(model.float(), val, manifest, windows)))
     shutil.copytree(folder, os.path.join(tmp, "model"))
     for f in (tok, tok + ".json"):
         if os.path.exists(f):
@@ -249,11 +254,17 @@ def verify(release_dir, shards=None, out=print, tol=1e-4):
                 check(True, f"{shards}: {len(manifest['shards'])} shards", "")
             except DataError as e:
                 check(False, str(e).split(":")[0], str(e).split(": ", 1)[-1])
-    batches = None
+    batches, vals = None, {}
     if manifest is not None:  # the samples in order, rebuilt from the shards and order.json
-        o = json.load(open(os.path.join(release_dir, "data", "order.json"), encoding="utf-8"))
-        batches = Batches(shards, o["seq_len"], o["global_batch"], o["seed"], False, o["mixture"],
-                          o["fim_rate"], o["fim_spm_rate"], tuple(o["fim_sources"]))
+        where = os.path.join(release_dir, "data", "order.json")
+        try:
+            o = json.load(open(where, encoding="utf-8"))
+            batches = Batches(shards, o["seq_len"], o["global_batch"], o["seed"], False,
+                              o["mixture"], o["fim_rate"], o["fim_spm_rate"],
+                              tuple(o["fim_sources"]))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            check(False, where, f"not the order of a release ({type(e).__name__}: {e})")
+            manifest = None
     root = os.path.join(release_dir, "checkpoints")
     folders = sorted(os.path.join(root, c) for c in os.listdir(root)) if os.path.isdir(root) else []
     for folder in folders + [os.path.join(release_dir, "model")]:
@@ -270,7 +281,10 @@ def verify(release_dir, shards=None, out=print, tol=1e-4):
             if manifest is not None:
                 model = empty_model(mcfg, "cpu")
                 model.load_state_dict(state)
-                got = val_loss(model.eval(), shards, manifest, meta["val_windows"])
+                key = json.dumps(meta["val_windows"], sort_keys=True)  # read once for all
+                if key not in vals:
+                    vals[key] = val_windows(shards, manifest, meta["val_windows"])
+                got = val_loss(model.eval(), vals[key], manifest, meta["val_windows"])
                 off = max(abs(got[k] - v) for k, v in meta["val_loss"].items())
                 check(off <= tol, f"{folder}/model.safetensors",
                       f"validation loss {got['all']:.6f} on {shards}, but nano360.json records "
@@ -294,19 +308,18 @@ def verify(release_dir, shards=None, out=print, tol=1e-4):
 # -----------------------------------------------------------------------------
 
 def main(argv):
+    argv = list(argv)
     if argv[:1] == ["verify"]:
-        shards = next((a.split("=", 1)[1] for a in argv if a.startswith("--shards=")), None)
-        rest = [a for a in argv[1:] if not a.startswith("--shards=")]
-        if len(rest) != 1:
+        shards = pop_flag(argv, "--shards")
+        if len(argv) != 2:
             raise ConfigError("usage: python release.py verify RELEASE_DIR [--shards=DIR]")
-        return 1 if verify(rest[0], shards) else 0
-    rest = [a for a in argv if not a.startswith("--license=")]
-    license = next((a.split("=", 1)[1] for a in argv if a.startswith("--license=")), "other")
-    pos = [a for a in rest if not a.startswith("-")]
+        return 1 if verify(argv[1], shards) else 0
+    license = pop_flag(argv, "--license") or "other"
+    pos = [a for a in argv if not a.startswith("-")]
     if len(pos) != 2:
         print(__doc__.strip())
         return 2
-    cfg, _ = load_config([pos[0]] + [a for a in rest if a.startswith("-")])
+    cfg, _ = load_config([a for a in argv if a != pos[1]])
     ckpts = package(cfg, pos[1], license)
     print(f"wrote {pos[1]}: {len(ckpts)} checkpoints as Hugging Face folders, the tokenizer, the "
           f"data manifest and order, reports, cards and {SUMS}; check it with "
