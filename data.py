@@ -7,6 +7,8 @@ batch of every step (order, mixtures, fill-in-the-middle); the validation window
                                                        (train.py runs it when tokens_dir is missing)
     python data.py show --step S [CONFIG] [--key=value ...]   the text step S trains on
     python data.py show --ckpt out/toy/ckpt_0000100 [--step S]  the step that checkpoint saved last
+    python data.py show --ckpt RELEASE/checkpoints/ckpt_0000100 --shards=DIR [--step S]
+                                                the same, of a release (release.py) and its shards
 
 tokenize is a stage over shards, as curation's are (stage.Stage: any number of workers, ranks
 or Slurm array tasks, resumable, the same bytes). The order of training samples is a pure
@@ -564,16 +566,25 @@ def main(argv):
             print(f"\n{argv[0]} is corpus curation: python curate.py {argv[0]} ...")
         return 2
     cmd, rest = argv[0], list(argv[1:])
-    step, ckpt = pop_flag(rest, "--step"), pop_flag(rest, "--ckpt")
+    step, ckpt, shards = (pop_flag(rest, f) for f in ("--step", "--ckpt", "--shards"))
     if cmd == "tokenize":
         cfg, _ = load_config(rest)
         rank, world, _ = place(array=True)
         tokenize(cfg, rank, world)
         return 0
+    released = ckpt and os.path.isfile(os.path.join(ckpt, "nano360.json"))
+    if released and not shards:
+        raise ConfigError(f"{ckpt} is a release's checkpoint: give --shards=DIR, the token shards "
+                          "the release names (python release.py verify checks them)")
     if ckpt:  # the run's own config and global batch
         from checkpoint import read_meta  # (imports torch: only here)
-        meta = read_meta(ckpt)
+        meta = load_json(os.path.join(ckpt, "nano360.json")) if released else read_meta(ckpt)
         cfg, _ = config_from_dict(meta["config"])
+        if released:  # the data the release names, where the stranger keeps it
+            cfg.tokens_dir = shards
+            if load_manifest(shards, hash_shards=False)["sha256"] != meta["manifest_sha256"]:
+                raise DataError(f"{shards}/manifest.json is not the manifest "
+                                f"{ckpt}/nano360.json records: other shards")
         step = meta["step"] - 1 if step is None else step  # the last step before the save
         gb = meta["data_position"]["global_batch"]
     else:

@@ -1,7 +1,7 @@
 """
 Everything done with a checkpoint: loss and bits per byte per source, multiple-choice tasks
 (tasks.py), memorization of the training data, a sweep over every checkpoint of a run,
-sampling, the Hugging Face Llama format both ways, and the run's training curves (plots.py).
+sampling, Hugging Face folders both ways (hf_llama.py), and the run's training curves (plots.py).
 
     python eval.py [sweep] [OUT_DIR | CKPT] [--tasks=DIR] [--shots=K] [--seqs=N]
                                                 evals.jsonl, .md, .csv, .png
@@ -11,17 +11,21 @@ sampling, the Hugging Face Llama format both ways, and the run's training curves
                                                 HF_DIR.evals/), or a folder of them (a released
                                                 model's intermediate checkpoints), with its
                                                 tokenizer.json
+    python eval.py [sweep] RELEASE_DIR --shards=DIR [--tasks=DIR]
+                                                a nano360 release (release.py) with the token
+                                                shards it names: the rows its run/evals.jsonl
+                                                holds, from the release alone (RELEASE_DIR.evals/)
     python eval.py plot OUT_DIR                 OUT_DIR/curves.png: the run's metrics.jsonl
     python eval.py sample CKPT --prompt="子曰：" [--temperature=0.8 --top_k=50 --top_p=0.95
             --seed=0 --tokens=128]
-    python eval.py export CKPT OUT_DIR          Hugging Face Llama: config.json, model.safetensors,
-                                                tokenizer
-    python eval.py import HF_DIR OUT.pt         a Llama checkpoint as our state dict
+    python eval.py export CKPT OUT_DIR          a Hugging Face folder (Llama, or nano360's layout):
+                                                config.json, model.safetensors, tokenizer
+    python eval.py import HF_DIR OUT.pt         such a folder as our state dict
                                                 (train.py --init_from=OUT.pt)
 
 `python eval.py COMMAND --help` lists each command's options.
 """
-import argparse, csv, json, math, os, sys
+import argparse, csv, dataclasses, json, math, os, sys
 
 import numpy as np
 import torch
@@ -30,15 +34,15 @@ import torch.distributed as dist
 import decont
 import plots
 from checkpoint import Checkpointer, CheckpointError, empty_model, load_model, step_of
-from config import ConfigError, place, run_command, uses_bf16
+from config import ConfigError, config_from_dict, place, run_command, uses_bf16
 from data import Batches, load_manifest, read_shard, val_sequences
 from gentasks import CODE, check_generation, gen_prompts, run_generative
-from hf_llama import export_llama, hf_weights, import_llama
+from hf_llama import export_llama, hf_weights, import_llama, llama_gaps
 from model import autocast, sample_text, validation_loss
 from stage import DataError, is_done, sha256_file
 from suites import sampling_of, suite_of, suite_table, task_files
 from tasks import GENERATIVE, loglikelihoods, run_task, shots_file, shots_of, task_of, task_prompts
-from tokenizer import check_tokenizer, load_tokenizer, special_ids, tokenizer_of
+from tokenizer import check_tokenizer, load_json, load_tokenizer, special_ids, tokenizer_of
 
 
 # -----------------------------------------------------------------------------
@@ -55,10 +59,12 @@ def name_of(ckpt):
     return os.path.basename(os.path.abspath(ckpt))  # abspath: "." has a name too
 
 
-def load(ckpt, device="cpu"):
+def load(ckpt, device="cpu", shards=None):
     """(model, train config, tokenizer, meta) of a checkpoint written at any world size, or of a
     Hugging Face Llama folder (train config None; its tokenizer.json there or in the folder
-    above, which may hold a released model's intermediate checkpoints)."""
+    above, which may hold a released model's intermediate checkpoints). shards: a nano360
+    release's token shards; a checkpoint folder of that release (its nano360.json) then comes
+    with its run's config, reading its data from shards, as its out_dir's checkpoint would."""
     if not is_hf(ckpt):
         model, cfg, meta = load_model(ckpt, device)
         manifest = load_manifest(cfg.tokens_dir, hash_shards=False)
@@ -77,13 +83,30 @@ def load(ckpt, device="cpu"):
                           f"vocab_size={mcfg.vocab_size}")
     model = empty_model(mcfg, device)
     model.load_state_dict(state)
+    run = os.path.join(ckpt, "nano360.json")
+    if shards and os.path.isfile(run):
+        meta = load_json(run)
+        cfg = dataclasses.replace(config_from_dict(meta["config"], run)[0], tokens_dir=shards)
+        manifest = load_manifest(shards, hash_shards=False)
+        if manifest["sha256"] != meta["manifest_sha256"]:
+            raise DataError(f"{shards}/manifest.json is not the manifest {run} records "
+                            f"(sha256 {meta['manifest_sha256'][:12]}...): other shards")
+        check_tokenizer(shards, manifest, meta.get("tokenizer_sha256"), ckpt)
+        return model.eval(), cfg, tokenizer_of(shards, manifest), meta
     return model.eval(), None, enc, dict(step=step_of(ckpt), data_position=dict(tokens=None))
+
+
+def is_release(path):
+    return os.path.isfile(os.path.join(path, "SHA256SUMS")) and os.path.isdir(
+        os.path.join(path, "checkpoints"))
 
 
 def checkpoints(path):
     """Every complete checkpoint of a run (oldest first), or the one given; or the Hugging Face
     folder given, or every one in the folder given, in the order of the numbers they end in."""
-    if is_done(path) or is_hf(path):
+    if is_release(path):  # its checkpoints (model/ is the last of them again); DONE: whole
+        path = os.path.join(path, "checkpoints")
+    elif is_done(path) or is_hf(path):
         return [path]
     found = Checkpointer.complete(path)
     if not found and os.path.isdir(path):
@@ -229,11 +252,11 @@ def task_sha256(files, shots):
     return out
 
 
-def evaluate_checkpoint(ckpt, files, shots, seqs, device, gen=None, dirty=None):
+def evaluate_checkpoint(ckpt, files, shots, seqs, device, gen=None, dirty=None, shards=None):
     """One row of the sweep: loss and bits per byte, tasks (with their shots; gen: how the
     generative ones generate; dirty: {task file: lines of the items found in training
-    documents}, scored apart), memorization."""
-    model, cfg, enc, meta = load(ckpt, device)
+    documents}, scored apart), memorization. shards: a release's (load)."""
+    model, cfg, enc, meta = load(ckpt, device, shards)
     row = dict(ckpt=name_of(ckpt), step=meta["step"], tokens=meta["data_position"]["tokens"],
                tasks=settings(files, shots), task_sha256=task_sha256(files, shots))
     if gen:
@@ -284,20 +307,22 @@ def append_row(log, row):
 
 
 def sweep(path, tasks_dir, shots=None, seqs=0, device="cpu", unsafe=False, samples=None,
-          temperature=None, max_gen_toks=None, contamination=None):
+          temperature=None, max_gen_toks=None, contamination=None, shards=None):
     """Every checkpoint of a run (or the one given), each evaluated once per setting: a row of
     evals.jsonl is kept when its checkpoint, task files (their sha256), shots and generation
     are the ones asked. The code tasks (HumanEval, MBPP) run the model's code: only with
     unsafe (--confirm_run_unsafe_code), else they are left out with a note. contamination: a
     folder of the documents the run trained on; the items they hold (decont.found_in) are
-    scored apart: each multiple-choice acc also on the clean items (acc_clean, n_clean)."""
+    scored apart: each multiple-choice acc also on the clean items (acc_clean, n_clean).
+    shards: a release's token shards (path a release): loss, bits per byte and memorization as
+    its run measured them."""
     ckpts = checkpoints(path)
-    if not tasks_dir and is_hf(ckpts[0]):
+    if not tasks_dir and is_hf(ckpts[0]) and not (shards and is_release(path)):
         raise ConfigError(f"{path}: a Hugging Face model has no run data to measure loss on: give "
                           "--tasks=FOLDER (task files in the public formats, data/evals/README.md)")
     # where the table goes: a run's folder (a checkpoint's run); one Hugging Face folder has
     # no run, and a table inside it would change the model's folder: NAME.evals beside it
-    if is_hf(path):
+    if is_hf(path) or is_release(path):  # nothing written into a release: its sums hold
         here = os.path.basename(os.path.normpath(path)) in (".", "..")  # no name to put .evals on
         run_dir = (os.path.abspath(path) if here else os.path.normpath(path)) + ".evals"
         os.makedirs(run_dir, exist_ok=True)
@@ -338,7 +363,7 @@ def sweep(path, tasks_dir, shots=None, seqs=0, device="cpu", unsafe=False, sampl
         device = f"cuda:{local}"
     for ckpt in [c for c in ckpts if name_of(c) not in done][rank::world]:
         try:
-            row = evaluate_checkpoint(ckpt, files, shots, seqs, device, gen, dirty)
+            row = evaluate_checkpoint(ckpt, files, shots, seqs, device, gen, dirty, shards)
             if dirty is not None:
                 row["contamination"] = dirty
         except CheckpointError as e:  # one damaged checkpoint does not stop a sweep over hundreds
@@ -430,6 +455,9 @@ def parser():
     sw.add_argument("--contamination", default=None, metavar="DOCS_DIR",
                     help="the documents the run trained on: the task items they hold (long "
                     "n-grams, decont.py) are scored apart, each acc also on the clean items")
+    sw.add_argument("--shards", default=None, metavar="DIR",
+                    help="with a release (release.py): the token shards it names, its run's "
+                    "loss, bits per byte and memorization measured on them")
     sw.add_argument("--device", default=device)
     sa = sub.add_parser("sample",
                         help="text sampled from the newest checkpoint of a run (or the one given)")
@@ -441,11 +469,12 @@ def parser():
     sa.add_argument("--top_p", type=float, default=0.95)
     sa.add_argument("--seed", type=int, default=0)
     sa.add_argument("--device", default=device)
-    ex = sub.add_parser("export", help="a checkpoint as a Hugging Face Llama folder")
+    ex = sub.add_parser("export", help="a checkpoint as a Hugging Face folder (Llama, or "
+                        "nano360's layout where Llama cannot express it)")
     ex.add_argument("path", help="a checkpoint, or a run (its newest)")
     ex.add_argument("out", help="the folder to write")
     im = sub.add_parser("import",
-                        help="a Hugging Face Llama folder as our state dict (for --init_from)")
+                        help="a Hugging Face folder as our state dict (for --init_from)")
     im.add_argument("path", help="the Hugging Face folder")
     im.add_argument("out", help="the .pt file to write")
     pl = sub.add_parser("plot", help="a run's training curves: RUN_DIR/curves.png from its "
@@ -464,7 +493,7 @@ def main(argv=None):
     if args.cmd == "sweep":
         sweep(args.path, args.tasks, args.shots, args.seqs, args.device,
               args.confirm_run_unsafe_code, args.samples, args.temperature, args.max_gen_toks,
-              args.contamination)
+              args.contamination, args.shards)
     elif args.cmd == "sample":
         ckpt = checkpoints(args.path)[-1]
         model, _, enc, meta = load(ckpt, args.device)
@@ -486,9 +515,12 @@ def main(argv=None):
         tok = os.path.join(cfg.tokens_dir, name) if name.endswith((".tiktoken", ".json")) else None
         export_llama(model, args.out, tok)
         said = "tokenizer.json" if tok else f"no tokenizer (the run's is tiktoken's {name!r})"
-        print(f"wrote {args.out}: Llama, {model.num_params():,} parameters, {said} (from {ckpt}); "
-              "load it with transformers.AutoModelForCausalLM.from_pretrained("
-              f"{json.dumps(args.out, ensure_ascii=False)})")
+        own = bool(llama_gaps(model.cfg))  # nano360's layout: its modeling file runs
+        print(f"wrote {args.out}: {'nano360 layout' if own else 'Llama'}, "
+              f"{model.num_params():,} parameters, {said} (from {ckpt}); load it with "
+              "transformers.AutoModelForCausalLM.from_pretrained("
+              f"{json.dumps(args.out, ensure_ascii=False)}"
+              f"{', trust_remote_code=True' if own else ''})")
     elif args.cmd == "plot":
         path = plots.curves(args.path, args.out)
         if path is None:  # no matplotlib: the hint is printed

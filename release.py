@@ -3,18 +3,26 @@ A fully open release of a run, and the check a stranger runs on one: every kept 
 a Hugging Face folder, the tokenizer, the data's manifest and order, the curation reports, the
 metrics and evaluations, a model card and a data card, and SHA256SUMS over all of it.
 
-    python release.py CONFIG RELEASE_DIR [--key=value ...]
-                        package the run that CONFIG names (its out_dir, tokens_dir and the
-                        curation folders it names); RELEASE_DIR must not exist yet
-    python release.py verify RELEASE_DIR [--shards=DIR]
+    python release.py CONFIG RELEASE_DIR [--tasks=DIR] [--license=ID] [--key=value ...]
+                        make what is not made yet, each step the command a user would run (and
+                        each skipping what is done): curation (python curate.py pipeline, when
+                        CONFIG names a source_dir) or tokenize (python data.py tokenize), the
+                        training (python train.py --resume=auto), the sweep over every kept
+                        checkpoint (python eval.py sweep, with --tasks or CONFIG's tasks_dir);
+                        then package the run into RELEASE_DIR, which must not exist yet
+    python release.py package CONFIG RELEASE_DIR [...]     the package alone, of a finished run
+    python release.py verify RELEASE_DIR [--shards=DIR] [--eval=STEP [--tasks=DIR]]
                         every checksum, every file listed, every checkpoint loaded (safetensors
                         and JSON only: nothing in a release runs code); with the token shards the
                         release names, each checkpoint's validation loss computed again and the
                         batch of its last step rebuilt in the data order, each held to its record;
-                        one line per check, each mismatch named with its file; status 1 if any
+                        with --eval, that checkpoint's row of run/evals.jsonl computed again
+                        (its tasks from --tasks, the files it records); one line per check, each
+                        mismatch named with its file; status 1 if any
 
 RELEASE_DIR (written in a temporary folder beside it, renamed into place when whole):
-    checkpoints/ckpt_NNNNNNN/   each kept checkpoint as a Hugging Face Llama folder (config.json,
+    checkpoints/ckpt_NNNNNNN/   each kept checkpoint as a Hugging Face folder (hf_llama.py: Llama,
+                                or nano360's layout with its modeling_nano360.py; config.json,
                                 model.safetensors, tokenizer.json) and nano360.json: its step,
                                 data position, code revision, manifest sha256, config, and its
                                 loss on the run's validation windows
@@ -29,21 +37,57 @@ RELEASE_DIR (written in a temporary folder beside it, renamed into place when wh
                                 their figures read from the run
     SHA256SUMS                  the sha256 of every other file (`sha256sum -c SHA256SUMS` reads it)
 """
-import json, os, shutil
+import json, os, shutil, subprocess, sys
 
 import torch
 
+import eval as ev
 from checkpoint import Checkpointer, empty_model, load_model
-from config import ConfigError, load_config, pop_flag, run_command
+from config import ConfigError, load_config, place, pop_flag, run_command
 from data import Batches, load_manifest, val_sequences
-from hf_llama import export_llama, import_llama
+from gentasks import CODE
+from hf_llama import export_llama, import_llama, llama_gaps
 from model import validation_loss
-from stage import DataError, commit_dir, read_json, sha256_file, tmp_dir
+from stage import DataError, commit_dir, read_json, sha256_file, tmp_dir, written_by
+from suites import task_files
+from tasks import task_of
 
+ROOT = os.path.dirname(os.path.abspath(__file__))
 SUMS = "SHA256SUMS"
 ORDER_KEYS = ("seed", "seq_len", "mixture", "fim_rate", "fim_spm_rate", "fim_sources",
               "global_batch_size", "batch_size", "val_frac", "max_steps", "schedule_steps")
 CURATION = ("clean_dir", "dedup_dir", "docs_dir")
+
+
+# -----------------------------------------------------------------------------
+# make: every step a release needs, each the command a user would run
+
+def steps(cfg, args, tasks):
+    """[(what, command)] that make the run cfg names, in order; args: CONFIG and its --key=value
+    overrides, passed on to every step that reads a config. Each step skips what is done: a
+    finished curation stage, a complete tokens_dir, a run at max_steps, a checkpoint's evals."""
+    py = [sys.executable]
+    data = ([("curation", py + [os.path.join(ROOT, "curate.py"), "pipeline", *args])]
+            if cfg.source_dir else
+            [("tokenize", py + [os.path.join(ROOT, "data.py"), "tokenize", *args])]
+            if cfg.docs_dir else [])
+    return data + [
+        ("training", py + [os.path.join(ROOT, "train.py"), *args, "--resume=auto"]),
+        ("sweep", py + [os.path.join(ROOT, "eval.py"), "sweep", cfg.out_dir]
+         + ([f"--tasks={tasks}"] if tasks else []))]
+
+
+def make(todo):
+    """Run todo's steps one after the other; the first that fails stops the rest. Under torchrun
+    each step runs on every rank (the children inherit RANK, WORLD_SIZE and the rendezvous), as
+    it would launched alone."""
+    for n, (what, cmd) in enumerate(todo, 1):
+        shown = " ".join(["python", os.path.relpath(cmd[1])] + cmd[2:])
+        print(f"== release {n}/{len(todo) + 1}: {what}: {shown}", flush=True)
+        code = subprocess.run(cmd).returncode
+        if code:
+            raise ConfigError(f"{what} failed (status {code}): {shown}; fix what it said and run "
+                              "release.py again: each step resumes where it stopped")
 
 
 # -----------------------------------------------------------------------------
@@ -76,15 +120,22 @@ def languages(sources):
     return sorted({s.split("_")[0] for s in sources if s.split("_")[0] in ("en", "zh")})
 
 
-def model_card(name, meta, manifest, n_params, val, license):
+def model_card(name, meta, manifest, n_params, val, license, evals=(), own=False):
+    """README.md of a release: Hugging Face's metadata header, what the model is, how to load and
+    check it, its validation loss per source, and the sweep's figures of its last checkpoint."""
     step, losses = val
     pos = meta["data_position"]
+    remote, why = ((", trust_remote_code=True", " (nano360's layout: its `modeling_nano360.py` "
+                    "is StableLm with muP's multipliers and biases)") if own else ("", ""))
     header = "\n".join(["---", f"license: {license}", "language:",
                         *(f"- {lang}" for lang in languages(manifest["sources"])),
                         "library_name: transformers", "pipeline_tag: text-generation",
                         "tags:", "- nano360", "- fully-open", "metrics:", "- perplexity",
                         "---"])
     rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in losses.items())
+    last = [r for r in evals if r.get("step") == meta["step"]][-1:]
+    table = "\n".join(f"| {k} | {v:.4f} |" for r in last for k, v in r.items()
+                      if isinstance(v, float))
     return f"""{header}
 
 # {name}
@@ -92,26 +143,36 @@ def model_card(name, meta, manifest, n_params, val, license):
 A {n_params:,}-parameter decoder trained by nano360 (code revision `{meta["git"]}`): {pos["step"]:,}
 steps, {pos["tokens"]:,} tokens ({pos["epoch"]:.2f} epochs of the released token shards).
 
-Every kept checkpoint is in `checkpoints/` as a Hugging Face Llama folder, with the data position
-it reached (`nano360.json`). The final one is `model/`. The data it saw, in order: `data/`
-(manifest with the sha256 of each shard, and the order's settings); its curation: `curation/`
-and DATA_CARD.md; its training log and evaluations: `run/`. `python release.py verify .`
-checks every file.
+Every kept checkpoint is in `checkpoints/` as a Hugging Face folder, with the data position it
+reached (`nano360.json`). The final one is `model/`:
+`AutoModelForCausalLM.from_pretrained("model"{remote})` loads it{why}.
+The data it saw, in order: `data/` (manifest with the sha256 of each shard, and the order's
+settings); its curation: `curation/` and DATA_CARD.md; its training log and evaluations: `run/`.
+
+`python release.py verify .` checks every file; with the token shards (`--shards=DIR`) it also
+computes each checkpoint's validation loss again and rebuilds the batch of its last step, and
+`--eval=STEP --tasks=DIR` computes that checkpoint's evaluation again.
 
 ## Validation loss at step {step} (nats per token, per source)
 
 | source | loss |
 |---|---|
 {rows}
-"""
+""" + (f"""
+## Evaluation of step {meta["step"]} (`run/evals.md` has every checkpoint)
+
+| metric | value |
+|---|---|
+{table}
+""" if table else "")
 
 
 def data_card(manifest, reports):
     rows = "\n".join(f"| {name} | {s['documents']:,} | {s['characters']:,} | {s['train_tokens']:,} "
                      f"| {s['val_tokens']:,} |" for name, s in sorted(manifest["sources"].items()))
     stages = []
-    for key, r in reports.items():  # per source: documents in, kept, and why the others went
-        stages.append(f"\n### {key[:-4]} (`curation/{key[:-4]}.json`)\n\n"
+    for stage, r in reports.items():  # per source: documents in, kept, and why the others went
+        stages.append(f"\n### {stage} (`curation/{stage}.json`)\n\n"
                       "| source | documents | kept | removed, by reason |\n|---|---|---|---|")
         for name, s in sorted(r.get("sources", {}).items()):
             why = ", ".join(f"{k} {v:,}" for k, v in sorted(s.get("removed", {}).items()))
@@ -165,7 +226,7 @@ def package(cfg, release_dir, license="other"):
         export_llama(model, folder, tok)
         dump(os.path.join(folder, "nano360.json"), dict(
             {k: meta.get(k) for k in ("step", "data_position", "git", "manifest_sha256",
-                                      "tokenizer_sha256", "config", "world_size")},
+                                      "tokenizer_sha256", "config", "world_size", "metrics")},
             val_windows=windows,
             val_loss=val_loss(model.float(), val, manifest, windows)))
     shutil.copytree(folder, os.path.join(tmp, "model"))
@@ -178,20 +239,22 @@ def package(cfg, release_dir, license="other"):
               manifest_sha256=meta["manifest_sha256"],
               global_batch=meta["data_position"]["global_batch"]))
     reports = {}
-    for key in CURATION:
-        report = read_json(os.path.join(getattr(cfg, key, "") or "", "report.json"))
-        if report is not None and key not in reports:
-            reports[key] = report
-            dump(os.path.join(tmp, "curation", f"{key[:-4]}.json"), report)
+    for key in CURATION:  # each stage's report once (docs_dir is dedup's, or decontaminate's)
+        folder = getattr(cfg, key, "") or ""
+        report, stage = read_json(os.path.join(folder, "report.json")), written_by(folder)
+        if report is not None and (stage or key[:-4]) not in reports:
+            reports[stage or key[:-4]] = report
+            dump(os.path.join(tmp, "curation", f"{stage or key[:-4]}.json"), report)
     dump(os.path.join(tmp, "run", "config.json"), meta["config"])
     for f in sorted(os.listdir(cfg.out_dir)):
         if f.startswith(("metrics.jsonl", "evals.")) or f.endswith(".png"):
             copy(os.path.join(cfg.out_dir, f), os.path.join(tmp, "run", f))
     metrics = os.path.join(tmp, "run", "metrics.jsonl")
     val = last_val(metrics) if os.path.exists(metrics) else (None, {})
+    evals = ev.read_evals(os.path.join(tmp, "run", "evals.jsonl"), note=False)
     write(os.path.join(tmp, "README.md"),
           model_card(os.path.basename(os.path.abspath(release_dir)), meta, manifest,
-                     model.num_params(), val, license))
+                     model.num_params(), val, license, evals, bool(llama_gaps(model.cfg))))
     write(os.path.join(tmp, "DATA_CARD.md"), data_card(manifest, reports))
     write_sums(tmp)
     commit_dir(tmp, release_dir, replace=False)  # DONE: the folder is whole (not in SHA256SUMS)
@@ -215,11 +278,90 @@ def write_sums(root):
 # -----------------------------------------------------------------------------
 # verify
 
-def verify(release_dir, shards=None, out=print, tol=1e-4):
+def check_checkpoint(release_dir, folder, shards, manifest, batches, vals, check, out, tol):
+    """A checkpoint folder of the release: it loads (safetensors and JSON), its log is the
+    run's, and with the shards its validation loss and its last step's batch are its record's."""
+    meta = json.load(open(os.path.join(folder, "nano360.json"), encoding="utf-8"))
+    state, mcfg = import_llama(folder)  # safetensors and JSON: no code runs
+    n = sum(t.numel() for t in state.values())
+    name = os.path.basename(folder)
+    good = name == "model" or meta["step"] == int(name.rsplit("_", 1)[-1])
+    check(good, folder, f"nano360.json says step {meta['step']}")
+    if good:
+        out(f"      {n:,} parameters, step {meta['step']}, "
+            f"{meta['data_position']['tokens']:,} tokens seen")
+    rec, log = meta.get("metrics"), os.path.join(release_dir, "run", "metrics.jsonl")
+    if rec:  # the log as it stood when the checkpoint was saved: a prefix of the run's
+        same = (os.path.isfile(log) and os.path.getsize(log) >= rec["bytes"]
+                and sha256_file(log, rec["bytes"]) == rec["sha256"])
+        check(same, f"{log} to step {meta['step']}", f"its first {rec['bytes']:,} bytes are "
+              "not the log "
+              f"{folder}/nano360.json recorded at step {meta['step']} (a line edited, added or "
+              "dropped)")
+    if manifest is not None:
+        model = empty_model(mcfg, "cpu")
+        model.load_state_dict(state)
+        key = json.dumps(meta["val_windows"], sort_keys=True)  # read once for all
+        if key not in vals:
+            vals[key] = val_windows(shards, manifest, meta["val_windows"])
+        got = val_loss(model.eval(), vals[key], manifest, meta["val_windows"])
+        off = max(abs(got[k] - v) for k, v in meta["val_loss"].items())
+        check(off <= tol, f"{folder}/model.safetensors",
+              f"validation loss {got['all']:.6f} on {shards}, but nano360.json records "
+              f"{meta['val_loss']['all']:.6f}")
+        if off <= tol:
+            out(f"      validation loss {got['all']:.4f} on {shards}, as recorded")
+        step, want_batch = meta["step"] - 1, meta["data_position"].get("last_batch_sha256")
+        if want_batch:  # the batch of the last step it trained, rebuilt from the shards
+            check(batches.sha256(step) == want_batch, f"{release_dir}/data/order.json",
+                  f"step {step}'s batch, rebuilt from {shards} in this order, is not the "
+                  f"one {folder}/nano360.json records")
+        else:
+            out("      no batch hash recorded (saved by an older nano360): the order of "
+                "its steps is not checked")
+
+
+def recompute(release_dir, which, shards, tasks, check, out, tol):
+    """The row of run/evals.jsonl of checkpoint `which` (a folder name, or a step), computed
+    again from the release's folder and shards as the sweep computed it: loss, bits per byte,
+    memorization, and the tasks whose files (tasks) are those the row records (sha256); the code
+    tasks are left out (they run what the model writes)."""
+    name = f"ckpt_{int(which):07d}" if str(which).isdigit() else os.path.basename(which)
+    log, folder = (os.path.join(release_dir, "run", "evals.jsonl"),
+                   os.path.join(release_dir, "checkpoints", name))
+    rows = [r for r in ev.read_evals(log, note=False) if r["ckpt"] == name]
+    if not rows or not os.path.isdir(folder):
+        check(False, log if not rows else folder, f"no evaluation of {name} to compute again")
+        return
+    row, files = rows[-1], [f for f in task_files(tasks) if task_of(f) not in CODE]
+    files = [f for f in files if os.path.basename(f)[:-6] in row.get("tasks", {})]
+    left = sorted(set(row.get("tasks", {})) - {os.path.basename(f)[:-6] for f in files})
+    if left:
+        out(f"      left out (no --tasks file, or code that runs): {', '.join(left)}")
+    shots = None  # each task's default; else the one count the sweep was given
+    if ev.settings(files, None) != {k: row["tasks"][k] for k in ev.settings(files, None)}:
+        shots = next(iter(row["tasks"].values()))
+    for f, digest in ev.task_sha256(files, shots).items():
+        if row["task_sha256"].get(f) != digest:
+            check(False, os.path.join(tasks, f), f"not the task file {log} records for {name}")
+            return
+    gen = {k: v for k, v in (row.get("generation") or {}).items() if k in ev.settings(files, 0)}
+    got = ev.evaluate_checkpoint(folder, files, shots, 0, "cpu", gen or None, None, shards)
+    figures = [k for k, v in got.items() if isinstance(v, float) and isinstance(row.get(k), float)]
+    off = [k for k in figures if not abs(got[k] - row[k]) <= tol]
+    check(not off, log, f"{name}'s " + ", ".join(f"{k} {row[k]:.6f} (computed again: {got[k]:.6f})"
+                                                  for k in off[:4]))
+    if not off:
+        out(f"      {name}: {len(figures)} figures of its evaluation computed again, as recorded")
+
+
+def verify(release_dir, shards=None, out=print, tol=1e-4, evals=None, tasks=None):
     """Each check of release_dir, one line each ("ok ..." or "FAIL file: why"); the failures.
     shards: the token shards the release names (a folder with their manifest.json): each
     checkpoint's validation loss is then computed again on them, and the batch of the last step
-    it trained rebuilt in order.json's order, each compared with its record."""
+    it trained rebuilt in order.json's order, each compared with its record. evals: a
+    checkpoint (its folder's name, or its step) whose row of run/evals.jsonl is computed again,
+    its tasks from the task files in tasks."""
     sums_path = os.path.join(release_dir, SUMS)
     if not os.path.isfile(sums_path):
         raise DataError(f"{sums_path}: not there: {release_dir} is not a release (or not whole)")
@@ -255,6 +397,9 @@ def verify(release_dir, shards=None, out=print, tol=1e-4):
             except DataError as e:
                 check(False, str(e).split(":")[0], str(e).split(": ", 1)[-1])
     batches, vals = None, {}
+    if evals and manifest is None:
+        raise ConfigError("--eval recomputes a checkpoint's evaluation on the release's token "
+                          "shards: give --shards=DIR too")
     if manifest is not None:  # the samples in order, rebuilt from the shards and order.json
         where = os.path.join(release_dir, "data", "order.json")
         try:
@@ -269,38 +414,11 @@ def verify(release_dir, shards=None, out=print, tol=1e-4):
     folders = sorted(os.path.join(root, c) for c in os.listdir(root)) if os.path.isdir(root) else []
     for folder in folders + [os.path.join(release_dir, "model")]:
         try:
-            meta = json.load(open(os.path.join(folder, "nano360.json"), encoding="utf-8"))
-            state, mcfg = import_llama(folder)  # safetensors and JSON: no code runs
-            n = sum(t.numel() for t in state.values())
-            name = os.path.basename(folder)
-            good = name == "model" or meta["step"] == int(name.rsplit("_", 1)[-1])
-            check(good, folder, f"nano360.json says step {meta['step']}")
-            if good:
-                out(f"      {n:,} parameters, step {meta['step']}, "
-                    f"{meta['data_position']['tokens']:,} tokens seen")
-            if manifest is not None:
-                model = empty_model(mcfg, "cpu")
-                model.load_state_dict(state)
-                key = json.dumps(meta["val_windows"], sort_keys=True)  # read once for all
-                if key not in vals:
-                    vals[key] = val_windows(shards, manifest, meta["val_windows"])
-                got = val_loss(model.eval(), vals[key], manifest, meta["val_windows"])
-                off = max(abs(got[k] - v) for k, v in meta["val_loss"].items())
-                check(off <= tol, f"{folder}/model.safetensors",
-                      f"validation loss {got['all']:.6f} on {shards}, but nano360.json records "
-                      f"{meta['val_loss']['all']:.6f}")
-                if off <= tol:
-                    out(f"      validation loss {got['all']:.4f} on {shards}, as recorded")
-                step, want_batch = meta["step"] - 1, meta["data_position"].get("last_batch_sha256")
-                if want_batch:  # the batch of the last step it trained, rebuilt from the shards
-                    check(batches.sha256(step) == want_batch, f"{release_dir}/data/order.json",
-                          f"step {step}'s batch, rebuilt from {shards} in this order, is not the "
-                          f"one {folder}/nano360.json records")
-                else:
-                    out("      no batch hash recorded (saved by an older nano360): the order of "
-                        "its steps is not checked")
+            check_checkpoint(release_dir, folder, shards, manifest, batches, vals, check, out, tol)
         except (OSError, ValueError, KeyError, ConfigError, DataError) as e:
             check(False, folder, f"does not load ({e})")
+    if evals:
+        recompute(release_dir, evals, shards, tasks, check, out, tol)
     out(f"{release_dir}: {'every check passed' if not fails else f'{len(fails)} check(s) failed'}")
     return fails
 
@@ -310,16 +428,31 @@ def verify(release_dir, shards=None, out=print, tol=1e-4):
 def main(argv):
     argv = list(argv)
     if argv[:1] == ["verify"]:
-        shards = pop_flag(argv, "--shards")
+        shards, evals, tasks = (pop_flag(argv, f) for f in ("--shards", "--eval", "--tasks"))
         if len(argv) != 2:
-            raise ConfigError("usage: python release.py verify RELEASE_DIR [--shards=DIR]")
-        return 1 if verify(argv[1], shards) else 0
-    license = pop_flag(argv, "--license") or "other"
+            raise ConfigError("usage: python release.py verify RELEASE_DIR [--shards=DIR] "
+                              "[--eval=STEP --tasks=DIR]")
+        return 1 if verify(argv[1], shards, evals=evals, tasks=tasks) else 0
+    only = argv[:1] == ["package"]
+    argv = argv[only:]
+    license, tasks = pop_flag(argv, "--license") or "other", pop_flag(argv, "--tasks")
     pos = [a for a in argv if not a.startswith("-")]
     if len(pos) != 2:
         print(__doc__.strip())
         return 2
-    cfg, _ = load_config([a for a in argv if a != pos[1]])
+    args = [a for a in argv if a != pos[1]]
+    cfg, _ = load_config(args)
+    if os.path.exists(pos[1]):  # said before hours of work, not after
+        raise ConfigError(f"{pos[1]}: already there (a release is written whole into a new "
+                          "folder; name another, or remove this one yourself)")
+    if cfg.source_dir and not only and not os.path.isdir(cfg.source_dir):
+        raise ConfigError(f"source_dir={cfg.source_dir}: not there (the raw documents curation "
+                          "starts from; for config/demo_small.py: python curate.py fetch-demo)")
+    todo = [] if only else steps(cfg, args, tasks if tasks is not None else cfg.tasks_dir)
+    make(todo)
+    if place()[0]:  # the other ranks' part is done
+        return 0
+    print(f"== release {len(todo) + 1}/{len(todo) + 1}: package into {pos[1]}", flush=True)
     ckpts = package(cfg, pos[1], license)
     print(f"wrote {pos[1]}: {len(ckpts)} checkpoints as Hugging Face folders, the tokenizer, the "
           f"data manifest and order, reports, cards and {SUMS}; check it with "

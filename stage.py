@@ -55,11 +55,13 @@ class Progress:
 # -----------------------------------------------------------------------------
 # hashes, and small JSON files written whole
 
-def sha256_file(path):
-    h = hashlib.sha256()
+def sha256_file(path, size=None):
+    """sha256 of the file at path, or of its first size bytes."""
+    h, left = hashlib.sha256(), float("inf") if size is None else size
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
+        for chunk in iter(lambda: f.read(int(min(1 << 20, left))), b""):
             h.update(chunk)
+            left -= len(chunk)
     return h.hexdigest()
 
 

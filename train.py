@@ -54,7 +54,7 @@ from model import GPT, autocast, doc_ids, sample_text, validation_loss
 from parallel import (build_model, check_kernels, clip_grads, make_optimizer, peak_flops,
                       setup_distributed)
 from plots import read_jsonl
-from stage import DataError
+from stage import DataError, sha256_file
 from tokenizer import check_tokenizer, tokenizer_of, tokenizer_size
 
 
@@ -491,8 +491,19 @@ class Trainer:
                                        # what a release's data order is checked against
                                        last_batch_sha256=(self.batches.sha256(step - 1)
                                                           if step else None)),
+                    # the log so far, which a release's verify holds its run/metrics.jsonl to
+                    metrics=self.metrics_record(),
                     time=time.strftime("%Y-%m-%d %H:%M:%S"), torch=torch.__version__)
         self.ckpt.save(step, self.model, self.optimizer, meta)
+
+    def metrics_record(self):
+        """(bytes, sha256) of metrics.jsonl as it stands (rank 0's; a resume keeps these bytes:
+        it drops only lines of later steps)."""
+        if self.rank:
+            return None
+        self.metrics.flush()
+        n = os.path.getsize(self.metrics_path)
+        return dict(bytes=n, sha256=sha256_file(self.metrics_path, n))
 
     def sample(self):
         """A few samples at the end of the run, one per language of the toy corpus."""

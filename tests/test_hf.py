@@ -49,13 +49,61 @@ def test_export_logits_and_import_roundtrip(shape, tmp_path):
     with torch.no_grad():
         ours, theirs = model(idx), hf_model(idx).logits
     assert (ours - theirs).abs().max() / ours.abs().max() < 1e-4
+    assert_imports_back(model, tmp_path)
 
-    sd, cfg = hf.import_llama(tmp_path)
+
+def assert_imports_back(model, path):
+    sd, cfg = hf.import_llama(path)
     orig = model.state_dict()
     assert sorted(sd) == sorted(orig)
     for k in orig:
         assert torch.equal(sd[k], orig[k]), k
     assert cfg == model.cfg, [f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(model.cfg, f.name)]
+
+
+# what Llama cannot express goes out in nano360's layout: StableLm plus what it lacks, in our
+# hf_modeling.py, which the folder carries as modeling_nano360.py (trust_remote_code=True)
+CRYSTAL = dict(norm="layernorm", rotary_dim=4, qkv_bias=True, attn_out_bias=True, ffn_bias=True,  # head_dim 16
+               tie_embeddings=True, embed_mult=14.6, logit_mult=2.22, qk_scale_by_d=True)
+NANO360 = {
+    "crystalcoder": CRYSTAL,
+    "rmsnorm": dict(CRYSTAL, norm="rmsnorm", attn_out_bias=False, n_kv_head=2, tie_embeddings=False),
+    # 44 * (30 / 44) < 30: the rotary fraction transformers reads must not lose a dim
+    "rotary_30_of_44": dict(d_model=88, n_head=2, rotary_dim=30, qkv_bias=True),
+}
+
+
+@pytest.mark.parametrize("shape", NANO360)
+def test_export_nano360_layout_logits_generate_and_import(shape, tmp_path):
+    model = make_model(**NANO360[shape])
+    with torch.no_grad():  # sharper attention than init's, so that a wrong score scale shows
+        for block in model.blocks:
+            block.attn.qkv.weight.mul_(4)
+    hf.export_llama(model, tmp_path)
+    assert (tmp_path / "modeling_nano360.py").read_bytes() == open(os.path.join(ROOT, "hf_modeling.py"), "rb").read()
+    idx = torch.randint(0, model.cfg.vocab_size, (2, model.cfg.max_seq_len), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours = model(idx)
+    for impl in ("eager", "sdpa"):
+        hf_model = transformers.AutoModelForCausalLM.from_pretrained(
+            tmp_path, trust_remote_code=True, dtype=torch.float32, attn_implementation=impl).eval()
+        assert type(hf_model).__name__ == "Nano360ForCausalLM"
+        with torch.no_grad():
+            theirs = hf_model(idx).logits
+        assert (ours - theirs).abs().max() < 1e-5, impl
+        # greedy decoding through transformers' KV cache: our tokens, and our logits at each step
+        out = hf_model.generate(idx[:, :8], max_new_tokens=6, do_sample=False, output_logits=True,
+                                return_dict_in_generate=True)
+        assert torch.equal(out.sequences, model.generate(idx[:, :8], 6, temperature=0)), impl
+        with torch.no_grad():
+            steps = model(out.sequences)[:, 7:-1]
+        assert (torch.stack(out.logits, 1) - steps).abs().max() < 1e-5, impl
+    if model.cfg.qk_scale_by_d:  # the check can fail: StableLm's own 1/sqrt(head_dim) is far off
+        for layer in hf_model.model.layers:
+            layer.self_attn.scaling = model.cfg.head_dim ** -0.5
+        with torch.no_grad():
+            assert (ours - hf_model(idx).logits).abs().max() > 1e-3
+    assert_imports_back(model, tmp_path)
 
 
 def test_heads_not_dividing_d_model(tmp_path, capsys):
@@ -92,10 +140,12 @@ def test_import_sharded(tmp_path):
     (dict(qkv_bias=True), "qkv_bias"),
     (dict(attn_out_bias=True), "attn_out_bias"),
 ])
-def test_unsupported_features(kw, key, tmp_path):
-    model = make_model(**kw)
-    with pytest.raises(ValueError, match=key):
+def test_refused_where_neither_layout_fits(kw, key, tmp_path):
+    # an explicit head_dim (MAP-Neo's) is Llama's alone: StableLm's is hidden_size / heads
+    model = make_model(head_dim=24, **kw)
+    with pytest.raises(ValueError, match=key) as e:
         hf.export_llama(model, tmp_path / "out")
+    assert "head_dim=24" in str(e.value)
     assert not os.path.exists(tmp_path / "out")  # checked before anything is written
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from helpers import ROOT
 
-LAYERS = {"nanokernels": 0, "config": 1, "guard": 1, "claims": 1, "sandbox": 1, "model": 2, "stage": 2, "executor": 3, "fetch": 3, "kept": 3, "tokenizer": 3, "checkpoint": 3, "tasks": 3, "parallel": 3, "suites": 4, "gentasks": 4, "hf_llama": 4,
+LAYERS = {"nanokernels": 0, "config": 1, "guard": 1, "claims": 1, "sandbox": 1, "hf_modeling": 1, "model": 2, "stage": 2, "executor": 3, "fetch": 3, "kept": 3, "tokenizer": 3, "checkpoint": 3, "tasks": 3, "parallel": 3, "suites": 4, "gentasks": 4, "hf_llama": 4,
           "plots": 3, "data": 4, "dedup": 5, "decont": 6, "curate": 7, "train": 7, "eval": 7, "release": 8}
 
 
@@ -121,3 +121,13 @@ def test_the_kernels_folder_holds_the_kernels_only():
     for f in ("adamw.py", "flash_attention.py"):  # and they import nothing of ours
         source = open(os.path.join(ROOT, "nanokernels", f), encoding="utf-8").read()
         assert [n for n in imports(source) if ours(n)] == []
+
+
+def test_the_shipped_model_code_stands_alone():
+    # hf_llama.py copies hf_modeling.py into exported folders, where transformers runs it away
+    # from this tree: it imports torch and transformers only, and no file of ours imports it
+    source = open(os.path.join(ROOT, "hf_modeling.py"), encoding="utf-8").read()
+    assert {n.split(".")[0] for n in imports(source)} <= {"torch", "transformers"}
+    importers = [os.path.relpath(p, ROOT) for p in FILES
+                 if "hf_modeling" in imports(open(p, encoding="utf-8").read())]
+    assert importers == []
