@@ -42,7 +42,7 @@ import json, os, shutil, subprocess, sys
 import torch
 
 import eval as ev
-from checkpoint import Checkpointer, empty_model, load_model
+from checkpoint import Checkpointer, empty_model, load_model, step_of
 from config import ConfigError, load_config, place, pop_flag, run_command
 from data import Batches, load_manifest, val_sequences
 from gentasks import CODE
@@ -214,6 +214,13 @@ def package(cfg, release_dir, license="other"):
     if not ckpts:
         raise ConfigError(f"{cfg.out_dir}: no complete checkpoint to release "
                           "(`python train.py CONFIG` makes them)")
+    gone = sorted(set(range(cfg.ckpt_interval, step_of(ckpts[-1]), cfg.ckpt_interval))
+                  - {step_of(c) for c in ckpts})
+    if gone:  # said, not refused: a run's pruned checkpoints cannot be made again
+        print(f"note: {len(gone)} of the checkpoints the run saved are gone (steps {gone[0]} to "
+              f"{gone[-1]}; keep_last={cfg.keep_last} pruned them): the release holds "
+              f"{len(ckpts)}; keep_every={cfg.ckpt_interval} keeps every one for a release, as "
+              "LLM360 kept all 360 of Amber's")
     manifest = load_manifest(cfg.tokens_dir)  # every shard checked against its sha256
     tmp = tmp_dir(release_dir)
     tok = os.path.join(cfg.tokens_dir, manifest["tokenizer"])
@@ -362,6 +369,9 @@ def verify(release_dir, shards=None, out=print, tol=1e-4, evals=None, tasks=None
     it trained rebuilt in order.json's order, each compared with its record. evals: a
     checkpoint (its folder's name, or its step) whose row of run/evals.jsonl is computed again,
     its tasks from the task files in tasks."""
+    if evals and not shards:
+        raise ConfigError("--eval computes a checkpoint's evaluation again on the release's token "
+                          "shards: give --shards=DIR too")
     sums_path = os.path.join(release_dir, SUMS)
     if not os.path.isfile(sums_path):
         raise DataError(f"{sums_path}: not there: {release_dir} is not a release (or not whole)")
@@ -397,9 +407,6 @@ def verify(release_dir, shards=None, out=print, tol=1e-4, evals=None, tasks=None
             except DataError as e:
                 check(False, str(e).split(":")[0], str(e).split(": ", 1)[-1])
     batches, vals = None, {}
-    if evals and manifest is None:
-        raise ConfigError("--eval recomputes a checkpoint's evaluation on the release's token "
-                          "shards: give --shards=DIR too")
     if manifest is not None:  # the samples in order, rebuilt from the shards and order.json
         where = os.path.join(release_dir, "data", "order.json")
         try:
@@ -417,7 +424,7 @@ def verify(release_dir, shards=None, out=print, tol=1e-4, evals=None, tasks=None
             check_checkpoint(release_dir, folder, shards, manifest, batches, vals, check, out, tol)
         except (OSError, ValueError, KeyError, ConfigError, DataError) as e:
             check(False, folder, f"does not load ({e})")
-    if evals:
+    if evals and manifest is not None:  # (shards that are not the release's: said above)
         recompute(release_dir, evals, shards, tasks, check, out, tol)
     out(f"{release_dir}: {'every check passed' if not fails else f'{len(fails)} check(s) failed'}")
     return fails

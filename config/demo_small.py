@@ -31,6 +31,7 @@ eval_interval = 250
 eval_seqs = 32
 log_interval = 25
 ckpt_interval = 500
+keep_every = 500                  # every checkpoint kept, for the release (LLM360 kept all 360)
 
 # MAP-Neo's two phases in miniature: a fundamental phase, then a decay phase with a new mix
 # (here: more code and Chinese); train.py prints how many epochs of each source the run takes

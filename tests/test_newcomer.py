@@ -81,8 +81,8 @@ def test_the_readme_walked_by_a_new_user(tmp_path):
         "python eval.py plot out/toy",
         "python curate.py pipeline config/demo_small.py",
         "python train.py config/demo_small.py",
-        "python release.py config/toy.py out/toy_release",
-        "python release.py verify out/toy_release --shards=data/tiny/tokens",
+        "python release.py config/demo_small.py out/demo_release --tasks=data/evals",
+        "python release.py verify out/demo_release --shards=data/demo/tokens_16k",
     ]
     setup = ["pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu",
              "pip install -r requirements.txt && python train.py", "python -m pytest"]
@@ -135,11 +135,13 @@ def test_the_readme_walked_by_a_new_user(tmp_path):
     r = shell(copy, walk[9])
     assert "note: mixture phase" not in r.stdout and os.path.exists(copy / "out" / "demo_small" / "ckpt_0000006" / "DONE")
 
-    shell(copy, walk[10])  # the toy run as a release, and a stranger's check of it
-    assert sorted(os.listdir(copy / "out" / "toy_release" / "checkpoints")) == ["ckpt_0000400", "ckpt_0000600"]
-    assert os.path.exists(copy / "out" / "toy_release" / "run" / "evals.md")
-    r = shell(copy, walk[11])
-    assert r.stdout.rstrip().endswith("out/toy_release: every check passed") and "FAIL" not in r.stdout
+    r = shell(copy, walk[10])  # the demo run as a release (its steps done: the sweep, the package)
+    assert "out/demo_small/ckpt_0000006 is at max_steps: nothing to train" in r.stdout
+    rel = copy / "out" / "demo_release"
+    assert sorted(os.listdir(rel / "checkpoints")) == ["ckpt_0000003", "ckpt_0000006"]
+    assert os.path.exists(rel / "run" / "evals.md") and sorted(os.listdir(rel / "curation")) == ["clean.json", "dedup.json"]
+    r = shell(copy, walk[11])  # and a stranger's check of it
+    assert r.stdout.rstrip().endswith("out/demo_release: every check passed") and "FAIL" not in r.stdout
 
     # every file the walk wrote is one git ignores: the working tree stays clean
     status = subprocess.run(["git", "status", "--porcelain"], cwd=copy, capture_output=True, text=True).stdout
