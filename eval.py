@@ -279,16 +279,23 @@ def evaluate_checkpoint(ckpt, files, shots, seqs, device, gen=None, dirty=None, 
     return row
 
 
+def by_step(row):
+    return (row["step"] is None, row["step"] or 0, row["ckpt"])
+
+
 def read_evals(log, note=True, rewrite=False):
     """The rows of an evals.jsonl. A line that is not a JSON row (a sweep killed mid-write) is
-    left out, with a note; with rewrite, the file is written again without it."""
+    left out, with a note; with rewrite, the file is written again without it, its rows in the
+    order of their steps (ranks append theirs as they finish: the file's bytes are the same)."""
     if not os.path.exists(log):
         return []
     rows, torn = plots.read_jsonl(log, lambda row: "ckpt" in row)
     if torn and note:
         print(f"note: {log}: line{'s' * (len(torn) > 1)} {', '.join(torn)} not JSON, left out "
               "(written when a sweep was killed)", file=sys.stderr)
-    if torn and rewrite:
+    order = sorted(rows, key=by_step)  # stable: one checkpoint's rows keep their order
+    if rewrite and (torn or order != rows):
+        rows = order
         with open(log + ".part", "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
         os.replace(log + ".part", log)
@@ -330,7 +337,7 @@ def sweep(path, tasks_dir, shots=None, seqs=0, device="cpu", unsafe=False, sampl
         run_dir = os.path.dirname(os.path.abspath(ckpts[0]))
     else:
         run_dir = path
-    if not tasks_dir:
+    if not tasks_dir and place()[0] == 0:
         print("no --tasks: loss, bits per byte and memorization only. Task files (HellaSwag, ARC, "
               "MMLU, C-Eval, CMMLU in their public formats, data/evals/README.md) go in a folder: "
               "--tasks=FOLDER", file=sys.stderr)
@@ -384,7 +391,7 @@ def sweep(path, tasks_dir, shots=None, seqs=0, device="cpu", unsafe=False, sampl
     rows = kept(note=False, rewrite=rank == 0)
     if world > 1:
         dist.destroy_process_group()
-    rows.sort(key=lambda r: (r["step"] is None, r["step"] or 0, r["ckpt"]))
+    rows.sort(key=by_step)
     if rank == 0:
         write_table(rows, run_dir)
         if tasks_dir and suite_of(tasks_dir)[0] and rows:  # the newest beside the seed's table

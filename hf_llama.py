@@ -261,3 +261,19 @@ def import_llama(hf_dir):
     if extra:
         raise ValueError(f"{hf_dir}: tensors our model has no place for: {extra[:5]}")
     return sd, cfg
+
+
+def transformers_model(hf_dir):
+    """hf_dir loaded by transformers (float32, eval mode) through the class of its layout:
+    LlamaForCausalLM, or hf_modeling.py's Nano360ForCausalLM (this tree's, not the copy in the
+    folder: nothing a downloaded folder holds is run). None when transformers is not installed."""
+    try:
+        import transformers
+    except ImportError:
+        return None
+    transformers.utils.logging.disable_progress_bar()  # one line per check, not a bar per load
+    if load_json(os.path.join(hf_dir, "config.json")).get("model_type") == "nano360":
+        from hf_modeling import Nano360ForCausalLM as cls
+    else:
+        cls = transformers.LlamaForCausalLM
+    return cls.from_pretrained(hf_dir, dtype=torch.float32).eval()

@@ -46,7 +46,7 @@ from checkpoint import Checkpointer, empty_model, load_model, step_of
 from config import ConfigError, load_config, place, pop_flag, run_command
 from data import Batches, load_manifest, val_sequences
 from gentasks import CODE
-from hf_llama import export_llama, import_llama, llama_gaps
+from hf_llama import export_llama, import_llama, llama_gaps, transformers_model
 from model import validation_loss
 from stage import DataError, commit_dir, read_json, sha256_file, tmp_dir, written_by
 from suites import task_files
@@ -79,12 +79,19 @@ def steps(cfg, args, tasks):
 
 def make(todo):
     """Run todo's steps one after the other; the first that fails stops the rest. Under torchrun
-    each step runs on every rank (the children inherit RANK, WORLD_SIZE and the rendezvous), as
-    it would launched alone."""
+    each step runs on every rank (the children inherit RANK and WORLD_SIZE), as it would
+    launched alone; step n meets its ranks at MASTER_ADDR:MASTER_PORT + n."""
     for n, (what, cmd) in enumerate(todo, 1):
         shown = " ".join(["python", os.path.relpath(cmd[1])] + cmd[2:])
-        print(f"== release {n}/{len(todo) + 1}: {what}: {shown}", flush=True)
-        code = subprocess.run(cmd).returncode
+        if place()[0] == 0:  # said once, not once per rank
+            print(f"== release {n}/{len(todo) + 1}: {what}: {shown}", flush=True)
+        env = dict(os.environ)
+        if env.get("TORCHELASTIC_USE_AGENT_STORE") == "True":  # under torchrun: each step its own
+            # rendezvous (rank 0's child hosts it on the next port), as a process group's keys
+            # left in torchrun's store would meet the next step's and connect it to dead ranks
+            env.update(TORCHELASTIC_USE_AGENT_STORE="False",
+                       MASTER_PORT=str(int(env["MASTER_PORT"]) + n))
+        code = subprocess.run(cmd, env=env).returncode
         if code:
             raise ConfigError(f"{what} failed (status {code}): {shown}; fix what it said and run "
                               "release.py again: each step resumes where it stopped")
@@ -318,6 +325,18 @@ def check_checkpoint(release_dir, folder, shards, manifest, batches, vals, check
               f"{meta['val_loss']['all']:.6f}")
         if off <= tol:
             out(f"      validation loss {got['all']:.4f} on {shards}, as recorded")
+        hf = transformers_model(folder)  # by its layout's class: the folder's .py never runs
+        if hf is None:
+            out("      transformers is not installed: its load of the folder is not checked")
+        else:  # a validation window, in both: the recorded loss is transformers' model's too
+            x = torch.from_numpy(next(iter(vals[key].values()))[:1, :-1])
+            with torch.no_grad():
+                diff = (hf(x).logits - model(x)).abs().max().item()
+            check(diff <= tol, f"{folder}/config.json", f"transformers' logits differ from "
+                  f"nano360's by {diff:.2e} (more than {tol:g})")
+            if diff <= tol:
+                out(f"      in transformers ({type(hf).__name__}): nano360's logits, within "
+                    f"{diff:.1e}")
         step, want_batch = meta["step"] - 1, meta["data_position"].get("last_batch_sha256")
         if want_batch:  # the batch of the last step it trained, rebuilt from the shards
             check(batches.sha256(step) == want_batch, f"{release_dir}/data/order.json",

@@ -289,3 +289,41 @@ def test_a_crystalcoder_layout_run_releases_folders_transformers_loads(packaged,
         with torch.no_grad():
             assert (ours(x) - theirs(x).logits).abs().max() < 1e-5
     assert "trust_remote_code=True" in (tmp_path / "rel" / "README.md").read_text()
+
+
+def test_the_one_command_under_torchrun_runs_each_step_on_every_rank(packaged, tmp_path):
+    import subprocess, sys
+    from helpers import free_port
+    _, _, _, shards = packaged
+    args = small_args(shards, str(tmp_path / "run"), "--max_steps=4", "--ckpt_interval=2", "--eval_interval=2",
+                      "--keep_every=2")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                        f"--master_port={free_port()}", "release.py", *args, str(tmp_path / "rel")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert r.stdout.count("== release 2/4: training") == 1 and "1 micro-batch of 4 x 2 ranks" in r.stdout
+    meta = json.loads((tmp_path / "rel" / "model" / "nano360.json").read_text())
+    assert meta["world_size"] == 2 and meta["step"] == 4
+    assert [r["ckpt"] for r in ev.read_evals(str(tmp_path / "run" / "evals.jsonl"))] == ["ckpt_0000002", "ckpt_0000004"]
+    assert fails_with(tmp_path / "rel", shards) == []
+
+
+def test_verify_loads_each_checkpoint_in_transformers_too(packaged, monkeypatch):
+    # with the shards, each folder is loaded by transformers' class for its layout (never by the
+    # folder's own code) and must give nano360's logits on a validation window
+    _, _, rel, shards = packaged
+    lines = []
+    assert release.verify(str(rel), str(shards), out=lines.append) == []
+    assert sum("in transformers (LlamaForCausalLM): nano360's logits" in l for l in lines) == 3
+    real = release.transformers_model
+
+    def off(folder):  # a transformers model that computes something else than the weights say
+        model = real(folder)
+        with torch.no_grad():
+            model.model.norm.weight.mul_(1.01)
+        return model
+    monkeypatch.setattr(release, "transformers_model", off)
+    got = release.verify(str(rel), str(shards), out=lambda l: None)
+    assert [g.split(":")[0] for g in got] == [f"{rel}/checkpoints/ckpt_0000002/config.json",
+                                             f"{rel}/checkpoints/ckpt_0000004/config.json", f"{rel}/model/config.json"]
+    assert "transformers' logits differ from nano360's" in got[0]
