@@ -276,4 +276,4 @@ def transformers_model(hf_dir):
         from hf_modeling import Nano360ForCausalLM as cls
     else:
         cls = transformers.LlamaForCausalLM
-    return cls.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    return cls.from_pretrained(hf_dir, dtype=torch.float32, use_safetensors=True).eval()

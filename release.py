@@ -134,11 +134,14 @@ def model_card(name, meta, manifest, n_params, val, license, evals=(), own=False
     pos = meta["data_position"]
     remote, why = ((", trust_remote_code=True", " (nano360's layout: its `modeling_nano360.py` "
                     "is StableLm with muP's multipliers and biases)") if own else ("", ""))
+    tasks = any("/acc" in k for r in evals for k in r)
     header = "\n".join(["---", f"license: {license}", "language:",
                         *(f"- {lang}" for lang in languages(manifest["sources"])),
+                        "datasets:",  # the sources of data/manifest.json (not Hub datasets)
+                        *(f"- {name}" for name in sorted(manifest["sources"])),
                         "library_name: transformers", "pipeline_tag: text-generation",
                         "tags:", "- nano360", "- fully-open", "metrics:", "- perplexity",
-                        "---"])
+                        *(["- accuracy"] if tasks else []), "---"])
     rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in losses.items())
     last = [r for r in evals if r.get("step") == meta["step"]][-1:]
     table = "\n".join(f"| {k} | {v:.4f} |" for r in last for k, v in r.items()
@@ -174,24 +177,46 @@ computes each checkpoint's validation loss again and rebuilds the batch of its l
 """ if table else "")
 
 
+def language(source):
+    """A source's language as its name says it (en_*, zh_*), else its name (code, web, ...)."""
+    head = source.split("_")[0]
+    return head if head in ("en", "zh") else source
+
+
+def settings_line(what, d):
+    return f"{what}: " + ", ".join(f"{k} {v}" for k, v in sorted(d.items())) + "."
+
+
 def data_card(manifest, reports):
-    rows = "\n".join(f"| {name} | {s['documents']:,} | {s['characters']:,} | {s['train_tokens']:,} "
-                     f"| {s['val_tokens']:,} |" for name, s in sorted(manifest["sources"].items()))
+    """DATA_CARD.md: per source its language, documents, characters and tokens; per curation
+    stage what it kept of each source and why it removed the rest, and the settings it ran with
+    (clean's rules per language, dedup's MinHash parameters)."""
+    rows = "\n".join(f"| {name} | {language(name)} | {s['documents']:,} | {s['characters']:,} | "
+                     f"{s['train_tokens']:,} | {s['val_tokens']:,} |"
+                     for name, s in sorted(manifest["sources"].items()))
     stages = []
     for stage, r in reports.items():  # per source: documents in, kept, and why the others went
-        stages.append(f"\n### {stage} (`curation/{stage}.json`)\n\n"
-                      "| source | documents | kept | removed, by reason |\n|---|---|---|---|")
+        stages.append(f"\n### {stage} (`curation/{stage}.json`)\n\n| source | documents | kept | "
+                      "removed | bytes kept | removed, by reason |\n|---|---|---|---|---|---|")
         for name, s in sorted(r.get("sources", {}).items()):
+            n, kept = s.get("documents", 0), s.get("kept", 0)
             why = ", ".join(f"{k} {v:,}" for k, v in sorted(s.get("removed", {}).items()))
-            stages.append(f"| {name} | {s.get('documents', 0):,} | {s.get('kept', 0):,} | {why} |")
+            size = f"{s['bytes_out'] / s['bytes_in']:.1%}" if s.get("bytes_in") else ""
+            stages.append(f"| {name} | {n:,} | {kept:,} | {(n - kept) / max(n, 1):.1%} | {size} "
+                          f"| {why} |")
+        stages += [f"\n{settings_line(f'Rules for {lang}', rules)}"
+                   for lang, rules in sorted(r.get("rules", {}).items())]
+        if r.get("params"):
+            stages.append(f"\n{settings_line('Settings', r['params'])} "
+                          f"Near-duplicate clusters: {r.get('clusters', 0):,}.")
     return f"""# Data card
 
 The token shards this model trained on (`data/manifest.json`: each shard's file, source, split,
-token count and sha256): a {manifest["n_vocab"]:,}-token vocabulary, {manifest["val_frac"]:.0%} of
-each source's documents held out for validation.
+token count and sha256), with a {manifest["n_vocab"]:,}-token vocabulary; the last
+{manifest["val_frac"]:.0%} of each source's tokens is its validation split.
 
-| source | documents | characters | train tokens | validation tokens |
-|---|---|---|---|---|
+| source | language | documents | characters | train tokens | validation tokens |
+|---|---|---|---|---|---|
 {rows}
 
 ## Curation

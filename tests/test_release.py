@@ -69,7 +69,8 @@ def test_a_release_holds_the_run_and_verify_passes(packaged, capsys):
     manifest = json.loads((rel / "data" / "manifest.json").read_text())
     data_card = (rel / "DATA_CARD.md").read_text()
     for name, s in manifest["sources"].items():
-        assert f"| {name} | {s['documents']:,} | {s['characters']:,} | {s['train_tokens']:,} |" in data_card
+        assert f"| {name} | {name[:2] if name != 'code' else 'code'} | {s['documents']:,} | {s['characters']:,} | {s['train_tokens']:,} |" in data_card
+    assert "datasets:\n" + "".join(f"- {name}\n" for name in sorted(manifest["sources"])) in card
     # its curation rows: each stage's report of the run, per source (en: 2 documents cut by clean's rules)
     for stage in ("clean", "dedup"):
         report = json.loads((run.parent / stage / "report.json").read_text())
@@ -77,7 +78,8 @@ def test_a_release_holds_the_run_and_verify_passes(packaged, capsys):
         assert f"### {stage} (`curation/{stage}.json`)" in data_card
         for name, s in report["sources"].items():
             why = ", ".join(f"{k} {v:,}" for k, v in sorted(s["removed"].items()))
-            assert f"| {name} | {s['documents']:,} | {s['kept']:,} | {why} |" in data_card
+            gone = 100 * (s["documents"] - s["kept"]) / s["documents"]
+            assert f"| {name} | {s['documents']:,} | {s['kept']:,} | {gone:.1f}% | {100 * s['bytes_out'] / s['bytes_in']:.1f}% | {why} |" in data_card
     assert sum(json.loads((run.parent / "clean" / "report.json").read_text())["sources"]["en"]["removed"].values()) > 0
     order = json.loads((rel / "data" / "order.json").read_text())
     assert order["seed"] == meta["config"]["train"]["seed"] and order["manifest_sha256"] == meta["manifest_sha256"]
