@@ -144,6 +144,10 @@ def commit_task(tmp, final, claim, commit_dir):
     except FileExistsError:  # another worker's commit came first: the same bytes
         shutil.rmtree(tmp, ignore_errors=True)
         return False
+    except FileNotFoundError:  # overtaken while stopped: the stage moved its work folder away
+        if claim is None or claim.held():
+            raise
+        return False
     return True
 
 

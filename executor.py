@@ -41,8 +41,12 @@ def _run_task(job):
     becomes final whole where the claim is still held (one that fails is removed: the space it
     took, back; one taken over meanwhile is dropped, whatever it raised)."""
     stage, final, fn, i, args, claim = job
-    tmp, t0 = tmp_dir(final if claim is None else f"{final}.{claim.gen}"), time.time()
+    tmp, t0 = tmp_dir(final if claim is None else f"{final}.{claim.gen}", create=False), time.time()
     try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        # mkdir, not makedirs: a worker stopped past its lease, woken after the stage moved its
+        # work away, must not make the stage's folders again (they would be committed with it)
+        os.mkdir(tmp)
         fn(stage, i, tmp, *args)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -325,7 +329,15 @@ class Stage:
                     assemble(self.tmp)
                     if claim is not None and not claim.held():
                         continue  # overtaken while it was stopped: the new holder writes it
-                    shutil.rmtree(os.path.join(self.tmp, "work"), ignore_errors=True)
+                    # renamed away in one step, then removed: a worker woken past its lease
+                    # finds no work folder to commit a task into (a removal in progress could
+                    # meet its rename, and the folder would be committed with its task)
+                    gone = os.path.join(os.path.dirname(self.tmp),
+                                        f".del_work_{os.path.basename(self.out_dir)}")
+                    shutil.rmtree(gone, ignore_errors=True)
+                    with contextlib.suppress(FileNotFoundError):  # a resumed assembly: gone
+                        os.rename(os.path.join(self.tmp, "work"), gone)
+                    shutil.rmtree(gone, ignore_errors=True)
                     os.remove(os.path.join(self.tmp, "key.json"))
                     mine = os.path.basename(claim.path) if claim is not None else None
                     for name in os.listdir(self.tmp):  # the other claims: the plan's, the dead's

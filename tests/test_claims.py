@@ -1,6 +1,7 @@
 """claims.py by itself: a claim is exclusive, a live lease is never taken over, a dead one is
-after its lease (by one worker alone), an overtaken worker commits nothing, a committed task is
-never replaced, and claims.work runs every task once across workers that come and go.
+after its lease (by one worker alone), an overtaken worker commits nothing (nor does one woken
+after its stage moved on), a committed task is never replaced, and claims.work runs every task
+once across workers that come and go.
 (The stages on a simulated cluster: test_cluster.py.)"""
 import os, threading, time
 
@@ -104,3 +105,36 @@ def test_work_runs_every_task_once_across_workers_one_of_which_dies(tmp_path):
     assert {committed[i] for i in range(12)} <= {"dies", "a", "b"}
     assert sum(v == "dies" for v in committed.values()) == 2
     assert claims.newest(bases[2]) == 1  # the task it died on: taken over, generation 1
+
+
+def test_a_worker_woken_after_its_stage_moved_on_writes_nothing_into_it(tmp_path):
+    # a worker stopped past its lease wakes after the assembler moved the work folder away (then
+    # committed the stage): its task's commit finds no folder, and its next task makes none
+    import executor
+    work = tmp_path / ".tmp_out" / "work" / "clean"
+    work.mkdir(parents=True)
+    final = str(work / "000001")
+    a, b = claims.Leases(0.2), claims.Leases(0.2)
+    stale = a.take(final)
+    dead(a, stale)
+    b.take(final)
+    time.sleep(0.25)
+    assert b.take(final) is not None and not stale.held()
+
+    class StoppedAfterTheCheck:  # held when it checks, overtaken when it goes on
+        gen, checks = stale.gen, 0
+
+        def held(self):
+            self.checks += 1
+            return self.checks == 1
+    tmp = work / ".tmp_000001.0"
+    tmp.mkdir()
+    (tmp / "out").write_bytes(b"late")
+    os.rename(tmp_path / ".tmp_out" / "work", tmp_path / ".del_work_out")  # the assembler's move
+    assert claims.commit_task(str(tmp), final, StoppedAfterTheCheck(), stage.commit_dir) is False
+    assert not (tmp_path / ".tmp_out" / "work").exists()
+
+    def task(st, i, folder):
+        open(os.path.join(folder, "out"), "w").write("late")
+    assert executor._run_task((None, str(work / "000002"), task, 2, (), stale)) is None
+    assert sorted(os.listdir(tmp_path / ".tmp_out")) == []  # no work folder made again
