@@ -174,9 +174,13 @@ def nano360_config(cfg):
         norm=cfg.norm, layer_norm_eps=cfg.norm_eps, use_qkv_bias=cfg.qkv_bias,
         attn_out_bias=cfg.attn_out_bias, embed_mult=float(cfg.embed_mult),
         logit_mult=float(cfg.logit_mult), qk_scale_by_d=cfg.qk_scale_by_d,
-        use_parallel_residual=False, qk_layernorm=False, hidden_dropout=0.0)
+        use_parallel_residual=False, qk_layernorm=False, hidden_dropout=0.0,
+        # what training goes on with (muP's learning rate of the hidden matrices, the init);
+        # transformers does not read it, and an import gives it back (--init_from)
+        nano360_training={k: getattr(cfg, k) for k in TRAINING})
 
 
+TRAINING = ("hidden_lr_mult", "init_std", "init_std_embed", "init_std_out", "init_truncate")
 LAYOUTS = {"llama": "Llama", "nano360": "nano360"}  # model_type: what messages call it
 LLAMA_KEYS = ("vocab_size", "num_hidden_layers", "hidden_size", "num_attention_heads",
               "intermediate_size", "max_position_embeddings")
@@ -215,7 +219,8 @@ def config_from_hf(c, where="config.json"):
         **shape, rotary_dim=round(shape["head_dim"] * factor), norm=c.get("norm", "layernorm"),
         norm_eps=c.get("layer_norm_eps", 1e-5), qkv_bias=c.get("use_qkv_bias", False),
         attn_out_bias=c.get("attn_out_bias", False), embed_mult=c.get("embed_mult", 1.0),
-        logit_mult=c.get("logit_mult", 1.0), qk_scale_by_d=c.get("qk_scale_by_d", False))
+        logit_mult=c.get("logit_mult", 1.0), qk_scale_by_d=c.get("qk_scale_by_d", False),
+        **{k: v for k, v in (c.get("nano360_training") or {}).items() if k in TRAINING})
 
 
 def hf_weights(hf_dir):

@@ -64,7 +64,8 @@ def assert_imports_back(model, path):
 # what Llama cannot express goes out in nano360's layout: StableLm plus what it lacks, in our
 # hf_modeling.py, which the folder carries as modeling_nano360.py (trust_remote_code=True)
 CRYSTAL = dict(norm="layernorm", rotary_dim=4, qkv_bias=True, attn_out_bias=True, ffn_bias=True,  # head_dim 16
-               tie_embeddings=True, embed_mult=14.6, logit_mult=2.22, qk_scale_by_d=True)
+               tie_embeddings=True, embed_mult=14.6, logit_mult=2.22, qk_scale_by_d=True,
+               hidden_lr_mult=0.0625, init_std=0.018, init_truncate=2.0)  # muP's training settings too
 NANO360 = {
     "crystalcoder": CRYSTAL,
     "rmsnorm": dict(CRYSTAL, norm="rmsnorm", attn_out_bias=False, n_kv_head=2, tie_embeddings=False),
