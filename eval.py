@@ -363,8 +363,10 @@ def sweep(path, tasks_dir, shots=None, seqs=0, device="cpu", unsafe=False, sampl
     # under torchrun the ranks split the checkpoints (one model per GPU); rank 0 writes the table
     rank, world, local = place()
 
-    def kept(**how):  # a row from before the files' sha256 were recorded is computed again
-        return [r for r in read_evals(log, **how) if {k: r.get(k) for k in want} == want]
+    def kept(**how):  # a row from before the files' sha256 were recorded is computed again;
+        # --seqs is said in a row only when given (0: the run's eval_seqs, and 64 documents)
+        return [r for r in read_evals(log, **how)
+                if {k: r.get(k) for k in want} == want and r.get("seqs", 0) == seqs]
     done = {r["ckpt"] for r in kept(note=rank == 0)}
     if world > 1 and device == "cuda":
         device = f"cuda:{local}"
@@ -373,6 +375,8 @@ def sweep(path, tasks_dir, shots=None, seqs=0, device="cpu", unsafe=False, sampl
             row = evaluate_checkpoint(ckpt, files, shots, seqs, device, gen, dirty, shards)
             if dirty is not None:
                 row["contamination"] = dirty
+            if seqs:
+                row["seqs"] = seqs
         except CheckpointError as e:  # one damaged checkpoint does not stop a sweep over hundreds
             if len(ckpts) == 1:
                 raise

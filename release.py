@@ -397,7 +397,8 @@ def recompute(release_dir, which, shards, tasks, check, out, tol):
             check(False, os.path.join(tasks, f), f"not the task file {log} records for {name}")
             return
     gen = {k: v for k, v in (row.get("generation") or {}).items() if k in ev.settings(files, 0)}
-    got = ev.evaluate_checkpoint(folder, files, shots, 0, "cpu", gen or None, None, shards)
+    got = ev.evaluate_checkpoint(folder, files, shots, row.get("seqs", 0), "cpu", gen or None,
+                                 None, shards)
     figures = [k for k, v in got.items() if isinstance(v, float) and isinstance(row.get(k), float)]
     off = [k for k in figures if not abs(got[k] - row[k]) <= tol]
     check(not off, log, f"{name}'s " + ", ".join(f"{k} {row[k]:.6f} (computed again: {got[k]:.6f})"

@@ -279,6 +279,11 @@ def test_sweep_over_three_checkpoints_and_again(run3, tmp_path, capsys):
     rows = ev.sweep(str(run3), "", seqs=4)  # no tasks: loss, bits per byte, memorization, and where tasks go
     assert "no --tasks" in capsys.readouterr().err and not any("/acc" in k for k in rows[0])
     assert len(open(run3 / "evals.jsonl").readlines()) == 9
+    # another --seqs is another setting too: its rows say it, and the rows of 4 stay 4's
+    rows = ev.sweep(str(run3), "", seqs=2)
+    assert [r["seqs"] for r in rows] == [2] * 3 and len(open(run3 / "evals.jsonl").readlines()) == 12
+    assert [r["seqs"] for r in ev.sweep(str(run3), "", seqs=4)] == [4] * 3
+    assert len(open(run3 / "evals.jsonl").readlines()) == 12
 
 
 def test_sampling_streams_what_generate_gives(run3):
