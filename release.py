@@ -13,19 +13,22 @@ metrics and evaluations, a model card and a data card, and SHA256SUMS over all o
     python release.py package CONFIG RELEASE_DIR [...]     the package alone, of a finished run
     python release.py verify RELEASE_DIR [--shards=DIR] [--eval=STEP [--tasks=DIR]]
                         every checksum, every file listed, every checkpoint loaded (safetensors
-                        and JSON only: nothing in a release runs code); with the token shards the
-                        release names, each checkpoint's validation loss computed again and the
-                        batch of its last step rebuilt in the data order, each held to its record;
-                        with --eval, that checkpoint's row of run/evals.jsonl computed again
-                        (its tasks from --tasks, the files it records); one line per check, each
+                        and JSON only: nothing in a release runs code), run/metrics.jsonl held to
+                        the log each checkpoint recorded; with the token shards the release
+                        names, each checkpoint's validation loss computed again, its folder
+                        loaded in transformers too (by its layout's class) and held to nano360's
+                        logits, and the batch of its last step rebuilt in the data order; with
+                        --eval, that checkpoint's row of run/evals.jsonl computed again (its
+                        tasks from --tasks, the files it records); one line per check, each
                         mismatch named with its file; status 1 if any
 
 RELEASE_DIR (written in a temporary folder beside it, renamed into place when whole):
     checkpoints/ckpt_NNNNNNN/   each kept checkpoint as a Hugging Face folder (hf_llama.py: Llama,
                                 or nano360's layout with its modeling_nano360.py; config.json,
                                 model.safetensors, tokenizer.json) and nano360.json: its step,
-                                data position, code revision, manifest sha256, config, and its
-                                loss on the run's validation windows
+                                data position, code revision, manifest sha256, config, the
+                                length and sha256 of metrics.jsonl when saved, and its loss on
+                                the run's validation windows
     model/                      the last checkpoint's folder again: the release's main model
     tokenizer/                  the run's tokenizer as tokenize wrote it (.tiktoken and its .json)
     data/manifest.json          the token shards: file, source, split, tokens and sha256 of each
