@@ -23,7 +23,7 @@ from config import (RENAMED, ConfigError, config_from_dict, global_batch, load_c
                     pop_flag, run_command)
 from executor import Stage
 from stage import (DataError, Progress, already_done, is_done, read_json, sha256_file,
-                   splitmix64, write_json, written_by)
+                   splitmix64, whole, write_json, written_by)
 from tokenizer import FIM_TOKENS, install, load_json, tokenizer_of, tokenizer_sha256
 
 # shard header: int64 magic, version, bytes per token, count
@@ -39,7 +39,7 @@ SHARD_KEYS = ("file", "split", "source", "tokens", "sha256")
 
 def write_shard(path, tokens):
     header = np.array([MAGIC, VERSION, tokens.itemsize, len(tokens)], dtype="<i8")
-    with open(path, "wb") as f:
+    with whole(path, "wb") as f:
         f.write(header.tobytes())
         f.write(tokens.astype(tokens.dtype.newbyteorder("<")).tobytes())
 

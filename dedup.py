@@ -41,7 +41,7 @@ import numpy as np
 
 from kept import DocWriter, count, finish_documents
 from executor import Stage
-from stage import already_done, input_files, read_json, splitmix64, write_json
+from stage import already_done, input_files, read_json, splitmix64, whole, write_json
 
 _NON_WORD = re.compile(r"[\W_]+")  # \w is every unicode letter and digit, CJK included
 
@@ -608,7 +608,7 @@ def dedup_corpus(src, out_dir, params=None, shard_mb=16, workers=0, rank=0, worl
 
         def finish(tmp):
             os.makedirs(os.path.join(tmp, "clusters"), exist_ok=True)
-            with open(os.path.join(tmp, "clusters", "clusters.jsonl"), "wb") as f:
+            with whole(os.path.join(tmp, "clusters", "clusters.jsonl"), "wb") as f:
                 for k in range(n_part):  # partitions: runs of documents, in order
                     with open(os.path.join(st.path("clusters", k), "clusters.jsonl"), "rb") as g:
                         shutil.copyfileobj(g, f)

@@ -16,7 +16,7 @@ from guard import (OUTPUT_KEYS, Busy, FileLock, alive, command_id, describe, jso
                    output_problem)
 from stage import (DONE, LOCK, DataError, Progress, commit_dir, input_files, is_done,
                    plan_pieces, read_json, read_piece, remove_if_there, report_problems,
-                   skipped_note, tmp_dir, write_json)
+                   skipped_note, tmp_dir, whole, write_json)
 
 
 def task_settings():
@@ -343,6 +343,10 @@ class Stage:
                     for name in os.listdir(self.tmp):  # the other claims: the plan's, the dead's
                         if ".claim." in name and name != mine:
                             remove_if_there(os.path.join(self.tmp, name))
+                    for d, _, files in os.walk(self.tmp):  # half-written files (stage.whole) of
+                        for name in files:  # a worker stopped midway, or killed: never output
+                            if name.endswith(".part"):
+                                remove_if_there(os.path.join(d, name))
                     commit_dir(self.tmp, self.out_dir, dict(stage=self.name))
                     if mine:  # held to the end: a worker that comes meanwhile makes no plan
                         remove_if_there(os.path.join(self.out_dir, mine))
@@ -385,7 +389,7 @@ class Stage:
         first 20 printed. Returns the count."""
         shown, count = [], 0
         skipped = [self.links + ([self.skipped] if self.skipped else [])]
-        with open(os.path.join(folder, "problems.log"), "w", encoding="utf-8") as log:
+        with whole(os.path.join(folder, "problems.log"), encoding="utf-8") as log:
             for problems in itertools.chain(problems_of_tasks, skipped):
                 log.writelines(p + "\n" for p in problems)
                 shown += problems[:max(0, 21 - len(shown))]

@@ -5,7 +5,8 @@ sampled), folders written whole (tmp_dir -> commit_dir, DONE last), and what tel
 output. The Stage executor that runs a stage's tasks over these is executor.py. Nothing here
 imports torch; the fetcher of pinned archives is fetch.py.
 """
-import errno, gzip, hashlib, heapq, json, os, re, shutil, sys, time, zlib
+import contextlib, errno, gzip, hashlib, heapq, itertools, json, os, re, shutil, socket, sys, time
+import zlib
 
 import numpy as np
 from tqdm import tqdm
@@ -74,11 +75,29 @@ def splitmix64(x):
     return x ^ (x >> np.uint64(31))
 
 
+_WRITES = itertools.count()  # the writes of this process, each under its own name
+
+
+@contextlib.contextmanager
+def whole(path, mode="w", **kw):
+    """path opened for writing under a name of its own (host, process, write), renamed to path
+    when closed: a reader never meets half of it, and two workers writing the same file (an
+    assembler woken past its lease beside the one that took over) never truncate each other's,
+    nor, once the output is committed, write into it (they hold no descriptor of its files)."""
+    part = f"{path}.{socket.gethostname()}.{os.getpid()}.{next(_WRITES)}.part"
+    try:
+        with open(part, mode, **kw) as f:
+            yield f
+        os.replace(part, path)
+    finally:
+        if os.path.exists(part):  # an error midway: nothing half written stays
+            os.remove(part)
+
+
 def write_json(path, obj, indent=1):
     """obj as JSON in path, written under another name and renamed: never half a file."""
-    with open(path + ".part", "w", encoding="utf-8") as f:
+    with whole(path, encoding="utf-8") as f:
         json.dump(obj, f, indent=indent, ensure_ascii=False, sort_keys=True)
-    os.replace(path + ".part", path)
 
 
 def read_json(path):

@@ -138,3 +138,25 @@ def test_a_worker_woken_after_its_stage_moved_on_writes_nothing_into_it(tmp_path
         open(os.path.join(folder, "out"), "w").write("late")
     assert executor._run_task((None, str(work / "000002"), task, 2, (), stale)) is None
     assert sorted(os.listdir(tmp_path / ".tmp_out")) == []  # no work folder made again
+
+
+def test_two_workers_writing_one_file_never_leave_half_of_it(tmp_path):
+    # an assembler woken past its lease writes the files the new one writes: each writes under a
+    # name of its own and renames it whole, so neither truncates the other's, and the file is
+    # always whole (with a plain open, the second writer's open would truncate the first's)
+    path = tmp_path / "report.json"
+    text = "x" * 100_000
+    with stage.whole(str(path)) as late:  # the stopped one had begun
+        late.write(text[:10])
+        with stage.whole(str(path)) as new:  # the new holder writes it all meanwhile
+            new.write(text)
+        assert path.read_text() == text
+        late.write(text[10:])  # woken: it goes on, and its file replaces the other whole
+    assert path.read_text() == text and os.listdir(tmp_path) == ["report.json"]
+    try:  # an error midway leaves nothing half written, neither the file nor a part
+        with stage.whole(str(tmp_path / "other.json")) as f:
+            f.write("half")
+            raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        pass
+    assert os.listdir(tmp_path) == ["report.json"]
