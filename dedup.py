@@ -34,7 +34,7 @@ its first column), a filter task one task's decisions: memory per worker does no
 corpus (a component's star is read whole: the largest cluster, not the corpus, bounds it).
 Nothing here imports torch.
 """
-import functools, hashlib, itertools, json, os, re, shutil, time, unicodedata
+import contextlib, functools, hashlib, itertools, json, os, re, shutil, time, unicodedata
 from itertools import repeat
 
 import numpy as np
@@ -607,7 +607,8 @@ def dedup_corpus(src, out_dir, params=None, shard_mb=16, workers=0, rank=0, worl
         st.run("filter", n, _filter_task, p, n_part, int(shard_mb * 2**20))
 
         def finish(tmp):
-            os.makedirs(os.path.join(tmp, "clusters"), exist_ok=True)
+            with contextlib.suppress(FileExistsError):  # not makedirs: see Stage.move
+                os.mkdir(os.path.join(tmp, "clusters"))
             with whole(os.path.join(tmp, "clusters", "clusters.jsonl"), "wb") as f:
                 for k in range(n_part):  # partitions: runs of documents, in order
                     with open(os.path.join(st.path("clusters", k), "clusters.jsonl"), "rb") as g:

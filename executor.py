@@ -326,7 +326,11 @@ class Stage:
                 continue
             try:
                 with self._disk():
-                    assemble(self.tmp)
+                    try:
+                        assemble(self.tmp)
+                    except Exception:  # overtaken while stopped, it met the new holder's work
+                        if claim is None or claim.held():  # (a file it moved, or gone)
+                            raise
                     if claim is not None and not claim.held():
                         continue  # overtaken while it was stopped: the new holder writes it
                     # renamed away in one step, then removed: a worker woken past its lease
@@ -370,7 +374,8 @@ class Stage:
         """Move a file of a finished task to dest (a rerun after a crash here finds it moved)."""
         src = os.path.join(self.path(phase, i), name)
         if os.path.exists(src):
-            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            with contextlib.suppress(FileExistsError):  # mkdir: the output's own folder alone,
+                os.mkdir(os.path.dirname(dest))  # never the stage's, once committed, again
             os.replace(src, dest)
         elif not os.path.exists(dest):
             raise DataError(f"{src}: missing from a finished task")
