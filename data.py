@@ -541,6 +541,21 @@ def val_sequences(tokens_dir, manifest, seq_len, max_seqs=0):
 # -----------------------------------------------------------------------------
 # command line
 
+def release_run(ckpt, shards):
+    """(TrainConfig, meta, manifest) of a release's checkpoint folder (its nano360.json, which
+    release.py writes), its data read from shards: the token shards the release names, whose
+    manifest must be the one the checkpoint records."""
+    where = os.path.join(ckpt, "nano360.json")
+    meta = load_json(where)
+    cfg, _ = config_from_dict(meta["config"], where)
+    cfg.tokens_dir = shards
+    manifest = load_manifest(shards, hash_shards=False)
+    if manifest["sha256"] != meta["manifest_sha256"]:
+        raise DataError(f"{shards}/manifest.json is not the manifest {where} records "
+                        f"(sha256 {meta['manifest_sha256'][:12]}...): other shards")
+    return cfg, meta, manifest
+
+
 def show(cfg, step, gb):
     """Print the text of every sequence of step's global batch (gb sequences), as trained on
     (FIM included)."""
@@ -576,15 +591,13 @@ def main(argv):
     if released and not shards:
         raise ConfigError(f"{ckpt} is a release's checkpoint: give --shards=DIR, the token shards "
                           "the release names (python release.py verify checks them)")
-    if ckpt:  # the run's own config and global batch
+    if released:  # the data the release names, where the stranger keeps it
+        cfg, meta, _ = release_run(ckpt, shards)
+    elif ckpt:  # the run's own config
         from checkpoint import read_meta  # (imports torch: only here)
-        meta = load_json(os.path.join(ckpt, "nano360.json")) if released else read_meta(ckpt)
+        meta = read_meta(ckpt)
         cfg, _ = config_from_dict(meta["config"])
-        if released:  # the data the release names, where the stranger keeps it
-            cfg.tokens_dir = shards
-            if load_manifest(shards, hash_shards=False)["sha256"] != meta["manifest_sha256"]:
-                raise DataError(f"{shards}/manifest.json is not the manifest "
-                                f"{ckpt}/nano360.json records: other shards")
+    if ckpt:  # and its global batch
         step = meta["step"] - 1 if step is None else step  # the last step before the save
         gb = meta["data_position"]["global_batch"]
     else:

@@ -25,7 +25,7 @@ sampling, Hugging Face folders both ways (hf_llama.py), and the run's training c
 
 `python eval.py COMMAND --help` lists each command's options.
 """
-import argparse, csv, dataclasses, json, math, os, sys
+import argparse, csv, json, math, os, sys
 
 import numpy as np
 import torch
@@ -34,15 +34,15 @@ import torch.distributed as dist
 import decont
 import plots
 from checkpoint import Checkpointer, CheckpointError, empty_model, load_model, step_of
-from config import ConfigError, config_from_dict, place, run_command, uses_bf16
-from data import Batches, load_manifest, read_shard, val_sequences
+from config import ConfigError, place, run_command, uses_bf16
+from data import Batches, load_manifest, read_shard, release_run, val_sequences
 from gentasks import CODE, check_generation, gen_prompts, run_generative
 from hf_llama import export_llama, hf_weights, import_llama, llama_gaps
 from model import autocast, sample_text, validation_loss
 from stage import DataError, is_done, sha256_file
 from suites import sampling_of, suite_of, suite_table, task_files
 from tasks import GENERATIVE, loglikelihoods, run_task, shots_file, shots_of, task_of, task_prompts
-from tokenizer import check_tokenizer, load_json, load_tokenizer, special_ids, tokenizer_of
+from tokenizer import check_tokenizer, load_tokenizer, special_ids, tokenizer_of
 
 
 # -----------------------------------------------------------------------------
@@ -85,12 +85,7 @@ def load(ckpt, device="cpu", shards=None):
     model.load_state_dict(state)
     run = os.path.join(ckpt, "nano360.json")
     if shards and os.path.isfile(run):
-        meta = load_json(run)
-        cfg = dataclasses.replace(config_from_dict(meta["config"], run)[0], tokens_dir=shards)
-        manifest = load_manifest(shards, hash_shards=False)
-        if manifest["sha256"] != meta["manifest_sha256"]:
-            raise DataError(f"{shards}/manifest.json is not the manifest {run} records "
-                            f"(sha256 {meta['manifest_sha256'][:12]}...): other shards")
+        cfg, meta, manifest = release_run(ckpt, shards)
         check_tokenizer(shards, manifest, meta.get("tokenizer_sha256"), ckpt)
         return model.eval(), cfg, tokenizer_of(shards, manifest), meta
     return model.eval(), None, enc, dict(step=step_of(ckpt), data_position=dict(tokens=None))

@@ -389,17 +389,18 @@ def recompute(release_dir, which, shards, tasks, check, out, tol):
         return
     row, files = rows[-1], [f for f in task_files(tasks) if task_of(f) not in CODE]
     files = [f for f in files if os.path.basename(f)[:-6] in row.get("tasks", {})]
-    left = sorted(set(row.get("tasks", {})) - {os.path.basename(f)[:-6] for f in files})
+    defaults = ev.settings(files, None)  # {task: shots} of the files kept
+    left = sorted(set(row.get("tasks", {})) - set(defaults))
     if left:
         out(f"      left out (no --tasks file, or code that runs): {', '.join(left)}")
     shots = None  # each task's default; else the one count the sweep was given
-    if ev.settings(files, None) != {k: row["tasks"][k] for k in ev.settings(files, None)}:
+    if defaults != {k: row["tasks"][k] for k in defaults}:
         shots = next(iter(row["tasks"].values()))
     for f, digest in ev.task_sha256(files, shots).items():
         if row["task_sha256"].get(f) != digest:
             check(False, os.path.join(tasks, f), f"not the task file {log} records for {name}")
             return
-    gen = {k: v for k, v in (row.get("generation") or {}).items() if k in ev.settings(files, 0)}
+    gen = {k: v for k, v in (row.get("generation") or {}).items() if k in defaults}
     got = ev.evaluate_checkpoint(folder, files, shots, row.get("seqs", 0), "cpu", gen or None,
                                  None, shards)
     figures = [k for k, v in got.items() if isinstance(v, float) and isinstance(row.get(k), float)]

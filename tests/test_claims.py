@@ -14,6 +14,16 @@ def dead(leases, claim):
     leases.drop(claim)
 
 
+def taken_over(final):
+    """(the dead worker's claim of final, the claim another worker took over after its lease)."""
+    a, b = claims.Leases(0.2), claims.Leases(0.2)
+    stale = a.take(final)
+    dead(a, stale)
+    b.take(final)  # first sight: its lease starts now
+    time.sleep(0.25)
+    return stale, b.take(final)
+
+
 def test_a_claim_is_exclusive_and_a_live_lease_is_kept(tmp_path):
     base = str(tmp_path / "000001")
     a, b = claims.Leases(0.4), claims.Leases(0.4)
@@ -42,12 +52,7 @@ def test_a_dead_worker_s_claim_is_taken_over_by_one_worker_after_its_lease(tmp_p
 
 def test_an_overtaken_worker_commits_nothing_and_a_commit_is_never_replaced(tmp_path):
     final = str(tmp_path / "000003")
-    a, b = claims.Leases(0.2), claims.Leases(0.2)
-    stale = a.take(final)
-    dead(a, stale)
-    b.take(final)
-    time.sleep(0.25)
-    new = b.take(final)
+    stale, new = taken_over(final)
     assert new is not None and new.gen == 1
     for who, claim, text in (("stale", stale, b"old"), ("new", new, b"new")):
         tmp = tmp_path / f".tmp_{who}"
@@ -114,12 +119,8 @@ def test_a_worker_woken_after_its_stage_moved_on_writes_nothing_into_it(tmp_path
     work = tmp_path / ".tmp_out" / "work" / "clean"
     work.mkdir(parents=True)
     final = str(work / "000001")
-    a, b = claims.Leases(0.2), claims.Leases(0.2)
-    stale = a.take(final)
-    dead(a, stale)
-    b.take(final)
-    time.sleep(0.25)
-    assert b.take(final) is not None and not stale.held()
+    stale, new = taken_over(final)
+    assert new is not None and not stale.held()
 
     class StoppedAfterTheCheck:  # held when it checks, overtaken when it goes on
         gen, checks = stale.gen, 0
